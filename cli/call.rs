@@ -1,0 +1,141 @@
+//! `exemesh call`: call any method with JSON in and JSON out.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use exemesh::mesh::dynamic_client;
+use exemesh::mesh::reflection::fetch_pool;
+use exemesh::mesh::status_code::code_name;
+use exemesh::services::contract::compile;
+use prost_reflect::{DeserializeOptions, DescriptorPool, DynamicMessage, MethodDescriptor, SerializeOptions};
+use tonic::transport::Endpoint;
+
+/// Call a method: JSON in, JSON out.
+///
+/// The request is the JSON argument, `-d @FILE`, or `-d -` for stdin; streaming methods take several
+/// JSON values (e.g. one per line). Each reply is printed as one JSON line. The contract is fetched
+/// through server reflection unless --proto is given. On an error status, prints `CODE: message`
+/// on stderr and exits with 100 + the status code (e.g. 105 for NOT_FOUND).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Server address, e.g. 127.0.0.1:50051.
+    addr: String,
+    /// The method: pkg.Service/Method.
+    method: String,
+    /// The request as JSON (default `{}`).
+    json: Option<String>,
+    /// The request: JSON text, @FILE, or - for stdin.
+    #[arg(short = 'd', long = "data", conflicts_with = "json")]
+    data: Option<String>,
+    /// Request metadata, `key: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Deadline for the call, e.g. 500ms or 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Use these .proto files instead of server reflection (repeatable).
+    #[arg(long)]
+    proto: Vec<PathBuf>,
+    /// Import paths for --proto (repeatable).
+    #[arg(long = "import-path", short = 'I')]
+    include: Vec<PathBuf>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let Some((service, method_name)) = args.method.trim_start_matches('/').split_once('/') else {
+        bail!("the method must be pkg.Service/Method, got {:?}", args.method);
+    };
+    let uri = if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
+    let channel = Endpoint::from_shared(uri.clone())
+        .with_context(|| format!("invalid address {:?}", args.addr))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {uri}"))?;
+    let pool = if args.proto.is_empty() {
+        fetch_pool(channel.clone(), service).await?
+    } else {
+        let include = if args.include.is_empty() { vec![PathBuf::from(".")] } else { args.include.clone() };
+        compile(&args.proto, &include)?.0
+    };
+    let method = find_method(&pool, service, method_name)?;
+    let requests = read_requests(&args, &method)?;
+    let mut request = tonic::Request::new(tokio_stream::iter(requests));
+    if let Some(timeout) = args.timeout {
+        request.set_timeout(timeout);
+    }
+    for header in &args.headers {
+        let Some((key, value)) = header.split_once(':') else { bail!("header {header:?} must be `key: value`") };
+        let key: tonic::metadata::MetadataKey<_> = key.trim().to_ascii_lowercase().parse().with_context(|| format!("invalid header name in {header:?}"))?;
+        request.metadata_mut().insert(key, value.trim().parse().with_context(|| format!("invalid header value in {header:?}"))?);
+    }
+    let outcome = async {
+        let mut replies = dynamic_client::call(channel, &method, request).await?.into_inner();
+        let mut stdout = std::io::stdout().lock();
+        while let Some(reply) = replies.message().await? {
+            let mut line = Vec::new();
+            let mut ser = serde_json::Serializer::new(&mut line);
+            if reply.serialize_with_options(&mut ser, &SerializeOptions::new()).is_ok() {
+                line.push(b'\n');
+                let _ = stdout.write_all(&line);
+                let _ = stdout.flush();
+            }
+        }
+        Ok::<_, tonic::Status>(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(status) => {
+            eprintln!("{}: {}", code_name(status.code()), status.message());
+            Ok(ExitCode::from(100 + status.code() as u8))
+        }
+    }
+}
+
+fn find_method(pool: &DescriptorPool, service: &str, method: &str) -> anyhow::Result<MethodDescriptor> {
+    let svc = pool.get_service_by_name(service).with_context(|| format!("the server has no service {service}"))?;
+    let found = svc.methods().find(|m| m.name() == method);
+    found.with_context(|| {
+        let names: Vec<String> = svc.methods().map(|m| m.name().to_string()).collect();
+        format!("{service} has no method {method} (methods: {})", names.join(", "))
+    })
+}
+
+fn read_requests(args: &Args, method: &MethodDescriptor) -> anyhow::Result<Vec<DynamicMessage>> {
+    let text = match (&args.json, args.data.as_deref()) {
+        (Some(json), _) => json.clone(),
+        (None, Some("-")) => read_stdin()?,
+        (None, Some(data)) if data.starts_with('@') => std::fs::read_to_string(&data[1..]).with_context(|| format!("cannot read {}", &data[1..]))?,
+        (None, Some(data)) => data.to_string(),
+        (None, None) if method.is_client_streaming() && !std::io::stdin().is_terminal() => read_stdin()?,
+        (None, None) => "{}".to_string(),
+    };
+    let input = method.input();
+    let options = DeserializeOptions::new();
+    let mut messages = Vec::new();
+    let mut stream = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
+    while let Some(value) = stream.next() {
+        let value = value.with_context(|| format!("the request is not valid JSON (at byte {})", stream.byte_offset()))?;
+        let message = DynamicMessage::deserialize_with_options(input.clone(), value, &options)
+            .with_context(|| format!("the request is not a valid {}", input.full_name()))?;
+        messages.push(message);
+    }
+    if messages.is_empty() && !method.is_client_streaming() {
+        messages.push(DynamicMessage::new(input));
+    }
+    if messages.len() > 1 && !method.is_client_streaming() {
+        bail!("{} takes one request message, got {}", method.full_name(), messages.len());
+    }
+    Ok(messages)
+}
+
+fn read_stdin() -> anyhow::Result<String> {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).context("cannot read stdin")?;
+    Ok(text)
+}

@@ -1,0 +1,10 @@
+//! Generated code for the toolkit's own contracts (`proto/exemesh/v1`).
+
+/// `exemesh.v1`: the worker protocol frames (and, later, the registry).
+#[allow(missing_docs, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("exemesh.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every contract in `proto/`, imports included.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exemesh_descriptor.bin"));

@@ -1,0 +1,758 @@
+"""exemesh_worker: a zero-dependency helper for the exemesh stdio worker protocol (v1).
+
+A worker is a long-lived process that exemesh starts with pipes on its standard
+streams; every line on stdin and stdout is one JSON frame (see
+docs/worker-protocol.md). This module does the framing, the concurrency and the
+error mapping, so a worker is a handful of decorated functions::
+
+    from exemesh_worker import Worker, Error
+
+    worker = Worker(max_in_flight=16)
+
+    @worker.unary("shop.v1.UserService/GetUser")
+    def get_user(req, ctx):
+        user = USERS.get(req.get("id", ""))
+        if user is None:
+            raise Error("NOT_FOUND", "no user %s" % req.get("id", ""))
+        return user
+
+    if __name__ == "__main__":
+        worker.run()
+
+Only the standard library is used. If ``opentelemetry-api`` is installed,
+``Context.otel_context()`` turns the call's W3C trace context into an
+OpenTelemetry context; nothing else needs it.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from queue import SimpleQueue
+
+__all__ = [
+    "Worker",
+    "Context",
+    "Error",
+    "Cancelled",
+    "STATUS_CODES",
+    "UNARY",
+    "SERVER_STREAMING",
+    "CLIENT_STREAMING",
+    "BIDI_STREAMING",
+    "__version__",
+]
+
+__version__ = "0.1.0"
+
+#: The ``sdk`` string sent in the ready frame.
+SDK_NAME = "exemesh-worker-python/" + __version__
+
+#: The protocol version this module speaks (``EXEMESH_PROTOCOL``).
+PROTOCOL_VERSION = "1"
+
+#: exemesh's default ``max_frame_bytes`` (4 MiB + 64 KiB). A longer line makes
+#: exemesh restart the worker, so the helper answers RESOURCE_EXHAUSTED instead
+#: of writing such a frame.
+DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024 + 64 * 1024
+
+#: Upper bound on the message of the UNKNOWN error built from an unexpected
+#: exception (the full traceback goes to stderr).
+MAX_EXCEPTION_MESSAGE = 1024
+
+UNARY = "unary"
+SERVER_STREAMING = "server_streaming"
+CLIENT_STREAMING = "client_streaming"
+BIDI_STREAMING = "bidi_streaming"
+KINDS = (UNARY, SERVER_STREAMING, CLIENT_STREAMING, BIDI_STREAMING)
+
+#: gRPC status code names and numbers.
+STATUS_CODES = {
+    "OK": 0,
+    "CANCELLED": 1,
+    "UNKNOWN": 2,
+    "INVALID_ARGUMENT": 3,
+    "DEADLINE_EXCEEDED": 4,
+    "NOT_FOUND": 5,
+    "ALREADY_EXISTS": 6,
+    "PERMISSION_DENIED": 7,
+    "RESOURCE_EXHAUSTED": 8,
+    "FAILED_PRECONDITION": 9,
+    "ABORTED": 10,
+    "OUT_OF_RANGE": 11,
+    "UNIMPLEMENTED": 12,
+    "INTERNAL": 13,
+    "UNAVAILABLE": 14,
+    "DATA_LOSS": 15,
+    "UNAUTHENTICATED": 16,
+}
+_CODE_NAMES = {number: name for name, number in STATUS_CODES.items()}
+
+
+def _code_name(code):
+    """Normalise a status code (name, number, numeric string or an enum such as
+    ``grpc.StatusCode.NOT_FOUND``) to its name. Unknown codes and OK (which is
+    not an error) become ``UNKNOWN``."""
+    name = None
+    if isinstance(code, bool):
+        name = None
+    elif isinstance(code, int):
+        name = _CODE_NAMES.get(code)
+    elif isinstance(code, str):
+        text = code.strip().upper()
+        if text.startswith("STATUSCODE."):
+            text = text[len("STATUSCODE."):]
+        if text.isdigit():
+            name = _CODE_NAMES.get(int(text))
+        elif text in STATUS_CODES:
+            name = text
+    else:
+        enum_name = getattr(code, "name", None)
+        if isinstance(enum_name, str):
+            return _code_name(enum_name)
+    if name is None or name == "OK":
+        return "UNKNOWN"
+    return name
+
+
+class Error(Exception):
+    """Raise from a handler to fail the call with a gRPC status.
+
+    ``code`` is a status name (``"NOT_FOUND"``), its number (``5``) or a
+    numeric string; unknown codes (and ``OK``) become ``UNKNOWN``.
+    """
+
+    def __init__(self, code, message=""):
+        self.code = _code_name(code)
+        self.message = "" if message is None else str(message)
+        super().__init__(self.code, self.message)
+
+    def __str__(self):
+        return "%s: %s" % (self.code, self.message) if self.message else self.code
+
+
+class Cancelled(Error):
+    """Raised by a request iterator once exemesh has cancelled the call (or
+    stdin closed). Letting it propagate out of the handler is the right thing to
+    do: the helper has already answered the call with CANCELLED."""
+
+    def __init__(self, reason="cancelled"):
+        self.reason = reason
+        super().__init__("CANCELLED", "call cancelled: %s" % reason)
+
+
+# --------------------------------------------------------------------------
+# Context
+
+_OTEL_MISSING = object()
+_otel_propagate = None  # the opentelemetry.propagate module, _OTEL_MISSING, or None (not tried yet)
+_event_lock = threading.Lock()
+_stderr_lock = threading.Lock()
+
+
+def _stderr(text):
+    """Write text (one or more whole lines) to stderr, never interleaving."""
+    with _stderr_lock:
+        err = sys.stderr
+        if err is None:
+            return
+        try:
+            err.write(text)
+            err.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class Context:
+    """Everything a handler knows about its call.
+
+    Attributes: ``id`` (the protocol's call id), ``method``
+    (``"pkg.Service/Method"``), ``kind``, ``request_id``, ``metadata`` (dict of
+    str), ``traceparent`` and ``tracestate`` (str, empty when absent) and
+    ``deadline`` (a ``time.monotonic()`` value computed when the start frame was
+    read, or None when the call has no deadline).
+    """
+
+    __slots__ = (
+        "id",
+        "method",
+        "kind",
+        "request_id",
+        "metadata",
+        "traceparent",
+        "tracestate",
+        "deadline",
+        "cancel_reason",
+        "_cancelled",
+        "_event",
+        "_done",
+        "_queue",
+    )
+
+    def __init__(self, call_id, method, kind, request_id="", metadata=None, traceparent="",
+                 tracestate="", deadline=None):
+        self.id = call_id
+        self.method = method
+        self.kind = kind
+        self.request_id = request_id
+        self.metadata = metadata if metadata is not None else {}
+        self.traceparent = traceparent
+        self.tracestate = tracestate
+        self.deadline = deadline
+        self.cancel_reason = None
+        self._cancelled = False
+        self._event = None
+        self._done = False
+        self._queue = None
+
+    def __repr__(self):
+        return "<Context id=%r method=%r kind=%r request_id=%r>" % (
+            self.id, self.method, self.kind, self.request_id)
+
+    def time_remaining(self):
+        """Seconds left until the deadline (never negative), or None."""
+        deadline = self.deadline
+        if deadline is None:
+            return None
+        left = deadline - time.monotonic()
+        return left if left > 0.0 else 0.0
+
+    @property
+    def cancelled(self):
+        """True once exemesh cancelled the call (client gone, deadline passed)
+        or the worker is shutting down."""
+        return self._cancelled
+
+    @property
+    def cancel_event(self):
+        """A ``threading.Event`` set when the call is cancelled; wait on it
+        instead of sleeping (``ctx.cancel_event.wait(timeout)``)."""
+        event = self._event
+        if event is None:
+            with _event_lock:
+                event = self._event
+                if event is None:
+                    event = threading.Event()
+                    if self._cancelled:
+                        event.set()
+                    self._event = event
+        return event
+
+    def otel_context(self):
+        """The OpenTelemetry ``Context`` extracted from ``traceparent`` and
+        ``tracestate`` with the global propagator, or None when
+        ``opentelemetry`` is not installed. Use it as the parent of your spans:
+        ``tracer.start_as_current_span("work", context=ctx.otel_context())``."""
+        global _otel_propagate
+        propagate = _otel_propagate
+        if propagate is None:
+            try:
+                from opentelemetry import propagate  # noqa: F811 (optional dependency)
+            except Exception:  # ImportError, or a broken installation
+                propagate = _OTEL_MISSING
+            _otel_propagate = propagate
+        if propagate is _OTEL_MISSING:
+            return None
+        carrier = {}
+        if self.traceparent:
+            carrier["traceparent"] = self.traceparent
+        if self.tracestate:
+            carrier["tracestate"] = self.tracestate
+        return propagate.extract(carrier)
+
+    def log(self, msg):
+        """Write one line to stderr (exemesh logs it with the worker's id),
+        prefixed with the method and request id."""
+        _stderr("[%s %s] %s\n" % (self.method, self.request_id or "#%s" % self.id, msg))
+
+    # -- internal ------------------------------------------------------------
+
+    def _cancel(self, reason):
+        if self._cancelled:
+            return
+        self.cancel_reason = reason
+        self._cancelled = True
+        with _event_lock:
+            event = self._event
+        if event is not None:
+            event.set()
+        queue = self._queue
+        if queue is not None:
+            queue.put(_CANCEL)
+
+
+_HALF_CLOSE = object()
+_CANCEL = object()
+
+
+class _Requests:
+    """The iterator of request messages handed to client- and bidi-streaming
+    handlers. It ends at the half-close and raises ``Cancelled`` once the call
+    is cancelled."""
+
+    __slots__ = ("_ctx", "_queue", "_ended")
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+        self._queue = ctx._queue
+        self._ended = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        ctx = self._ctx
+        if ctx._cancelled:
+            raise Cancelled(ctx.cancel_reason or "cancelled")
+        if self._ended:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _HALF_CLOSE:
+            self._ended = True
+            raise StopIteration
+        if item is _CANCEL:
+            raise Cancelled(ctx.cancel_reason or "cancelled")
+        return item
+
+
+# --------------------------------------------------------------------------
+# Thread pool (daemon threads: a handler that never returns cannot keep the
+# process alive after stdin closes, unlike concurrent.futures' workers).
+
+
+class _Pool:
+    def __init__(self, size):
+        self._size = size
+        self._queue = SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0  # threads that will pick up a task without a reservation
+
+    def submit(self, task):
+        self._queue.put(task)
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+                return
+            if self._threads >= self._size:
+                return  # every thread busy: the task waits in the queue
+            self._threads += 1
+            number = self._threads
+        thread = threading.Thread(target=self._loop, name="exemesh-worker-%d" % number, daemon=True)
+        thread.start()
+
+    def _loop(self):
+        get = self._queue.get
+        lock = self._lock
+        while True:
+            task = get()
+            try:
+                task[0](*task[1:])
+            except BaseException:  # the runners catch everything; belt and braces
+                _stderr("exemesh_worker: internal error in a pool thread\n" + traceback.format_exc())
+            task = None
+            with lock:
+                self._idle += 1
+
+
+# --------------------------------------------------------------------------
+# Worker
+
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False, check_circular=False).encode
+_decode_json = json.JSONDecoder().decode
+
+
+class Worker:
+    """A worker speaking the exemesh stdio protocol.
+
+    ``max_in_flight`` is declared in the ready frame (exemesh uses the smaller
+    of it and the pool's ``max_in_flight``) and is the size of the thread pool
+    that runs handlers. ``max_frame_bytes`` should match the pool's setting
+    (default 4 MiB + 64 KiB): a reply that would make a longer line is answered
+    with RESOURCE_EXHAUSTED instead.
+    """
+
+    def __init__(self, max_in_flight=16, *, sdk=SDK_NAME, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES,
+                 declare_methods=True):
+        max_in_flight = int(max_in_flight)
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.max_in_flight = max_in_flight
+        self.sdk = sdk
+        self.max_frame_bytes = int(max_frame_bytes)
+        self.declare_methods = declare_methods
+        self._handlers = {}  # method -> (function, kind or None)
+        self._calls = {}  # call id -> Context of the calls in flight
+        self._write_lock = threading.Lock()
+        self._out = None
+        self._broken = False
+        self._pool = None
+
+    # -- registration --------------------------------------------------------
+
+    def unary(self, method):
+        """Decorator: ``handler(request: dict, ctx) -> dict``."""
+        return self._decorator(method, UNARY)
+
+    def server_streaming(self, method):
+        """Decorator: ``handler(request: dict, ctx)`` is a generator yielding
+        each reply dict (or returns any iterable of them)."""
+        return self._decorator(method, SERVER_STREAMING)
+
+    def client_streaming(self, method):
+        """Decorator: ``handler(requests: Iterator[dict], ctx) -> dict``."""
+        return self._decorator(method, CLIENT_STREAMING)
+
+    def bidi_streaming(self, method):
+        """Decorator: ``handler(requests: Iterator[dict], ctx)`` is a generator
+        yielding reply dicts; it may read and yield in any order."""
+        return self._decorator(method, BIDI_STREAMING)
+
+    def method(self, name, kind=None):
+        """Decorator for a handler whose kind is taken from each call's
+        ``start.kind`` (or fixed with ``kind=``). The calling convention follows
+        the kind: ``(request, ctx)`` for unary and server streaming,
+        ``(requests_iterator, ctx)`` for client and bidi streaming."""
+        return self._decorator(name, kind)
+
+    def add_handler(self, method, kind, function):
+        """Register ``function`` for ``method`` without a decorator. ``kind``
+        is one of ``KINDS`` or None (taken from each call)."""
+        if kind is not None and kind not in KINDS:
+            raise ValueError("unknown kind %r (expected one of %s)" % (kind, ", ".join(KINDS)))
+        method = str(method).lstrip("/")
+        if "/" not in method:
+            raise ValueError("method must be 'package.Service/Method', got %r" % method)
+        if method in self._handlers:
+            raise ValueError("a handler for %s is already registered" % method)
+        self._handlers[method] = (function, kind)
+        return function
+
+    def _decorator(self, method, kind):
+        def register(function):
+            return self.add_handler(method, kind, function)
+        return register
+
+    @property
+    def methods(self):
+        """The registered method names."""
+        return sorted(self._handlers)
+
+    # -- main loop -----------------------------------------------------------
+
+    def run(self, input=None, output=None):
+        """Serve calls until stdin reaches end-of-file, then return at once
+        (handlers still running are abandoned: their threads are daemons).
+
+        By default frames are read from ``sys.stdin.buffer`` and written to the
+        real stdout, while ``sys.stdout`` and file descriptor 1 are pointed at
+        stderr for the duration, so a stray ``print()`` (or a child process)
+        cannot corrupt the protocol. ``input``/``output`` (binary file objects)
+        replace stdin/stdout, e.g. for tests; no redirection happens then.
+        """
+        protocol = os.environ.get("EXEMESH_PROTOCOL")
+        if protocol and protocol != PROTOCOL_VERSION:
+            _stderr("exemesh_worker: EXEMESH_PROTOCOL=%s but this helper speaks version %s\n"
+                    % (protocol, PROTOCOL_VERSION))
+        if input is None:
+            input = sys.stdin.buffer
+        restore = None
+        if output is None:
+            output, restore = self._redirect_stdout()
+        self._calls = {}
+        self._broken = False
+        self._out = output
+        self._pool = _Pool(self.max_in_flight)
+        try:
+            ready = {"maxInFlight": self.max_in_flight, "sdk": self.sdk}
+            if self.declare_methods and self._handlers:
+                ready["methods"] = sorted(self._handlers)
+            self._write(('{"ready":%s}\n' % _encode_json(ready)).encode())
+            readline = input.readline
+            on_line = self._on_line
+            while True:
+                line = readline()
+                if not line:
+                    break
+                on_line(line)
+        finally:
+            self._shutdown(restore)
+
+    def _redirect_stdout(self):
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        frames_fd = os.dup(1)  # the real stdout, kept for frames (not inherited by children)
+        try:
+            os.dup2(2, 1)  # fd 1 (print, C code, child processes) now goes to stderr
+        except OSError:
+            pass
+        saved_stdout = sys.stdout
+        sys.stdout = sys.stderr
+        output = open(frames_fd, "wb", buffering=1 << 16)
+        return output, (saved_stdout, frames_fd)
+
+    def _shutdown(self, restore):
+        # No frames are sent after end-of-file: exemesh is going away.
+        with self._write_lock:
+            output = self._out
+            self._out = None
+        calls = list(self._calls.values())
+        self._calls = {}
+        for ctx in calls:
+            ctx._cancel("worker shutting down (stdin closed)")
+        if restore is not None:
+            saved_stdout, frames_fd = restore
+            try:
+                sys.stderr.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+            try:
+                os.dup2(frames_fd, 1)
+            except OSError:
+                pass
+            sys.stdout = saved_stdout
+            try:
+                output.close()
+            except (OSError, ValueError):
+                pass
+        else:
+            try:
+                output.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+
+    # -- writing -------------------------------------------------------------
+
+    def _write(self, data):
+        with self._write_lock:
+            self._write_locked(data)
+
+    def _write_locked(self, data):
+        out = self._out
+        if out is None or self._broken:
+            return
+        try:
+            out.write(data)
+            out.flush()
+        except (OSError, ValueError) as exc:
+            self._broken = True
+            _stderr("exemesh_worker: cannot write to stdout (%s); dropping frames\n" % exc)
+
+    def _finish(self, ctx, data):
+        """Send the terminal frame(s) of a call, at most once."""
+        with self._write_lock:
+            if ctx._done:
+                return False
+            ctx._done = True
+            calls = self._calls
+            if calls.get(ctx.id) is ctx:
+                del calls[ctx.id]  # before writing: exemesh may reuse the id at once
+            self._write_locked(data)
+        return True
+
+    def _fail(self, ctx, code, message):
+        self._finish(ctx, ('{"id":%d,"error":%s}\n' % (
+            ctx.id, _encode_json({"code": code, "message": message}))).encode())
+
+    def _send_message(self, ctx, payload):
+        data = ('{"id":%d,"message":%s}\n' % (ctx.id, payload)).encode()
+        with self._write_lock:
+            if ctx._done:
+                raise _CallOver()
+            self._write_locked(data)
+
+    def _reply_error(self, call_id, code, message):
+        self._write(('{"id":%d,"error":%s}\n' % (
+            call_id, _encode_json({"code": code, "message": message}))).encode())
+
+    def _encode_reply(self, ctx, reply):
+        if reply is None:
+            raise Error("INTERNAL", "handler for %s returned None; return a dict ({} for an empty message)"
+                        % ctx.method)
+        try:
+            payload = _encode_json(reply)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise Error("INTERNAL", "reply of %s is not JSON-serialisable: %s" % (ctx.method, exc))
+        if len(payload) + 40 > self.max_frame_bytes:
+            raise Error("RESOURCE_EXHAUSTED", "reply of %s is %d bytes, over the %d-byte frame limit"
+                        % (ctx.method, len(payload), self.max_frame_bytes))
+        return payload
+
+    # -- reading -------------------------------------------------------------
+
+    def _on_line(self, line):
+        try:
+            frame = _decode_json(line.decode("utf-8"))
+        except ValueError as exc:
+            if line.strip():
+                _stderr("exemesh_worker: ignoring a stdin line that is not JSON (%s): %.200r\n" % (exc, line))
+            return
+        if type(frame) is not dict:
+            _stderr("exemesh_worker: ignoring a stdin line that is not a JSON object: %.200r\n" % line)
+            return
+        call_id = frame.get("id")
+        if type(call_id) is not int:
+            try:
+                call_id = int(call_id)
+            except (TypeError, ValueError):
+                _stderr("exemesh_worker: ignoring a frame without a valid id: %.200r\n" % line)
+                return
+        start = frame.get("start")
+        if start is not None:
+            self._on_start(call_id, start)
+            return
+        ctx = self._calls.get(call_id)
+        if ctx is None:
+            return  # unknown or finished call: ignored, as the protocol says
+        if "message" in frame:
+            if ctx._queue is not None:
+                ctx._queue.put(frame["message"])
+        elif "halfClose" in frame:
+            if ctx._queue is not None:
+                ctx._queue.put(_HALF_CLOSE)
+        elif "cancel" in frame:
+            cancel = frame["cancel"]
+            reason = (cancel.get("reason") if type(cancel) is dict else None) or "cancelled"
+            ctx._cancel(reason)
+            self._fail(ctx, "CANCELLED", "call cancelled: %s" % reason)
+
+    def _on_start(self, call_id, start):
+        if call_id <= 0:
+            _stderr("exemesh_worker: ignoring a start frame with id %r\n" % call_id)
+            return
+        if type(start) is not dict:
+            start = {}
+        method = start.get("method") or ""
+        entry = self._handlers.get(method)
+        if entry is None:
+            self._reply_error(call_id, "UNIMPLEMENTED", "method %s is not implemented by this worker" % method)
+            return
+        function, kind = entry
+        call_kind = start.get("kind") or kind
+        if kind is None:
+            kind = call_kind
+            if kind not in KINDS:
+                self._reply_error(call_id, "INTERNAL", "unknown call kind %r for %s" % (kind, method))
+                return
+        elif call_kind != kind:
+            self._reply_error(call_id, "INTERNAL", "%s is registered as %s but was called as %s"
+                              % (method, kind, call_kind))
+            return
+        if call_id in self._calls:
+            _stderr("exemesh_worker: ignoring a start frame for id %d, which is still in flight\n" % call_id)
+            return
+        timeout_ms = start.get("timeoutMs")
+        deadline = None
+        if timeout_ms:
+            try:
+                deadline = time.monotonic() + float(timeout_ms) / 1000.0
+            except (TypeError, ValueError):
+                deadline = None
+        metadata = start.get("metadata")
+        ctx = Context(call_id, method, kind, start.get("requestId") or "",
+                      metadata if type(metadata) is dict else {},
+                      start.get("traceparent") or "", start.get("tracestate") or "", deadline)
+        self._calls[call_id] = ctx
+        if kind == UNARY:
+            self._pool.submit((self._run_unary, function, ctx, start.get("message") or {}))
+        elif kind == SERVER_STREAMING:
+            self._pool.submit((self._run_server_streaming, function, ctx, start.get("message") or {}))
+        else:
+            queue = ctx._queue = SimpleQueue()
+            if "message" in start:
+                queue.put(start["message"])
+            if start.get("halfClose"):
+                queue.put(_HALF_CLOSE)
+            if kind == CLIENT_STREAMING:
+                self._pool.submit((self._run_client_streaming, function, ctx))
+            else:
+                self._pool.submit((self._run_bidi_streaming, function, ctx))
+
+    # -- running handlers (in pool threads) -----------------------------------
+
+    def _crash(self, ctx, exc):
+        """Answer an unexpected exception with UNKNOWN; traceback to stderr."""
+        if isinstance(exc, _CallOver) or ctx._done:
+            return
+        text = "%s: %s" % (type(exc).__name__, exc)
+        if len(text) > MAX_EXCEPTION_MESSAGE:
+            text = text[:MAX_EXCEPTION_MESSAGE - 3] + "..."
+        _stderr("exemesh_worker: %s (request %s) raised:\n%s" % (
+            ctx.method, ctx.request_id or "#%d" % ctx.id,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+        self._fail(ctx, "UNKNOWN", text)
+
+    def _run_unary(self, function, ctx, request):
+        if ctx._done:
+            return  # cancelled while queued
+        call_id = ctx.id
+        try:
+            data = '{"id":%d,"message":%s}\n{"id":%d,"end":{}}\n' % (
+                call_id, self._encode_reply(ctx, function(request, ctx)), call_id)
+        except Error as exc:
+            self._fail(ctx, exc.code, exc.message)
+        except BaseException as exc:
+            self._crash(ctx, exc)
+        else:
+            self._finish(ctx, data.encode())
+
+    def _run_client_streaming(self, function, ctx):
+        if ctx._done:
+            return
+        call_id = ctx.id
+        try:
+            data = '{"id":%d,"message":%s}\n{"id":%d,"end":{}}\n' % (
+                call_id, self._encode_reply(ctx, function(_Requests(ctx), ctx)), call_id)
+        except Error as exc:
+            self._fail(ctx, exc.code, exc.message)
+        except BaseException as exc:
+            self._crash(ctx, exc)
+        else:
+            self._finish(ctx, data.encode())
+
+    def _run_server_streaming(self, function, ctx, request):
+        if ctx._done:
+            return
+        self._stream(ctx, lambda: function(request, ctx))
+
+    def _run_bidi_streaming(self, function, ctx):
+        if ctx._done:
+            return
+        self._stream(ctx, lambda: function(_Requests(ctx), ctx))
+
+    def _stream(self, ctx, call_handler):
+        replies = None
+        try:
+            replies = call_handler()
+            if replies is None or isinstance(replies, (dict, str, bytes)):
+                raise Error("INTERNAL", "streaming handler for %s must yield reply dicts (or return an iterable)"
+                            % ctx.method)
+            for reply in replies:
+                if ctx._done:
+                    break
+                self._send_message(ctx, self._encode_reply(ctx, reply))
+        except _CallOver:
+            pass
+        except Error as exc:
+            self._fail(ctx, exc.code, exc.message)
+            return
+        except BaseException as exc:
+            self._crash(ctx, exc)
+            return
+        finally:
+            close = getattr(replies, "close", None)
+            if close is not None and ctx._done:
+                try:
+                    close()  # run the generator's cleanup (finally blocks) after a cancel
+                except BaseException:
+                    pass
+        self._finish(ctx, ('{"id":%d,"end":{}}\n' % ctx.id).encode())
+
+
+class _CallOver(Exception):
+    """Internal: the call was answered already (cancelled); stop streaming."""

@@ -1,0 +1,284 @@
+//! The generic gRPC service: routes `/pkg.Service/Method` to the method's runtime, turns tonic's
+//! request into a [`CallContext`] and a request stream, enforces the deadline and the concurrency
+//! limit, and turns the backend's replies into the response for each RPC kind.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, Stream, StreamExt};
+use prost_reflect::{DynamicMessage, MethodDescriptor};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, Sleep};
+use tonic::server::{ClientStreamingService, Grpc, ServerStreamingService, StreamingService, UnaryService};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::call::{CallContext, RequestStream};
+use super::error::CallError;
+use super::limiter::Limiter;
+use super::rpc_kind::RpcKind;
+use super::spawn::SpawnRunner;
+use super::worker::runner::WorkerRunner;
+use crate::mesh::codec::DynamicCodec;
+use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout};
+
+/// What executes a method.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One process per call.
+    Spawn(Arc<SpawnRunner>),
+    /// A worker pool.
+    Worker(Arc<WorkerRunner>),
+}
+
+/// A method ready to serve.
+#[derive(Debug)]
+pub struct MethodRuntime {
+    /// `pkg.Service/Method`.
+    pub name: Arc<str>,
+    /// Its descriptor.
+    pub desc: MethodDescriptor,
+    /// Its kind.
+    pub kind: RpcKind,
+    /// Deadline when the client sends none.
+    pub default_timeout: Duration,
+    /// Largest request or reply message.
+    pub max_message: usize,
+    /// Concurrency limit.
+    pub limiter: Limiter,
+    /// Execution.
+    pub backend: Backend,
+}
+
+/// The tower service serving every method of a contract.
+#[derive(Debug, Clone)]
+pub struct DynamicService {
+    methods: Arc<HashMap<String, Arc<MethodRuntime>>>,
+}
+
+static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Headers that describe the transport, not the call; never forwarded to executables.
+const HIDDEN_HEADERS: [&str; 7] = ["te", "content-type", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "user-agent", "traceparent"];
+
+impl DynamicService {
+    /// A service for `methods`.
+    pub fn new(methods: Vec<MethodRuntime>) -> Self {
+        let methods = methods
+            .into_iter()
+            .map(|m| (format!("/{}", m.name), Arc::new(m)))
+            .collect();
+        Self { methods: Arc::new(methods) }
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for DynamicService
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let Some(method) = self.methods.get(req.uri().path()).cloned() else {
+            let path = req.uri().path().to_string();
+            return Box::pin(async move { Ok(Status::unimplemented(format!("unknown method {path}")).into_http()) });
+        };
+        Box::pin(async move {
+            let codec = DynamicCodec::new(method.desc.input());
+            let mut grpc = Grpc::new(codec)
+                .max_decoding_message_size(method.max_message)
+                .max_encoding_message_size(usize::MAX);
+            let handler = Handler(method.clone());
+            Ok(match method.kind {
+                RpcKind::Unary => grpc.unary(handler, req).await,
+                RpcKind::ServerStreaming => grpc.server_streaming(handler, req).await,
+                RpcKind::ClientStreaming => grpc.client_streaming(handler, req).await,
+                RpcKind::BidiStreaming => grpc.streaming(handler, req).await,
+            })
+        })
+    }
+}
+
+/// Adapts one method to tonic's four handler traits.
+struct Handler(Arc<MethodRuntime>);
+
+type Replies = BoxStream<'static, Result<DynamicMessage, Status>>;
+
+impl MethodRuntime {
+    fn context(&self, metadata: &tonic::metadata::MetadataMap) -> CallContext {
+        let timeout = metadata
+            .get(GRPC_TIMEOUT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .unwrap_or(self.default_timeout);
+        let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let forwarded = metadata
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) if !HIDDEN_HEADERS.contains(&k.as_str()) && k.as_str() != "tracestate" => {
+                    v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string()))
+                }
+                _ => None,
+            })
+            .collect();
+        CallContext {
+            method: self.name.clone(),
+            kind: self.kind,
+            deadline: Instant::now() + timeout,
+            deadline_wall: SystemTime::now() + timeout,
+            timeout,
+            request_id: text("x-request-id").unwrap_or_else(|| format!("{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed))),
+            traceparent: text("traceparent"),
+            tracestate: text("tracestate"),
+            metadata: forwarded,
+        }
+    }
+
+    /// Starts the call on its backend and returns its replies, bounded by the deadline.
+    async fn start(self: Arc<Self>, ctx: CallContext, input: RequestStream) -> Result<ReplyStream, Status> {
+        let slot = tokio::time::timeout_at(ctx.deadline, self.limiter.acquire())
+            .await
+            .map_err(|_| Status::from(ctx.deadline_exceeded()))??;
+        let (tx, rx) = mpsc::channel(16);
+        let deadline_error = ctx.deadline_exceeded();
+        let deadline = ctx.deadline;
+        let task = match &self.backend {
+            Backend::Spawn(runner) => tokio::spawn({
+                let runner = runner.clone();
+                async move {
+                    runner.run(ctx, input, tx).await;
+                    drop(slot);
+                }
+            }),
+            Backend::Worker(runner) => tokio::spawn({
+                let runner = runner.clone();
+                async move {
+                    runner.run(ctx, input, tx).await;
+                    drop(slot);
+                }
+            }),
+        };
+        Ok(ReplyStream { rx, task: Some(AbortOnDrop(task)), sleep: Box::pin(tokio::time::sleep_until(deadline)), deadline_error: Some(deadline_error) })
+    }
+
+    async fn single(self: Arc<Self>, ctx: CallContext, input: RequestStream) -> Result<Response<DynamicMessage>, Status> {
+        let mut replies = self.clone().start(ctx, input).await?;
+        let mut reply = None;
+        while let Some(next) = replies.next().await {
+            match next {
+                Ok(message) if reply.is_none() => reply = Some(message),
+                Ok(_) => return Err(Status::internal(format!("{}: more than one reply to a {} call", self.name, self.kind))),
+                Err(status) => return Err(status),
+            }
+        }
+        reply.map(Response::new).ok_or_else(|| Status::internal(format!("{}: the executable sent no reply", self.name)))
+    }
+}
+
+fn streaming_input(stream: Streaming<DynamicMessage>) -> RequestStream {
+    stream.boxed()
+}
+
+fn single_input(message: DynamicMessage) -> RequestStream {
+    stream::once(async move { Ok(message) }).boxed()
+}
+
+impl UnaryService<DynamicMessage> for Handler {
+    type Response = DynamicMessage;
+    type Future = BoxFuture<'static, Result<Response<DynamicMessage>, Status>>;
+
+    fn call(&mut self, request: Request<DynamicMessage>) -> Self::Future {
+        let method = self.0.clone();
+        let ctx = method.context(request.metadata());
+        Box::pin(method.single(ctx, single_input(request.into_inner())))
+    }
+}
+
+impl ServerStreamingService<DynamicMessage> for Handler {
+    type Response = DynamicMessage;
+    type ResponseStream = Replies;
+    type Future = BoxFuture<'static, Result<Response<Replies>, Status>>;
+
+    fn call(&mut self, request: Request<DynamicMessage>) -> Self::Future {
+        let method = self.0.clone();
+        let ctx = method.context(request.metadata());
+        Box::pin(async move { Ok(Response::new(method.start(ctx, single_input(request.into_inner())).await?.boxed())) })
+    }
+}
+
+impl ClientStreamingService<DynamicMessage> for Handler {
+    type Response = DynamicMessage;
+    type Future = BoxFuture<'static, Result<Response<DynamicMessage>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
+        let method = self.0.clone();
+        let ctx = method.context(request.metadata());
+        Box::pin(method.single(ctx, streaming_input(request.into_inner())))
+    }
+}
+
+impl StreamingService<DynamicMessage> for Handler {
+    type Response = DynamicMessage;
+    type ResponseStream = Replies;
+    type Future = BoxFuture<'static, Result<Response<Replies>, Status>>;
+
+    fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
+        let method = self.0.clone();
+        let ctx = method.context(request.metadata());
+        Box::pin(async move { Ok(Response::new(method.start(ctx, streaming_input(request.into_inner())).await?.boxed())) })
+    }
+}
+
+/// Aborts the task (and so kills its process or cancels its worker call) when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A call's replies, ended by `DEADLINE_EXCEEDED` when the deadline passes first. Dropping it (the
+/// client went away) aborts the call.
+struct ReplyStream {
+    rx: mpsc::Receiver<Result<DynamicMessage, CallError>>,
+    task: Option<AbortOnDrop>,
+    sleep: Pin<Box<Sleep>>,
+    deadline_error: Option<CallError>,
+}
+
+impl Stream for ReplyStream {
+    type Item = Result<DynamicMessage, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.task.is_none() {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(item) = self.rx.poll_recv(cx) {
+            if item.is_none() || matches!(item, Some(Err(_))) {
+                self.task = None;
+            }
+            return Poll::Ready(item.map(|r| r.map_err(Status::from)));
+        }
+        if self.sleep.as_mut().poll(cx).is_ready() {
+            self.task = None;
+            let err = self.deadline_error.take().unwrap_or(CallError::ShuttingDown);
+            return Poll::Ready(Some(Err(Status::from(err))));
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,552 @@
+//! The manifest: which contract to serve and which executable answers each method.
+//!
+//! Parsing is strict (`deny_unknown_fields`); validation collects *every* problem, each naming the
+//! file and the key, so `exemesh check` can report them all at once. Binding to the contract (does the
+//! method exist, do placeholders name fields) happens later, in [`super::binding`].
+//! The format is documented in docs/manifest.md.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tonic::Code;
+
+use super::placeholder::ArgTemplate;
+use crate::mesh::status_code::parse_code;
+
+/// One problem in a manifest, located by file and key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestIssue {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// The dotted key path, e.g. `methods.GetProduct.argv[4]` (empty for syntax errors).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ManifestIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a manifest (never empty).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ManifestError(pub Vec<ManifestIssue>);
+
+/// A duration written as text in the manifest, such as `"250ms"` or `"5s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for TextDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(TextDuration)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"250ms\" or \"5s\"")))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    service: ServiceSection,
+    #[serde(default)]
+    defaults: LimitsSection,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    methods: BTreeMap<String, MethodSection>,
+    #[serde(default)]
+    pools: BTreeMap<String, PoolSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceSection {
+    name: String,
+    protos: Vec<PathBuf>,
+    #[serde(default)]
+    include: Vec<PathBuf>,
+    listen: Option<SocketAddr>,
+    drain_timeout: Option<TextDuration>,
+    #[serde(default)]
+    inherit_env: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    timeout: Option<TextDuration>,
+    max_concurrency: Option<usize>,
+    max_queue: Option<usize>,
+    max_output_bytes: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MethodSection {
+    mode: Mode,
+    argv: Option<Vec<String>>,
+    output: Option<OutputKind>,
+    text_field: Option<String>,
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    exit_codes: BTreeMap<String, String>,
+    pool: Option<String>,
+    timeout: Option<TextDuration>,
+    max_concurrency: Option<usize>,
+    max_queue: Option<usize>,
+    max_output_bytes: Option<usize>,
+}
+
+impl MethodSection {
+    fn limits(&self) -> LimitsSection {
+        LimitsSection {
+            timeout: self.timeout,
+            max_concurrency: self.max_concurrency,
+            max_queue: self.max_queue,
+            max_output_bytes: self.max_output_bytes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Spawn,
+    Worker,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum OutputKind {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolSection {
+    argv: Vec<String>,
+    workers: Option<usize>,
+    max_in_flight: Option<usize>,
+    ready_timeout: Option<TextDuration>,
+    stop_timeout: Option<TextDuration>,
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// A validated manifest with paths resolved and defaults applied.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// The fully-qualified service name.
+    pub service: String,
+    /// `.proto` files to compile.
+    pub protos: Vec<PathBuf>,
+    /// Include paths for imports.
+    pub include: Vec<PathBuf>,
+    /// Where to listen unless overridden.
+    pub listen: SocketAddr,
+    /// Grace period for in-flight calls at shutdown.
+    pub drain_timeout: Duration,
+    /// Methods by simple name (`GetProduct`).
+    pub methods: BTreeMap<String, MethodSpec>,
+    /// Worker pools by name.
+    pub pools: BTreeMap<String, PoolSpec>,
+}
+
+/// Limits that apply to one method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deadline used when the client sends none.
+    pub timeout: Duration,
+    /// Calls running at once.
+    pub max_concurrency: usize,
+    /// Calls waiting for a slot.
+    pub max_queue: usize,
+    /// Largest stdout (spawn) or reply message (worker).
+    pub max_output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            max_concurrency: 64,
+            max_queue: 256,
+            max_output_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// How one method runs.
+#[derive(Debug, Clone)]
+pub struct MethodSpec {
+    /// The method's simple name.
+    pub name: String,
+    /// Its limits.
+    pub limits: Limits,
+    /// What runs it.
+    pub execution: Execution,
+}
+
+/// The two execution modes.
+#[derive(Debug, Clone)]
+pub enum Execution {
+    /// One process per call.
+    Spawn(SpawnSpec),
+    /// A call on a worker of the named pool.
+    Worker {
+        /// The pool's name.
+        pool: String,
+    },
+}
+
+/// How stdout becomes the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// stdout is JSON for the reply type.
+    Json,
+    /// stdout is stored as text in this string field.
+    Text {
+        /// The reply field receiving stdout.
+        field: String,
+    },
+}
+
+/// A spawn-mode method.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec {
+    /// Absolute path of the program.
+    pub program: PathBuf,
+    /// Arguments after the program, with placeholders.
+    pub args: Vec<ArgTemplate>,
+    /// How stdout is read.
+    pub output: Output,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// The complete environment.
+    pub env: Vec<(String, String)>,
+    /// Extra exit code mappings, taking precedence over the built-in table.
+    pub exit_codes: BTreeMap<i32, Code>,
+}
+
+/// A pool of workers.
+#[derive(Debug, Clone)]
+pub struct PoolSpec {
+    /// The pool's name.
+    pub name: String,
+    /// Absolute path of the program.
+    pub program: PathBuf,
+    /// Arguments after the program.
+    pub args: Vec<String>,
+    /// Number of processes.
+    pub workers: usize,
+    /// Calls in flight per worker.
+    pub max_in_flight: usize,
+    /// Time allowed for the ready frame.
+    pub ready_timeout: Duration,
+    /// Grace between closing stdin and killing the group at shutdown.
+    pub stop_timeout: Duration,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// The complete environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+
+impl Manifest {
+    /// Reads, parses and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let issue = |message: String| ManifestError(vec![ManifestIssue { file: path.to_path_buf(), key: String::new(), message }]);
+        let text = std::fs::read_to_string(path).map_err(|e| issue(format!("cannot read: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates manifest text; `path` locates it (relative paths resolve against its
+    /// directory) and names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Manifest, ManifestError> {
+        let raw: ManifestFile = toml::from_str(text).map_err(|e| {
+            ManifestError(vec![ManifestIssue {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message: e.to_string().trim_end().replace('\n', "\n    "),
+            }])
+        })?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let mut v = Validator { file: path.to_path_buf(), dir, issues: Vec::new() };
+        let manifest = v.manifest(raw);
+        if v.issues.is_empty() { Ok(manifest) } else { Err(ManifestError(v.issues)) }
+    }
+}
+
+struct Validator {
+    file: PathBuf,
+    dir: PathBuf,
+    issues: Vec<ManifestIssue>,
+}
+
+impl Validator {
+    fn issue(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(ManifestIssue { file: self.file.clone(), key: key.into(), message: message.into() });
+    }
+
+    fn manifest(&mut self, raw: ManifestFile) -> Manifest {
+        let service = raw.service;
+        if service.name.trim().is_empty() {
+            self.issue("service.name", "must name the fully-qualified service, e.g. \"shop.v1.ProductService\"");
+        }
+        if service.protos.is_empty() {
+            self.issue("service.protos", "must list at least one .proto file");
+        }
+        let include = if service.include.is_empty() { vec![self.dir.clone()] } else { service.include.iter().map(|p| self.dir.join(p)).collect() };
+        let mut base_env = Vec::new();
+        for name in &service.inherit_env {
+            if let Ok(value) = std::env::var(name) {
+                base_env.push((name.clone(), value));
+            }
+        }
+        base_env.extend(raw.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let defaults = self.limits("defaults", &raw.defaults, Limits::default());
+        let pools: BTreeMap<String, PoolSpec> = raw
+            .pools
+            .into_iter()
+            .map(|(name, pool)| {
+                let spec = self.pool(&name, pool, &base_env);
+                (name, spec)
+            })
+            .collect();
+        let methods = raw
+            .methods
+            .into_iter()
+            .map(|(name, method)| {
+                let spec = self.method(&name, method, defaults, &base_env, &pools);
+                (name, spec)
+            })
+            .collect();
+        Manifest {
+            file: self.file.clone(),
+            service: service.name,
+            protos: service.protos.iter().map(|p| self.dir.join(p)).collect(),
+            include,
+            listen: service.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051)))),
+            drain_timeout: service.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            methods,
+            pools,
+        }
+    }
+
+    fn limits(&mut self, key: &str, raw: &LimitsSection, base: Limits) -> Limits {
+        let limits = Limits {
+            timeout: raw.timeout.map_or(base.timeout, |d| d.0),
+            max_concurrency: raw.max_concurrency.unwrap_or(base.max_concurrency),
+            max_queue: raw.max_queue.unwrap_or(base.max_queue),
+            max_output_bytes: raw.max_output_bytes.unwrap_or(base.max_output_bytes),
+        };
+        if limits.timeout.is_zero() {
+            self.issue(format!("{key}.timeout"), "must be greater than zero");
+        }
+        if limits.max_concurrency == 0 {
+            self.issue(format!("{key}.max_concurrency"), "must be at least 1");
+        }
+        if limits.max_output_bytes == 0 {
+            self.issue(format!("{key}.max_output_bytes"), "must be at least 1");
+        }
+        limits
+    }
+
+    fn method(&mut self, name: &str, raw: MethodSection, defaults: Limits, base_env: &[(String, String)], pools: &BTreeMap<String, PoolSpec>) -> MethodSpec {
+        let key = format!("methods.{name}");
+        let limits = self.limits(&key, &raw.limits(), defaults);
+        let execution = match raw.mode {
+            Mode::Spawn => Execution::Spawn(self.spawn(&key, raw, base_env)),
+            Mode::Worker => {
+                for (field, set) in [
+                    ("argv", raw.argv.is_some()),
+                    ("output", raw.output.is_some()),
+                    ("text_field", raw.text_field.is_some()),
+                    ("cwd", raw.cwd.is_some()),
+                    ("env", !raw.env.is_empty()),
+                    ("exit_codes", !raw.exit_codes.is_empty()),
+                ] {
+                    if set {
+                        self.issue(format!("{key}.{field}"), "only applies to mode = \"spawn\"; a worker method takes its program from its pool");
+                    }
+                }
+                let pool = match raw.pool {
+                    Some(pool) => pool,
+                    None if pools.len() == 1 => pools.keys().next().cloned().unwrap_or_default(),
+                    None => {
+                        self.issue(format!("{key}.pool"), format!("must name one of the pools ({})", names(pools.keys())));
+                        String::new()
+                    }
+                };
+                if !pool.is_empty() && !pools.contains_key(&pool) {
+                    self.issue(format!("{key}.pool"), format!("no pool named {pool:?} (pools: {})", names(pools.keys())));
+                }
+                Execution::Worker { pool }
+            }
+        };
+        MethodSpec { name: name.to_string(), limits, execution }
+    }
+
+    fn spawn(&mut self, key: &str, raw: MethodSection, base_env: &[(String, String)]) -> SpawnSpec {
+        if raw.pool.is_some() {
+            self.issue(format!("{key}.pool"), "only applies to mode = \"worker\"");
+        }
+        let argv = raw.argv.unwrap_or_default();
+        let (program, args) = match argv.split_first() {
+            Some((program, args)) => {
+                if program.contains('{') {
+                    self.issue(format!("{key}.argv[0]"), "the program cannot contain placeholders");
+                }
+                (self.program(&format!("{key}.argv[0]"), program), args.to_vec())
+            }
+            None => {
+                self.issue(format!("{key}.argv"), "must list the program and its arguments, e.g. [\"./tool\", \"get\", \"{id}\"]");
+                (PathBuf::new(), Vec::new())
+            }
+        };
+        let mut templates = Vec::new();
+        for (i, arg) in args.iter().enumerate() {
+            match ArgTemplate::parse(arg) {
+                Ok(t) => templates.push(t),
+                Err(e) => self.issue(format!("{key}.argv[{}]", i + 1), e.to_string()),
+            }
+        }
+        let output = match (raw.output.unwrap_or(OutputKind::Json), raw.text_field) {
+            (OutputKind::Json, None) => Output::Json,
+            (OutputKind::Json, Some(_)) => {
+                self.issue(format!("{key}.text_field"), "only applies to output = \"text\"");
+                Output::Json
+            }
+            (OutputKind::Text, Some(field)) => Output::Text { field },
+            (OutputKind::Text, None) => {
+                self.issue(format!("{key}.text_field"), "output = \"text\" needs the name of the string field that receives stdout");
+                Output::Json
+            }
+        };
+        let mut exit_codes = BTreeMap::new();
+        for (code, status) in &raw.exit_codes {
+            let Ok(code) = code.parse::<i32>() else {
+                self.issue(format!("{key}.exit_codes.{code}"), "the key must be an exit code (0-255)");
+                continue;
+            };
+            match parse_code(status) {
+                Some(status) if (1..=255).contains(&code) && status != Code::Ok => {
+                    exit_codes.insert(code, status);
+                }
+                Some(_) => self.issue(format!("{key}.exit_codes.{code}"), "maps a non-zero exit code (1-255) to an error status other than OK"),
+                None => self.issue(format!("{key}.exit_codes.{code}"), format!("unknown status {status:?}; use a name such as \"NOT_FOUND\"")),
+            }
+        }
+        let mut env = base_env.to_vec();
+        env.extend(raw.env);
+        SpawnSpec { program, args: templates, output, cwd: self.cwd(&format!("{key}.cwd"), raw.cwd), env, exit_codes }
+    }
+
+    fn pool(&mut self, name: &str, raw: PoolSection, base_env: &[(String, String)]) -> PoolSpec {
+        let key = format!("pools.{name}");
+        let (program, args) = match raw.argv.split_first() {
+            Some((program, args)) => (self.program(&format!("{key}.argv[0]"), program), args.to_vec()),
+            None => {
+                self.issue(format!("{key}.argv"), "must list the worker program and its arguments");
+                (PathBuf::new(), Vec::new())
+            }
+        };
+        let workers = raw.workers.unwrap_or(2);
+        if workers == 0 {
+            self.issue(format!("{key}.workers"), "must be at least 1");
+        }
+        let max_in_flight = raw.max_in_flight.unwrap_or(16);
+        if max_in_flight == 0 {
+            self.issue(format!("{key}.max_in_flight"), "must be at least 1");
+        }
+        let mut env = base_env.to_vec();
+        env.extend(raw.env);
+        PoolSpec {
+            name: name.to_string(),
+            program,
+            args,
+            workers,
+            max_in_flight,
+            ready_timeout: raw.ready_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            cwd: self.cwd(&format!("{key}.cwd"), raw.cwd),
+            env,
+        }
+    }
+
+    fn cwd(&mut self, key: &str, raw: Option<PathBuf>) -> PathBuf {
+        let dir = raw.map_or_else(|| self.dir.clone(), |p| self.dir.join(p));
+        if !dir.is_dir() {
+            self.issue(key, format!("{} is not a directory", dir.display()));
+        }
+        dir
+    }
+
+    /// Resolves a program: a path (relative to the manifest) or a name looked up in `PATH`.
+    fn program(&mut self, key: &str, program: &str) -> PathBuf {
+        match resolve_program(&self.dir, program) {
+            Ok(path) => path,
+            Err(message) => {
+                self.issue(key, message);
+                PathBuf::from(program)
+            }
+        }
+    }
+}
+
+fn names<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<&str> = keys.map(String::as_str).collect();
+    if list.is_empty() { "none defined; add a [pools.NAME] table".to_string() } else { list.join(", ") }
+}
+
+/// Finds the executable a manifest names: paths containing `/` are relative to `dir`, bare names are
+/// searched in `PATH`. The result must be an executable regular file.
+pub fn resolve_program(dir: &Path, program: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let check = |path: &Path| -> Result<PathBuf, String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("program {program:?} not found at {} ({e})", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("program {program:?} at {} is not a regular file", path.display()));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(format!("program {program:?} at {} is not executable (chmod +x it)", path.display()));
+        }
+        Ok(path.to_path_buf())
+    };
+    if program.is_empty() {
+        return Err("the program is empty".into());
+    }
+    if program.contains('/') {
+        let joined: PathBuf = dir.join(program).components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+        return check(&joined);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for entry in std::env::split_paths(&path) {
+        let candidate = entry.join(program);
+        if candidate.is_file() {
+            return check(&candidate);
+        }
+    }
+    Err(format!("program {program:?} not found in PATH; use a path such as \"./{program}\" or an absolute one"))
+}

@@ -1,0 +1,212 @@
+//! Putting it together: a manifest becomes a running gRPC server with the dynamic service, health
+//! (`grpc.health.v1`) and reflection (v1 and v1alpha), and a graceful shutdown.
+//!
+//! Shutdown order: health goes `NOT_SERVING`, the listener stops accepting, in-flight calls get up to
+//! the drain timeout, then the worker pools are stopped (stdin closed, then the process groups
+//! killed).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use prost::Message as _;
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use super::binding::{BoundMethod, bind};
+use super::contract::{Contract, ContractError};
+use super::dispatch::{Backend, DynamicService, MethodRuntime};
+use super::limiter::Limiter;
+use super::manifest::{Execution, Manifest, ManifestError};
+use super::spawn::SpawnRunner;
+use super::worker::pool::Pool;
+use super::worker::runner::WorkerRunner;
+
+/// Why a server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The contract does not compile or lacks the service.
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    /// A descriptor set could not be used for reflection.
+    #[error("reflection: {0}")]
+    Reflection(String),
+    /// The transport failed.
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A manifest checked against its contract: everything `serve` needs, nothing started yet.
+#[derive(Debug)]
+pub struct Plan {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// Its contract.
+    pub contract: Contract,
+    /// Its methods.
+    pub methods: Vec<BoundMethod>,
+}
+
+impl Plan {
+    /// Loads the contract and binds the manifest to it (what `exemesh check` runs).
+    pub fn new(manifest: Manifest) -> Result<Plan, ServeError> {
+        let contract = Contract::load(&manifest.protos, &manifest.include, &manifest.service)?;
+        let methods = bind(&manifest, &contract)?;
+        Ok(Plan { manifest, contract, methods })
+    }
+}
+
+/// Serves `plan` on `listener` until `shutdown` completes, then drains and stops.
+pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let service_name = plan.contract.service.full_name().to_string();
+    let pools = start_pools(&plan);
+    let runtimes = plan.methods.iter().map(|m| runtime(&plan, m, &pools)).collect::<Result<Vec<_>, _>>()?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_status(&reporter, &service_name, ServingStatus::NotServing).await;
+    let health_task = tokio::spawn(follow_pools(reporter.clone(), service_name.clone(), pools.values().cloned().collect()));
+
+    let mut sets = vec![plan.contract.files.clone()];
+    sets.push(decode_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?);
+    let mut v1 = tonic_reflection::server::Builder::configure();
+    let mut v1alpha = tonic_reflection::server::Builder::configure();
+    for set in sets {
+        v1 = v1.register_file_descriptor_set(set.clone());
+        v1alpha = v1alpha.register_file_descriptor_set(set);
+    }
+    let v1 = v1.build_v1().map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let v1alpha = v1alpha.build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let router = axum::Router::new().fallback_service(DynamicService::new(runtimes));
+    let routes = Routes::from(router).add_service(health).add_service(v1).add_service(v1alpha);
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
+
+    let drain = plan.manifest.drain_timeout;
+    let (draining_tx, mut draining) = tokio::sync::watch::channel(false);
+    let signal = {
+        let reporter = reporter.clone();
+        let service_name = service_name.clone();
+        async move {
+            shutdown.await;
+            health_task.abort();
+            set_status(&reporter, &service_name, ServingStatus::NotServing).await;
+            tracing::info!("shutting down: draining in-flight calls (up to {}s)", drain.as_secs_f32());
+            draining_tx.send_replace(true);
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r.map_err(ServeError::from),
+        _ = async {
+            let _ = draining.wait_for(|d| *d).await;
+            tokio::time::sleep(drain).await;
+        } => {
+            tracing::warn!("drain timeout of {}s passed; aborting the remaining calls", drain.as_secs_f32());
+            Ok(())
+        }
+    };
+    drop(server);
+    for pool in pools.values() {
+        pool.stop().await;
+    }
+    tracing::info!("stopped");
+    result
+}
+
+fn decode_set(bytes: &[u8]) -> Result<prost_types::FileDescriptorSet, ServeError> {
+    prost_types::FileDescriptorSet::decode(bytes).map_err(|e| ServeError::Reflection(e.to_string()))
+}
+
+fn start_pools(plan: &Plan) -> BTreeMap<String, Arc<Pool>> {
+    let used: std::collections::BTreeSet<&str> = plan
+        .methods
+        .iter()
+        .filter_map(|m| match &m.spec.execution {
+            Execution::Worker { pool } => Some(pool.as_str()),
+            Execution::Spawn(_) => None,
+        })
+        .collect();
+    plan.manifest
+        .pools
+        .iter()
+        .filter(|(name, _)| used.contains(name.as_str()))
+        .map(|(name, spec)| {
+            let max_output = plan
+                .methods
+                .iter()
+                .filter(|m| matches!(&m.spec.execution, Execution::Worker { pool } if pool == name))
+                .map(|m| m.spec.limits.max_output_bytes)
+                .max()
+                .unwrap_or(4 * 1024 * 1024);
+            (name.clone(), Pool::start(spec.clone(), max_output))
+        })
+        .collect()
+}
+
+fn runtime(plan: &Plan, method: &BoundMethod, pools: &BTreeMap<String, Arc<Pool>>) -> Result<MethodRuntime, ServeError> {
+    let name: Arc<str> = format!("{}/{}", plan.contract.service.full_name(), method.desc.name()).into();
+    let limits = method.spec.limits;
+    let backend = match &method.spec.execution {
+        Execution::Spawn(spec) => Backend::Spawn(Arc::new(SpawnRunner::new(spec.clone(), method.desc.output(), limits.max_output_bytes))),
+        Execution::Worker { pool } => {
+            let pool = pools.get(pool).cloned().ok_or_else(|| {
+                ManifestError(vec![super::manifest::ManifestIssue {
+                    file: plan.manifest.file.clone(),
+                    key: format!("methods.{}.pool", method.spec.name),
+                    message: format!("no pool named {pool:?}"),
+                }])
+            })?;
+            Backend::Worker(Arc::new(WorkerRunner::new(pool, method.desc.output(), limits.max_output_bytes)))
+        }
+    };
+    Ok(MethodRuntime {
+        limiter: Limiter::new(name.to_string(), limits.max_concurrency, limits.max_queue),
+        name,
+        desc: method.desc.clone(),
+        kind: method.kind,
+        default_timeout: limits.timeout,
+        max_message: limits.max_output_bytes.max(4 * 1024 * 1024),
+        backend,
+    })
+}
+
+async fn set_status(reporter: &HealthReporter, service: &str, status: ServingStatus) {
+    reporter.set_service_status(service, status).await;
+    reporter.set_service_status("", status).await;
+}
+
+/// SERVING while every pool has at least one ready worker (immediately, for spawn-only services).
+async fn follow_pools(reporter: HealthReporter, service: String, pools: Vec<Arc<Pool>>) {
+    let mut watchers: Vec<_> = pools.iter().map(|p| p.ready_workers()).collect();
+    let mut last = None;
+    loop {
+        let serving = watchers.iter().all(|w| *w.borrow() > 0);
+        if last != Some(serving) {
+            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            tracing::info!(service = %service, "health: {status:?}");
+            set_status(&reporter, &service, status).await;
+            last = Some(serving);
+        }
+        if watchers.is_empty() {
+            return;
+        }
+        let changes = watchers.iter_mut().map(|w| Box::pin(w.changed()));
+        let (result, _, _) = futures_util::future::select_all(changes).await;
+        if result.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! Spawn mode: one process per call.
+//!
+//! The request goes to stdin as JSON lines, stdout is the reply (one JSON document, or one message
+//! per line for server streaming), stderr's tail explains failures, and the exit code maps to a
+//! status (see [`super::exit_status`]). The process group is killed whenever the call ends early:
+//! deadline, cancellation, oversized output or a reported error.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tonic::Code;
+
+use super::call::{CallContext, ReplySink, RequestStream, single_request};
+use super::error::{CallError, tail};
+use super::exit_status::describe_exit;
+use super::json::{from_json, write_json};
+use super::line_reader::{Line, read_line};
+use super::manifest::{Output, SpawnSpec};
+use super::process::{self, Launch};
+use crate::mesh::status_code::parse_code;
+
+/// How much of stderr is kept to explain a failure.
+const STDERR_TAIL: usize = 2048;
+
+/// Runs one method in spawn mode.
+#[derive(Debug)]
+pub struct SpawnRunner {
+    spec: SpawnSpec,
+    reply_type: MessageDescriptor,
+    max_output: usize,
+}
+
+/// `{"error": {...}}` as the whole of an executable's output.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorDocument {
+    error: ErrorBody,
+}
+
+/// The error an executable reports in JSON (stdout in spawn mode, a frame in worker mode).
+#[derive(Debug, Deserialize)]
+pub struct ErrorBody {
+    /// A status name or number.
+    #[serde(default)]
+    pub code: serde_json::Value,
+    /// The message for the client.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// The status it names; unknown codes (and `OK`) become `UNKNOWN`.
+    pub fn into_error(self) -> CallError {
+        let code = match &self.code {
+            serde_json::Value::String(s) => parse_code(s),
+            serde_json::Value::Number(n) => n.as_i64().and_then(|n| parse_code(&n.to_string())),
+            _ => None,
+        }
+        .filter(|c| *c != Code::Ok)
+        .unwrap_or(Code::Unknown);
+        CallError::Reported { code, message: self.message }
+    }
+}
+
+/// Recognizes an error document; `None` for anything else.
+pub fn reported_error(text: &[u8]) -> Option<CallError> {
+    serde_json::from_slice::<ErrorDocument>(text).ok().map(|doc| doc.error.into_error())
+}
+
+impl SpawnRunner {
+    /// A runner for `spec`, whose replies are of type `reply_type`.
+    pub fn new(spec: SpawnSpec, reply_type: MessageDescriptor, max_output: usize) -> Self {
+        Self { spec, reply_type, max_output }
+    }
+
+    /// Runs the call to completion, sending replies (and a final error, if any) to `replies`.
+    pub async fn run(self: Arc<Self>, ctx: CallContext, input: RequestStream, replies: ReplySink) {
+        if let Err(err) = self.execute(&ctx, input, &replies).await {
+            let _ = replies.send(Err(err)).await;
+        }
+    }
+
+    async fn execute(&self, ctx: &CallContext, mut input: RequestStream, replies: &ReplySink) -> Result<(), CallError> {
+        let first = if ctx.kind.single_request() { Some(single_request(&ctx.method, &mut input).await?) } else { None };
+        let mut args = Vec::with_capacity(self.spec.args.len());
+        for template in &self.spec.args {
+            // Streaming-request methods have no placeholders (checked at bind time).
+            let arg = match &first {
+                Some(message) => template.render(message),
+                None => Ok(template.literal()),
+            };
+            args.push(arg.map_err(|e| CallError::BadRequest(format!("{}: {e}", ctx.method)))?);
+        }
+        let timeout_ms = ctx.remaining().as_millis().max(1).to_string();
+        let deadline_ms = ctx.deadline_unix_ms().to_string();
+        let mut extra: Vec<(&str, &str)> = vec![
+            ("EXEMESH_METHOD", &ctx.method),
+            ("EXEMESH_REQUEST_ID", &ctx.request_id),
+            ("EXEMESH_TIMEOUT_MS", &timeout_ms),
+            ("EXEMESH_DEADLINE_UNIX_MS", &deadline_ms),
+        ];
+        if let Some(tp) = &ctx.traceparent {
+            extra.push(("TRACEPARENT", tp));
+        }
+        if let Some(ts) = &ctx.tracestate {
+            extra.push(("TRACESTATE", ts));
+        }
+        let launch = Launch { program: &self.spec.program, args: &args, cwd: &self.spec.cwd, env: &self.spec.env };
+        let mut started = process::start(&launch, &extra).map_err(|e| CallError::SpawnFailed {
+            method: ctx.method.to_string(),
+            program: self.spec.program.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        let stdin = started.child.stdin.take();
+        let stdout = started.child.stdout.take();
+        let stderr = started.child.stderr.take();
+        let (fed, output, stderr_text) = tokio::join!(
+            feed(stdin, first, input),
+            self.read_output(ctx, stdout, replies),
+            read_tail(stderr, &ctx.request_id),
+        );
+        // On an early error the guard (dropped on return) kills the group before we reap the child.
+        fed?;
+        let document = output?;
+        let status = started.child.wait().await.map_err(|e| CallError::Protocol { method: ctx.method.to_string(), detail: format!("waiting for the process: {e}") })?;
+        drop(started.group);
+        if let Some(doc) = &document
+            && let Some(err) = reported_error(doc)
+        {
+            return Err(err);
+        }
+        let (code, how) = describe_exit(status, &self.spec.exit_codes);
+        if code != Code::Ok {
+            let stderr_text = stderr_text.trim();
+            let message = if stderr_text.is_empty() { format!("{}: {how}", ctx.method) } else { format!("{}: {how}: {stderr_text}", ctx.method) };
+            return Err(CallError::Reported { code, message });
+        }
+        if let Some(doc) = document {
+            let reply = self.parse_reply(ctx, &doc)?;
+            let _ = replies.send(Ok(reply)).await;
+        }
+        Ok(())
+    }
+
+    /// Unary/client streaming: returns the whole of stdout. Streaming: sends each line and returns
+    /// `None`.
+    async fn read_output(
+        &self,
+        ctx: &CallContext,
+        stdout: Option<tokio::process::ChildStdout>,
+        replies: &ReplySink,
+    ) -> Result<Option<Vec<u8>>, CallError> {
+        let Some(stdout) = stdout else { return Ok(Some(Vec::new())) };
+        let too_large = || CallError::OutputTooLarge { method: ctx.method.to_string(), limit: self.max_output };
+        if ctx.kind.single_reply() {
+            let mut doc = Vec::new();
+            let read = stdout.take(self.max_output as u64 + 1).read_to_end(&mut doc).await;
+            read.map_err(|e| CallError::Protocol { method: ctx.method.to_string(), detail: format!("reading stdout: {e}") })?;
+            if doc.len() > self.max_output {
+                return Err(too_large());
+            }
+            return Ok(Some(doc));
+        }
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            match read_line(&mut reader, &mut line, self.max_output).await {
+                Ok(Line::Complete) if line.iter().all(u8::is_ascii_whitespace) => continue,
+                Ok(Line::Complete) => {
+                    if let Some(err) = reported_error(&line) {
+                        return Err(err);
+                    }
+                    let reply = self.parse_reply(ctx, &line)?;
+                    if replies.send(Ok(reply)).await.is_err() {
+                        return Ok(None);
+                    }
+                }
+                Ok(Line::Eof) => return Ok(None),
+                Ok(Line::TooLong) => return Err(too_large()),
+                Err(e) => return Err(CallError::Protocol { method: ctx.method.to_string(), detail: format!("reading stdout: {e}") }),
+            }
+        }
+    }
+
+    fn parse_reply(&self, ctx: &CallContext, text: &[u8]) -> Result<DynamicMessage, CallError> {
+        match &self.spec.output {
+            Output::Json => from_json(&self.reply_type, text).map_err(|detail| CallError::BadReply {
+                method: ctx.method.to_string(),
+                message_type: self.reply_type.full_name().to_string(),
+                detail,
+            }),
+            Output::Text { field } => {
+                let mut text = String::from_utf8_lossy(text).into_owned();
+                if ctx.kind.single_reply() && text.ends_with('\n') {
+                    text.pop();
+                    if text.ends_with('\r') {
+                        text.pop();
+                    }
+                }
+                let mut reply = DynamicMessage::new(self.reply_type.clone());
+                reply.try_set_field_by_name(field, Value::String(text)).map_err(|e| CallError::Protocol {
+                    method: ctx.method.to_string(),
+                    detail: format!("setting text field {field}: {e}"),
+                })?;
+                Ok(reply)
+            }
+        }
+    }
+}
+
+/// Writes the request messages to stdin as JSON lines, then closes it. A process that exits without
+/// reading its input is not an error.
+async fn feed(stdin: Option<tokio::process::ChildStdin>, first: Option<DynamicMessage>, mut input: RequestStream) -> Result<(), CallError> {
+    let Some(mut stdin) = stdin else { return Ok(()) };
+    let mut buf = Vec::new();
+    if let Some(message) = first {
+        write_json(&message, &mut buf);
+        buf.push(b'\n');
+        // A process that exits without reading its input is not an error.
+        let _ = stdin.write_all(&buf).await;
+        return Ok(());
+    }
+    while let Some(next) = input.next().await {
+        let message = next.map_err(|status| CallError::Reported { code: status.code(), message: status.message().to_string() })?;
+        buf.clear();
+        write_json(&message, &mut buf);
+        buf.push(b'\n');
+        if stdin.write_all(&buf).await.is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Logs stderr lines (debug level) and keeps the last bytes to explain a failure.
+async fn read_tail<R: AsyncRead + Unpin>(stderr: Option<R>, request_id: &str) -> String {
+    let Some(stderr) = stderr else { return String::new() };
+    let mut reader = BufReader::new(stderr);
+    let mut kept = String::new();
+    let mut line = Vec::new();
+    while let Ok(Line::Complete | Line::TooLong) = read_line(&mut reader, &mut line, 64 * 1024).await {
+        let text = String::from_utf8_lossy(&line);
+        tracing::debug!(request_id, "stderr: {text}");
+        kept.push_str(&text);
+        kept.push('\n');
+        if kept.len() > 2 * STDERR_TAIL {
+            kept = tail(&kept, STDERR_TAIL).to_string();
+        }
+    }
+    tail(&kept, STDERR_TAIL).to_string()
+}

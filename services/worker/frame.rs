@@ -1,0 +1,283 @@
+//! The worker protocol's frames as JSON lines.
+//!
+//! Frames exemesh writes are serialized straight from borrowed data; frames workers write are parsed
+//! without copying the reply message (it stays raw JSON until the call converts it to the reply
+//! type). The shapes follow `exemesh.v1.WorkerFrame`; a test checks them against that contract.
+
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::services::json::JsonMessage;
+use crate::services::spawn::ErrorBody;
+use prost_reflect::DynamicMessage;
+
+/// The start of a call (exemesh → worker).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Start<'a> {
+    /// `pkg.Service/Method`.
+    pub method: &'a str,
+    /// The RPC kind's name.
+    pub kind: &'a str,
+    /// Milliseconds left; 0 = none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub timeout_ms: u32,
+    /// W3C traceparent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<&'a str>,
+    /// W3C tracestate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<&'a str>,
+    /// An id for logs.
+    pub request_id: &'a str,
+    /// Forwarded metadata.
+    #[serde(skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata<'a>,
+    /// The first request message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<JsonMessage<'a>>,
+    /// No more messages follow.
+    #[serde(skip_serializing_if = "is_false")]
+    pub half_close: bool,
+}
+
+/// Request metadata serialized as a JSON object.
+pub struct Metadata<'a>(pub &'a [(String, String)]);
+
+impl Metadata<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Metadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum Outbound<'a> {
+    Start(Start<'a>),
+    Message(JsonMessage<'a>),
+    HalfClose(Empty),
+    Cancel { reason: &'a str },
+}
+
+#[derive(Serialize)]
+struct OutFrame<'a> {
+    id: u32,
+    #[serde(flatten)]
+    kind: Outbound<'a>,
+}
+
+fn line(id: u32, kind: Outbound<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    // Serializing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &OutFrame { id, kind });
+    out.push(b'\n');
+    out
+}
+
+/// `{"id":N,"start":{...}}\n`
+pub fn start_line(id: u32, start: Start<'_>) -> Vec<u8> {
+    line(id, Outbound::Start(start))
+}
+
+/// `{"id":N,"message":{...}}\n`
+pub fn message_line(id: u32, message: &DynamicMessage) -> Vec<u8> {
+    line(id, Outbound::Message(JsonMessage(message)))
+}
+
+/// `{"id":N,"halfClose":{}}\n`
+pub fn half_close_line(id: u32) -> Vec<u8> {
+    line(id, Outbound::HalfClose(Empty {}))
+}
+
+/// `{"id":N,"cancel":{"reason":...}}\n`
+pub fn cancel_line(id: u32, reason: &str) -> Vec<u8> {
+    line(id, Outbound::Cancel { reason })
+}
+
+/// The worker's handshake.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Ready {
+    /// Methods served (empty = all).
+    pub methods: Vec<String>,
+    /// Calls the worker accepts at once (0 = no preference).
+    pub max_in_flight: u32,
+    /// The implementation's name.
+    pub sdk: String,
+}
+
+/// A frame written by a worker.
+#[derive(Debug)]
+pub enum Inbound {
+    /// The handshake.
+    Ready(Ready),
+    /// A reply message, still as raw JSON.
+    Message(u32, Box<RawValue>),
+    /// Successful end of a call.
+    End(u32),
+    /// Failure of a call.
+    Error(u32, ErrorBody),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InFrame {
+    #[serde(default)]
+    id: u32,
+    ready: Option<Ready>,
+    message: Option<Box<RawValue>>,
+    end: Option<serde::de::IgnoredAny>,
+    error: Option<ErrorBody>,
+}
+
+/// Parses one line written by a worker; the error explains what is wrong (for the log).
+pub fn parse_inbound(line: &[u8]) -> Result<Inbound, String> {
+    let frame: InFrame = serde_json::from_slice(line).map_err(|e| format!("not a frame: {e}"))?;
+    let kinds = [frame.ready.is_some(), frame.message.is_some(), frame.end.is_some(), frame.error.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err("a frame must have exactly one of ready, message, end, error".into());
+    }
+    if frame.ready.is_none() && frame.id == 0 {
+        return Err("a call frame needs a non-zero id".into());
+    }
+    Ok(match frame {
+        InFrame { ready: Some(r), .. } => Inbound::Ready(r),
+        InFrame { message: Some(m), id, .. } => Inbound::Message(id, m),
+        InFrame { error: Some(e), id, .. } => Inbound::Error(id, e),
+        InFrame { id, .. } => Inbound::End(id),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_reflect::{DescriptorPool, DeserializeOptions, MessageDescriptor, SerializeOptions};
+    use proptest::prelude::*;
+
+    fn frame_type() -> MessageDescriptor {
+        let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
+        pool.get_message_by_name("exemesh.v1.WorkerFrame").expect("WorkerFrame")
+    }
+
+    /// Parses a line strictly as the contract's `WorkerFrame`.
+    fn as_contract(line: &[u8]) -> DynamicMessage {
+        let mut de = serde_json::Deserializer::from_slice(line);
+        DynamicMessage::deserialize_with_options(frame_type(), &mut de, &DeserializeOptions::new().deny_unknown_fields(true))
+            .unwrap_or_else(|e| panic!("{} is not a WorkerFrame: {e}", String::from_utf8_lossy(line)))
+    }
+
+    fn payload() -> DynamicMessage {
+        // Any message type works as a payload; use the contract's own Error message.
+        let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
+        let mut m = DynamicMessage::new(pool.get_message_by_name("exemesh.v1.Error").expect("Error"));
+        m.set_field_by_name("code", prost_reflect::Value::String("x\"y\n".into()));
+        m
+    }
+
+    proptest! {
+        #[test]
+        fn frames_we_write_follow_the_contract(
+            id in 1u32..,
+            method in "\\PC{0,40}",
+            timeout_ms in any::<u32>(),
+            traceparent in proptest::option::of("[0-9a-f-]{0,55}"),
+            meta in proptest::collection::vec(("[a-z-]{1,10}", "\\PC{0,20}"), 0..4),
+            half_close in any::<bool>(),
+        ) {
+            let payload = payload();
+            let start = Start {
+                method: &method, kind: "unary", timeout_ms, traceparent: traceparent.as_deref(), tracestate: None,
+                request_id: "r1", metadata: Metadata(&meta), message: Some(JsonMessage(&payload)), half_close,
+            };
+            let text = start_line(id, start);
+            prop_assert_eq!(text.last(), Some(&b'\n'));
+            prop_assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 1);
+            let parsed = as_contract(&text[..text.len() - 1]);
+            let json = serde_json::to_value(JsonMessage(&parsed)).expect("json");
+            prop_assert_eq!(json["id"].as_u64(), Some(u64::from(id)));
+            prop_assert_eq!(json["start"]["method"].as_str().unwrap_or(""), method.as_str());
+            prop_assert_eq!(json["start"]["message"]["code"].as_str(), Some("x\"y\n"));
+            for line in [message_line(id, &payload), half_close_line(id), cancel_line(id, "cancelled")] {
+                as_contract(&line[..line.len() - 1]);
+            }
+        }
+
+        #[test]
+        fn frames_the_contract_allows_parse(id in 1u32.., code in "[A-Z_]{0,20}", msg in "\\PC{0,40}", which in 0..4u8) {
+            let mut frame = DynamicMessage::new(frame_type());
+            let pool = frame_type().parent_pool().clone();
+            frame.set_field_by_name("id", prost_reflect::Value::U32(id));
+            match which {
+                0 => {
+                    let mut e = DynamicMessage::new(pool.get_message_by_name("exemesh.v1.Error").expect("Error"));
+                    e.set_field_by_name("code", prost_reflect::Value::String(code.clone()));
+                    e.set_field_by_name("message", prost_reflect::Value::String(msg.clone()));
+                    frame.set_field_by_name("error", prost_reflect::Value::Message(e));
+                }
+                1 => frame.set_field_by_name("end", prost_reflect::Value::Message(DynamicMessage::new(pool.get_message_by_name("exemesh.v1.End").expect("End")))),
+                2 => {
+                    let mut r = DynamicMessage::new(pool.get_message_by_name("exemesh.v1.Ready").expect("Ready"));
+                    r.set_field_by_name("max_in_flight", prost_reflect::Value::U32(id % 100));
+                    frame.set_field_by_name("ready", prost_reflect::Value::Message(r));
+                }
+                _ => {
+                    let value = frame_type().get_field_by_name("message").expect("message field");
+                    let mut st = DynamicMessage::new(match value.kind() { prost_reflect::Kind::Message(m) => m, _ => unreachable!() });
+                    st.set_field_by_name("string_value", prost_reflect::Value::String(msg.clone()));
+                    frame.set_field_by_name("message", prost_reflect::Value::Message(st));
+                }
+            }
+            let mut text = Vec::new();
+            frame.serialize_with_options(&mut serde_json::Serializer::new(&mut text), &SerializeOptions::new()).expect("serialize");
+            match (which, parse_inbound(&text).expect("parses")) {
+                (0, Inbound::Error(got, body)) => {
+                    prop_assert_eq!(got, id);
+                    prop_assert_eq!(body.message, msg);
+                }
+                (1, Inbound::End(got)) => prop_assert_eq!(got, id),
+                (2, Inbound::Ready(r)) => prop_assert_eq!(r.max_in_flight, id % 100),
+                (3, Inbound::Message(got, raw)) => {
+                    prop_assert_eq!(got, id);
+                    prop_assert_eq!(serde_json::from_str::<String>(raw.get()).expect("string"), msg);
+                }
+                (w, other) => prop_assert!(false, "case {} parsed as {:?}", w, other),
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = parse_inbound(&bytes);
+        }
+    }
+
+    #[test]
+    fn rejects_ambiguous_and_idless_frames() {
+        assert!(parse_inbound(br#"{"id":1,"end":{},"error":{"code":"X"}}"#).is_err());
+        assert!(parse_inbound(br#"{"end":{}}"#).is_err());
+        assert!(parse_inbound(br#"{"id":3}"#).is_err());
+        assert!(matches!(parse_inbound(br#"{"ready":{}}"#), Ok(Inbound::Ready(_))));
+        assert!(matches!(parse_inbound(br#"{"id":2,"message":{"a":1},"debug":"ignored"}"#), Ok(Inbound::Message(2, _))));
+    }
+}

@@ -1,0 +1,12 @@
+//! Worker mode: a pool of long-lived processes speaking the stdio worker protocol
+//! (docs/worker-protocol.md, `proto/exemesh/v1/worker.proto`).
+//!
+//! * [`frame`]: the JSON lines, both ways;
+//! * [`conn`]: one running worker: its writer, its table of calls in flight, cancellation;
+//! * [`pool`]: starting, supervising (ready handshake, restart with backoff) and choosing workers;
+//! * [`runner`]: one gRPC call carried out on a worker.
+
+pub mod conn;
+pub mod frame;
+pub mod pool;
+pub mod runner;
