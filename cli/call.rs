@@ -91,6 +91,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match outcome {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(status) => {
+            let status = client_deadline(status);
             eprintln!("{}: {}", code_name(status.code()), status.message());
             Ok(ExitCode::from(100 + status.code() as u8))
         }
@@ -138,4 +139,14 @@ fn read_stdin() -> anyhow::Result<String> {
     let mut text = String::new();
     std::io::stdin().read_to_string(&mut text).context("cannot read stdin")?;
     Ok(text)
+}
+
+/// tonic's client enforces the deadline itself and reports it as CANCELLED "Timeout expired"; gRPC
+/// (and the server) call that DEADLINE_EXCEEDED.
+fn client_deadline(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::Cancelled && status.message() == "Timeout expired" {
+        tonic::Status::deadline_exceeded("deadline exceeded (client-side timer)")
+    } else {
+        status
+    }
 }

@@ -22,4 +22,5 @@ pub mod process;
 pub mod rpc_kind;
 pub mod server;
 pub mod spawn;
+pub mod transport;
 pub mod worker;

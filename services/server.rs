@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use prost::Message as _;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -23,6 +21,7 @@ use super::dispatch::{Backend, DynamicService, MethodRuntime};
 use super::limiter::Limiter;
 use super::manifest::{Execution, Manifest, ManifestError};
 use super::spawn::SpawnRunner;
+use super::transport::{Http2Settings, serve_h2c};
 use super::worker::pool::Pool;
 use super::worker::runner::WorkerRunner;
 
@@ -38,9 +37,6 @@ pub enum ServeError {
     /// A descriptor set could not be used for reflection.
     #[error("reflection: {0}")]
     Reflection(String),
-    /// The transport failed.
-    #[error("server: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// A manifest checked against its contract: everything `serve` needs, nothing started yet.
@@ -84,15 +80,8 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
     let v1alpha = v1alpha.build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let router = axum::Router::new().fallback_service(DynamicService::new(runtimes));
-    let routes = Routes::from(router).add_service(health).add_service(v1).add_service(v1alpha);
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        conn.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
-    });
-
+    let router = Routes::from(router).add_service(health).add_service(v1).add_service(v1alpha).prepare().into_axum_router();
     let drain = plan.manifest.drain_timeout;
-    let (draining_tx, mut draining) = tokio::sync::watch::channel(false);
     let signal = {
         let reporter = reporter.clone();
         let service_name = service_name.clone();
@@ -101,29 +90,16 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
             health_task.abort();
             set_status(&reporter, &service_name, ServingStatus::NotServing).await;
             tracing::info!("shutting down: draining in-flight calls (up to {}s)", drain.as_secs_f32());
-            draining_tx.send_replace(true);
         }
     };
-    let server = tonic::transport::Server::builder()
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, signal);
-    tokio::pin!(server);
-    let result = tokio::select! {
-        r = &mut server => r.map_err(ServeError::from),
-        _ = async {
-            let _ = draining.wait_for(|d| *d).await;
-            tokio::time::sleep(drain).await;
-        } => {
-            tracing::warn!("drain timeout of {}s passed; aborting the remaining calls", drain.as_secs_f32());
-            Ok(())
-        }
-    };
-    drop(server);
+    if !serve_h2c(listener, router, Http2Settings::default(), signal, drain).await {
+        tracing::warn!("drain timeout of {}s passed; the remaining calls were aborted", drain.as_secs_f32());
+    }
     for pool in pools.values() {
         pool.stop().await;
     }
     tracing::info!("stopped");
-    result
+    Ok(())
 }
 
 fn decode_set(bytes: &[u8]) -> Result<prost_types::FileDescriptorSet, ServeError> {

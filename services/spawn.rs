@@ -117,16 +117,22 @@ impl SpawnRunner {
         let stdin = started.child.stdin.take();
         let stdout = started.child.stdout.take();
         let stderr = started.child.stderr.take();
-        let (fed, output, stderr_text) = tokio::join!(
-            feed(stdin, first, input),
-            self.read_output(ctx, stdout, replies),
-            read_tail(stderr, &ctx.request_id),
-        );
-        // On an early error the guard (dropped on return) kills the group before we reap the child.
-        fed?;
-        let document = output?;
-        let status = started.child.wait().await.map_err(|e| CallError::Protocol { method: ctx.method.to_string(), detail: format!("waiting for the process: {e}") })?;
-        drop(started.group);
+        let group = &started.group;
+        let child = &mut started.child;
+        let main = async {
+            let outcome = async {
+                let ((), document) = tokio::try_join!(feed(stdin, first, input), self.read_output(ctx, stdout, replies))?;
+                let status = child.wait().await.map_err(|e| CallError::Protocol { method: ctx.method.to_string(), detail: format!("waiting for the process: {e}") })?;
+                Ok((document, status))
+            }
+            .await;
+            // Whatever happened, nothing of this call may keep running: leftovers in the group would
+            // also hold stderr open.
+            group.signal(libc::SIGKILL);
+            outcome
+        };
+        let (outcome, stderr_text) = tokio::join!(main, read_tail(stderr, &ctx.request_id));
+        let (document, status) = outcome?;
         if let Some(doc) = &document
             && let Some(err) = reported_error(doc)
         {

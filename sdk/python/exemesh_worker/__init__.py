@@ -476,7 +476,13 @@ class Worker:
                 line = readline()
                 if not line:
                     break
-                on_line(line)
+                try:
+                    on_line(line)
+                except Exception:  # a bug must not take the whole worker down
+                    _stderr("exemesh_worker: error handling a stdin line %.200r:\n%s"
+                            % (line, traceback.format_exc()))
+        except KeyboardInterrupt:
+            pass  # Ctrl-C when run by hand: shut down like at end-of-file
         finally:
             self._shutdown(restore)
 

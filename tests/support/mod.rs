@@ -1,0 +1,200 @@
+//! Integration-test harness: starts the real `exemesh` binary on an ephemeral port, waits for it to
+//! report SERVING over gRPC health, and kills its whole process group when dropped.
+#![allow(dead_code)]
+
+pub mod echo;
+pub mod raw_grpc;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// The binary under test.
+pub fn exemesh() -> &'static str {
+    env!("CARGO_BIN_EXE_exemesh")
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A fixture file.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// A running `exemesh serve`.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+    pub stderr_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Starts `exemesh serve MANIFEST --listen 127.0.0.1:0` and waits until it is SERVING.
+    pub async fn start(manifest: &Path) -> Served {
+        Self::start_with_env(manifest, &[]).await
+    }
+
+    /// Like [`Served::start`] with extra environment variables for exemesh itself.
+    pub async fn start_with_env(manifest: &Path, env: &[(&str, &str)]) -> Served {
+        let served = Self::spawn(manifest, env);
+        served.wait_serving().await;
+        served
+    }
+
+    /// Starts the server without waiting for health.
+    pub fn spawn(manifest: &Path, env: &[(&str, &str)]) -> Served {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let stderr_path = dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let mut child = Command::new(exemesh())
+            .arg("serve")
+            .arg(manifest)
+            .args(["--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .env("EXEMESH_LOG", "debug,h2=warn,hyper=warn,tower=warn")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .process_group(0)
+            .spawn()
+            .expect("start exemesh");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            let _ = child.kill();
+            panic!("exemesh did not start: stdout {line:?}\nstderr:\n{log}");
+        };
+        Served { addr: addr.to_string(), child, stderr_path, _dir: dir }
+    }
+
+    /// The server's pid (also its process group id).
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await.expect("connect")
+    }
+
+    /// Polls gRPC health until the overall status is SERVING (bounded).
+    pub async fn wait_serving(&self) {
+        self.wait_health(ServingStatus::Serving, Duration::from_secs(30)).await;
+    }
+
+    /// Polls gRPC health until the overall status is `want` (bounded).
+    pub async fn wait_health(&self, want: ServingStatus, limit: Duration) {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < limit {
+            if let Ok(channel) = Endpoint::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await {
+                let mut client = HealthClient::new(channel);
+                match client.check(HealthCheckRequest { service: String::new() }).await {
+                    Ok(r) if r.get_ref().status == want as i32 => return,
+                    Ok(r) => last = Some(format!("{:?}", r.get_ref().status)),
+                    Err(e) => last = Some(e.to_string()),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("health never became {want:?} (last: {last:?})\n{}", self.log());
+    }
+
+    /// Sends a signal to exemesh itself (not its group).
+    pub fn signal(&self, signal: i32) {
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    /// Waits (bounded) for exemesh to exit and returns its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(start.elapsed() < limit, "exemesh did not exit within {limit:?}\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        unsafe {
+            libc::killpg(self.pid(), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Pids of live (non-zombie) processes whose environment or command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let hay = |bytes: &[u8]| bytes.windows(marker.len()).any(|w| w == marker.as_bytes());
+        if hay(&cmdline) || hay(&environ) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits (bounded) until no live process carries `marker`; returns the survivors otherwise.
+pub async fn wait_no_processes(marker: &str, limit: Duration) -> Vec<i32> {
+    let start = Instant::now();
+    loop {
+        let left = processes_with(marker);
+        if left.is_empty() || start.elapsed() > limit {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A unique marker for the processes of one test.
+pub fn marker(test: &str) -> String {
+    format!("exemesh-test-{test}-{}-{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+    h.finish()
+}
+
+/// Writes a manifest into `dir` from a template where `@FIXTURES@` is the fixtures directory and
+/// `@MARKER@` a marker for the test's processes.
+pub fn manifest(dir: &Path, name: &str, template: &str, marker: &str) -> PathBuf {
+    let text = template.replace("@FIXTURES@", &fixture("echo").display().to_string()).replace("@MARKER@", marker);
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write manifest");
+    path
+}
