@@ -7,4 +7,5 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of every contract in `proto/`, imports included.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/exemesh_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/exemesh_descriptor.bin"));

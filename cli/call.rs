@@ -10,7 +10,9 @@ use exemesh::mesh::dynamic_client;
 use exemesh::mesh::reflection::fetch_pool;
 use exemesh::mesh::status_code::code_name;
 use exemesh::services::contract::compile;
-use prost_reflect::{DeserializeOptions, DescriptorPool, DynamicMessage, MethodDescriptor, SerializeOptions};
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, MethodDescriptor, SerializeOptions,
+};
 use tonic::transport::Endpoint;
 
 /// Call a method: JSON in, JSON out.
@@ -46,9 +48,16 @@ pub struct Args {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some((service, method_name)) = args.method.trim_start_matches('/').split_once('/') else {
-        bail!("the method must be pkg.Service/Method, got {:?}", args.method);
+        bail!(
+            "the method must be pkg.Service/Method, got {:?}",
+            args.method
+        );
     };
-    let uri = if args.addr.contains("://") { args.addr.clone() } else { format!("http://{}", args.addr) };
+    let uri = if args.addr.contains("://") {
+        args.addr.clone()
+    } else {
+        format!("http://{}", args.addr)
+    };
     let channel = Endpoint::from_shared(uri.clone())
         .with_context(|| format!("invalid address {:?}", args.addr))?
         .connect_timeout(Duration::from_secs(5))
@@ -59,7 +68,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let pool = if args.proto.is_empty() {
         fetch_pool(channel.clone(), service).await?
     } else {
-        let include = if args.include.is_empty() { vec![PathBuf::from(".")] } else { args.include.clone() };
+        let include = if args.include.is_empty() {
+            vec![PathBuf::from(".")]
+        } else {
+            args.include.clone()
+        };
         compile(&args.proto, &include)?.0
     };
     let method = find_method(&pool, service, method_name)?;
@@ -69,17 +82,34 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         request.set_timeout(timeout);
     }
     for header in &args.headers {
-        let Some((key, value)) = header.split_once(':') else { bail!("header {header:?} must be `key: value`") };
-        let key: tonic::metadata::MetadataKey<_> = key.trim().to_ascii_lowercase().parse().with_context(|| format!("invalid header name in {header:?}"))?;
-        request.metadata_mut().insert(key, value.trim().parse().with_context(|| format!("invalid header value in {header:?}"))?);
+        let Some((key, value)) = header.split_once(':') else {
+            bail!("header {header:?} must be `key: value`")
+        };
+        let key: tonic::metadata::MetadataKey<_> = key
+            .trim()
+            .to_ascii_lowercase()
+            .parse()
+            .with_context(|| format!("invalid header name in {header:?}"))?;
+        request.metadata_mut().insert(
+            key,
+            value
+                .trim()
+                .parse()
+                .with_context(|| format!("invalid header value in {header:?}"))?,
+        );
     }
     let outcome = async {
-        let mut replies = dynamic_client::call(channel, &method, request).await?.into_inner();
+        let mut replies = dynamic_client::call(channel, &method, request)
+            .await?
+            .into_inner();
         let mut stdout = std::io::stdout().lock();
         while let Some(reply) = replies.message().await? {
             let mut line = Vec::new();
             let mut ser = serde_json::Serializer::new(&mut line);
-            if reply.serialize_with_options(&mut ser, &SerializeOptions::new()).is_ok() {
+            if reply
+                .serialize_with_options(&mut ser, &SerializeOptions::new())
+                .is_ok()
+            {
                 line.push(b'\n');
                 let _ = stdout.write_all(&line);
                 let _ = stdout.flush();
@@ -98,12 +128,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn find_method(pool: &DescriptorPool, service: &str, method: &str) -> anyhow::Result<MethodDescriptor> {
-    let svc = pool.get_service_by_name(service).with_context(|| format!("the server has no service {service}"))?;
+fn find_method(
+    pool: &DescriptorPool,
+    service: &str,
+    method: &str,
+) -> anyhow::Result<MethodDescriptor> {
+    let svc = pool
+        .get_service_by_name(service)
+        .with_context(|| format!("the server has no service {service}"))?;
     let found = svc.methods().find(|m| m.name() == method);
     found.with_context(|| {
         let names: Vec<String> = svc.methods().map(|m| m.name().to_string()).collect();
-        format!("{service} has no method {method} (methods: {})", names.join(", "))
+        format!(
+            "{service} has no method {method} (methods: {})",
+            names.join(", ")
+        )
     })
 }
 
@@ -111,9 +150,12 @@ fn read_requests(args: &Args, method: &MethodDescriptor) -> anyhow::Result<Vec<D
     let text = match (&args.json, args.data.as_deref()) {
         (Some(json), _) => json.clone(),
         (None, Some("-")) => read_stdin()?,
-        (None, Some(data)) if data.starts_with('@') => std::fs::read_to_string(&data[1..]).with_context(|| format!("cannot read {}", &data[1..]))?,
+        (None, Some(data)) if data.starts_with('@') => std::fs::read_to_string(&data[1..])
+            .with_context(|| format!("cannot read {}", &data[1..]))?,
         (None, Some(data)) => data.to_string(),
-        (None, None) if method.is_client_streaming() && !std::io::stdin().is_terminal() => read_stdin()?,
+        (None, None) if method.is_client_streaming() && !std::io::stdin().is_terminal() => {
+            read_stdin()?
+        }
         (None, None) => "{}".to_string(),
     };
     let input = method.input();
@@ -121,7 +163,12 @@ fn read_requests(args: &Args, method: &MethodDescriptor) -> anyhow::Result<Vec<D
     let mut messages = Vec::new();
     let mut stream = serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>();
     while let Some(value) = stream.next() {
-        let value = value.with_context(|| format!("the request is not valid JSON (at byte {})", stream.byte_offset()))?;
+        let value = value.with_context(|| {
+            format!(
+                "the request is not valid JSON (at byte {})",
+                stream.byte_offset()
+            )
+        })?;
         let message = DynamicMessage::deserialize_with_options(input.clone(), value, &options)
             .with_context(|| format!("the request is not a valid {}", input.full_name()))?;
         messages.push(message);
@@ -130,14 +177,20 @@ fn read_requests(args: &Args, method: &MethodDescriptor) -> anyhow::Result<Vec<D
         messages.push(DynamicMessage::new(input));
     }
     if messages.len() > 1 && !method.is_client_streaming() {
-        bail!("{} takes one request message, got {}", method.full_name(), messages.len());
+        bail!(
+            "{} takes one request message, got {}",
+            method.full_name(),
+            messages.len()
+        );
     }
     Ok(messages)
 }
 
 fn read_stdin() -> anyhow::Result<String> {
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).context("cannot read stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read stdin")?;
     Ok(text)
 }
 

@@ -16,16 +16,26 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let plan = Manifest::load(&args.manifest).map_err(ServeError::from).and_then(Plan::new);
+    let plan = Manifest::load(&args.manifest)
+        .map_err(ServeError::from)
+        .and_then(Plan::new);
     match plan {
         Ok(plan) => {
-            println!("ok: {} ({} methods)", plan.contract.service.full_name(), plan.methods.len());
+            println!(
+                "ok: {} ({} methods)",
+                plan.contract.service.full_name(),
+                plan.methods.len()
+            );
             for method in &plan.methods {
                 let how = match &method.spec.execution {
                     Execution::Spawn(spec) => format!("spawn {}", spec.program.display()),
                     Execution::Worker { pool } => format!("worker pool {pool}"),
                 };
-                println!("  {:<24} {:<17} {how}", method.desc.name(), method.kind.as_str());
+                println!(
+                    "  {:<24} {:<17} {how}",
+                    method.desc.name(),
+                    method.kind.as_str()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -26,18 +26,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let manifest = Manifest::load(&args.manifest)?;
     let plan = Plan::new(manifest)?;
     let addr = args.listen.unwrap_or(plan.manifest.listen);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(service = %plan.contract.service.full_name(), "serving {} methods on {bound}", plan.methods.len());
+    if std::env::var_os("EXEMESH_NO_GUARD_FOR_TESTS").is_none()
+        && let Err(e) = exemesh::services::reaper::start()
+    {
+        tracing::warn!(
+            "cannot start the orphan guard ({e}); grandchildren may outlive a kill -9 of exemesh"
+        );
+    }
     println!("listening on {bound}");
-    serve(plan, listener, shutdown_signal()).await?;
+    let served = serve(plan, listener, shutdown_signal()).await;
+    exemesh::services::reaper::stop();
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C).
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };

@@ -48,8 +48,9 @@ impl Encoder for DynamicEncoder {
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding {}: {e}", item.descriptor().full_name())))
+        item.encode(dst).map_err(|e| {
+            Status::internal(format!("encoding {}: {e}", item.descriptor().full_name()))
+        })
     }
 }
 
@@ -66,6 +67,8 @@ impl Decoder for DynamicDecoder {
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
         DynamicMessage::decode(self.desc.clone(), src)
             .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("undecodable {}: {e}", self.desc.full_name())))
+            .map_err(|e| {
+                Status::invalid_argument(format!("undecodable {}: {e}", self.desc.full_name()))
+            })
     }
 }

@@ -55,7 +55,11 @@ pub async fn fetch_pool(channel: Channel, symbol: &str) -> Result<DescriptorPool
     Err(last.unwrap_or_else(|| ReflectionError::Invalid("no reflection service".into())))
 }
 
-async fn fetch_with(channel: Channel, path: &'static str, symbol: &str) -> Result<DescriptorPool, ReflectionError> {
+async fn fetch_with(
+    channel: Channel,
+    path: &'static str,
+    symbol: &str,
+) -> Result<DescriptorPool, ReflectionError> {
     let mut files: HashMap<String, FileDescriptorProto> = HashMap::new();
     let mut pending = vec![MessageRequest::FileContainingSymbol(symbol.to_string())];
     let mut asked: HashSet<String> = HashSet::new();
@@ -89,7 +93,9 @@ fn add_in_order(
         return Ok(());
     }
     let Some(file) = files.get(name) else {
-        return Err(ReflectionError::Invalid(format!("missing imported file {name}")));
+        return Err(ReflectionError::Invalid(format!(
+            "missing imported file {name}"
+        )));
     };
     for dep in &file.dependency {
         add_in_order(dep, files, added, pool)?;
@@ -112,10 +118,15 @@ async fn ask(
         host: String::new(),
         message_request: Some(request),
     };
-    let codec = tonic_prost::ProstCodec::<ServerReflectionRequest, ServerReflectionResponse>::default();
+    let codec =
+        tonic_prost::ProstCodec::<ServerReflectionRequest, ServerReflectionResponse>::default();
     let outbound = tokio_stream::once(request);
     let mut inbound = grpc
-        .streaming(tonic::Request::new(outbound), PathAndQuery::from_static(path), codec)
+        .streaming(
+            tonic::Request::new(outbound),
+            PathAndQuery::from_static(path),
+            codec,
+        )
         .await?
         .into_inner();
     let Some(response) = inbound.message().await? else {
@@ -132,6 +143,8 @@ async fn ask(
             symbol: symbol.to_string(),
             message: err.error_message,
         }),
-        _ => Err(ReflectionError::Invalid("unexpected reflection response".into())),
+        _ => Err(ReflectionError::Invalid(
+            "unexpected reflection response".into(),
+        )),
     }
 }

@@ -33,7 +33,10 @@ pub fn parse_code(text: &str) -> Option<Code> {
     if upper == "CANCELED" {
         return Some(Code::Cancelled);
     }
-    NAMES.iter().find(|(_, name)| *name == upper).map(|(code, _)| *code)
+    NAMES
+        .iter()
+        .find(|(_, name)| *name == upper)
+        .map(|(code, _)| *code)
 }
 
 /// The canonical name of a code, e.g. `NOT_FOUND`.

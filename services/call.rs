@@ -51,21 +51,34 @@ impl CallContext {
 
     /// The deadline in milliseconds since the Unix epoch.
     pub fn deadline_unix_ms(&self) -> u128 {
-        self.deadline_wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
+        self.deadline_wall
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
     }
 
     /// The error for this call's deadline.
     pub fn deadline_exceeded(&self) -> CallError {
-        CallError::DeadlineExceeded { method: self.method.to_string(), after: self.timeout }
+        CallError::DeadlineExceeded {
+            method: self.method.to_string(),
+            after: self.timeout,
+        }
     }
 }
 
 /// Takes the single request of a unary or server-streaming call.
-pub async fn single_request(method: &str, input: &mut RequestStream) -> Result<DynamicMessage, CallError> {
+pub async fn single_request(
+    method: &str,
+    input: &mut RequestStream,
+) -> Result<DynamicMessage, CallError> {
     use futures_util::StreamExt;
     match input.next().await {
         Some(Ok(message)) => Ok(message),
-        Some(Err(status)) => Err(CallError::Reported { code: status.code(), message: status.message().to_string() }),
-        None => Err(CallError::BadRequest(format!("{method}: the request carried no message"))),
+        Some(Err(status)) => Err(CallError::Reported {
+            code: status.code(),
+            message: status.message().to_string(),
+        }),
+        None => Err(CallError::BadRequest(format!(
+            "{method}: the request carried no message"
+        ))),
     }
 }

@@ -42,22 +42,44 @@ pub struct Contract {
 
 impl Contract {
     /// Compiles `protos` with `include` as import paths and finds `service` in them.
-    pub fn load(protos: &[PathBuf], include: &[PathBuf], service: &str) -> Result<Contract, ContractError> {
+    pub fn load(
+        protos: &[PathBuf],
+        include: &[PathBuf],
+        service: &str,
+    ) -> Result<Contract, ContractError> {
         let (pool, files) = compile(protos, include)?;
-        let found = pool.get_service_by_name(service).ok_or_else(|| ContractError::NoService {
-            name: service.to_string(),
-            files: protos.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-            found: {
-                let names: Vec<String> = pool.services().map(|s| s.full_name().to_string()).collect();
-                if names.is_empty() { "none".into() } else { names.join(", ") }
-            },
-        })?;
-        Ok(Contract { pool, files, service: found })
+        let found = pool
+            .get_service_by_name(service)
+            .ok_or_else(|| ContractError::NoService {
+                name: service.to_string(),
+                files: protos
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                found: {
+                    let names: Vec<String> =
+                        pool.services().map(|s| s.full_name().to_string()).collect();
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                },
+            })?;
+        Ok(Contract {
+            pool,
+            files,
+            service: found,
+        })
     }
 }
 
 /// Compiles `.proto` files into a pool and a descriptor set (imports included).
-pub fn compile(protos: &[PathBuf], include: &[PathBuf]) -> Result<(DescriptorPool, FileDescriptorSet), ContractError> {
+pub fn compile(
+    protos: &[PathBuf],
+    include: &[PathBuf],
+) -> Result<(DescriptorPool, FileDescriptorSet), ContractError> {
     let first = protos.first().cloned().unwrap_or_default();
     let mut compiler = protox::Compiler::new(include).map_err(|e| ContractError::Compile {
         file: first.clone(),
@@ -65,10 +87,12 @@ pub fn compile(protos: &[PathBuf], include: &[PathBuf]) -> Result<(DescriptorPoo
     })?;
     compiler.include_imports(true);
     for proto in protos {
-        compiler.open_file(proto).map_err(|e| ContractError::Compile {
-            file: proto.clone(),
-            message: hint(proto, include, e.to_string()),
-        })?;
+        compiler
+            .open_file(proto)
+            .map_err(|e| ContractError::Compile {
+                file: proto.clone(),
+                message: hint(proto, include, e.to_string()),
+            })?;
     }
     Ok((compiler.descriptor_pool(), compiler.file_descriptor_set()))
 }
@@ -78,6 +102,9 @@ fn hint(proto: &Path, include: &[PathBuf], message: String) -> String {
         message
     } else {
         let dirs: Vec<String> = include.iter().map(|d| d.display().to_string()).collect();
-        format!("{message} (the file must lie under an include path: {})", dirs.join(", "))
+        format!(
+            "{message} (the file must lie under an include path: {})",
+            dirs.join(", ")
+        )
     }
 }

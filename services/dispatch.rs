@@ -3,8 +3,8 @@
 //! limit, and turns the backend's replies into the response for each RPC kind.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +17,9 @@ use prost_reflect::{DynamicMessage, MethodDescriptor};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Sleep};
-use tonic::server::{ClientStreamingService, Grpc, ServerStreamingService, StreamingService, UnaryService};
+use tonic::server::{
+    ClientStreamingService, Grpc, ServerStreamingService, StreamingService, UnaryService,
+};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::call::{CallContext, RequestStream};
@@ -66,7 +68,15 @@ pub struct DynamicService {
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// Headers that describe the transport, not the call; never forwarded to executables.
-const HIDDEN_HEADERS: [&str; 7] = ["te", "content-type", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding", "user-agent", "traceparent"];
+const HIDDEN_HEADERS: [&str; 7] = [
+    "te",
+    "content-type",
+    "grpc-timeout",
+    "grpc-encoding",
+    "grpc-accept-encoding",
+    "user-agent",
+    "traceparent",
+];
 
 impl DynamicService {
     /// A service for `methods`.
@@ -75,7 +85,9 @@ impl DynamicService {
             .into_iter()
             .map(|m| (format!("/{}", m.name), Arc::new(m)))
             .collect();
-        Self { methods: Arc::new(methods) }
+        Self {
+            methods: Arc::new(methods),
+        }
     }
 }
 
@@ -95,7 +107,9 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let Some(method) = self.methods.get(req.uri().path()).cloned() else {
             let path = req.uri().path().to_string();
-            return Box::pin(async move { Ok(Status::unimplemented(format!("unknown method {path}")).into_http()) });
+            return Box::pin(async move {
+                Ok(Status::unimplemented(format!("unknown method {path}")).into_http())
+            });
         };
         Box::pin(async move {
             let codec = DynamicCodec::new(method.desc.input());
@@ -125,12 +139,21 @@ impl MethodRuntime {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .unwrap_or(self.default_timeout);
-        let text = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let text = |key: &str| {
+            metadata
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
         let forwarded = metadata
             .iter()
             .filter_map(|entry| match entry {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v) if !HIDDEN_HEADERS.contains(&k.as_str()) && k.as_str() != "tracestate" => {
-                    v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string()))
+                tonic::metadata::KeyAndValueRef::Ascii(k, v)
+                    if !HIDDEN_HEADERS.contains(&k.as_str()) && k.as_str() != "tracestate" =>
+                {
+                    v.to_str()
+                        .ok()
+                        .map(|v| (k.as_str().to_string(), v.to_string()))
                 }
                 _ => None,
             })
@@ -141,7 +164,8 @@ impl MethodRuntime {
             deadline: Instant::now() + timeout,
             deadline_wall: SystemTime::now() + timeout,
             timeout,
-            request_id: text("x-request-id").unwrap_or_else(|| format!("{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed))),
+            request_id: text("x-request-id")
+                .unwrap_or_else(|| format!("{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed))),
             traceparent: text("traceparent"),
             tracestate: text("tracestate"),
             metadata: forwarded,
@@ -149,7 +173,11 @@ impl MethodRuntime {
     }
 
     /// Starts the call on its backend and returns its replies, bounded by the deadline.
-    async fn start(self: Arc<Self>, ctx: CallContext, input: RequestStream) -> Result<ReplyStream, Status> {
+    async fn start(
+        self: Arc<Self>,
+        ctx: CallContext,
+        input: RequestStream,
+    ) -> Result<ReplyStream, Status> {
         let slot = tokio::time::timeout_at(ctx.deadline, self.limiter.acquire())
             .await
             .map_err(|_| Status::from(ctx.deadline_exceeded()))??;
@@ -172,20 +200,36 @@ impl MethodRuntime {
                 }
             }),
         };
-        Ok(ReplyStream { rx, task: Some(AbortOnDrop(task)), sleep: Box::pin(tokio::time::sleep_until(deadline)), deadline_error: Some(deadline_error) })
+        Ok(ReplyStream {
+            rx,
+            task: Some(AbortOnDrop(task)),
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline_error: Some(deadline_error),
+        })
     }
 
-    async fn single(self: Arc<Self>, ctx: CallContext, input: RequestStream) -> Result<Response<DynamicMessage>, Status> {
+    async fn single(
+        self: Arc<Self>,
+        ctx: CallContext,
+        input: RequestStream,
+    ) -> Result<Response<DynamicMessage>, Status> {
         let mut replies = self.clone().start(ctx, input).await?;
         let mut reply = None;
         while let Some(next) = replies.next().await {
             match next {
                 Ok(message) if reply.is_none() => reply = Some(message),
-                Ok(_) => return Err(Status::internal(format!("{}: more than one reply to a {} call", self.name, self.kind))),
+                Ok(_) => {
+                    return Err(Status::internal(format!(
+                        "{}: more than one reply to a {} call",
+                        self.name, self.kind
+                    )));
+                }
                 Err(status) => return Err(status),
             }
         }
-        reply.map(Response::new).ok_or_else(|| Status::internal(format!("{}: the executable sent no reply", self.name)))
+        reply
+            .map(Response::new)
+            .ok_or_else(|| Status::internal(format!("{}: the executable sent no reply", self.name)))
     }
 }
 
@@ -216,7 +260,14 @@ impl ServerStreamingService<DynamicMessage> for Handler {
     fn call(&mut self, request: Request<DynamicMessage>) -> Self::Future {
         let method = self.0.clone();
         let ctx = method.context(request.metadata());
-        Box::pin(async move { Ok(Response::new(method.start(ctx, single_input(request.into_inner())).await?.boxed())) })
+        Box::pin(async move {
+            Ok(Response::new(
+                method
+                    .start(ctx, single_input(request.into_inner()))
+                    .await?
+                    .boxed(),
+            ))
+        })
     }
 }
 
@@ -239,7 +290,14 @@ impl StreamingService<DynamicMessage> for Handler {
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let method = self.0.clone();
         let ctx = method.context(request.metadata());
-        Box::pin(async move { Ok(Response::new(method.start(ctx, streaming_input(request.into_inner())).await?.boxed())) })
+        Box::pin(async move {
+            Ok(Response::new(
+                method
+                    .start(ctx, streaming_input(request.into_inner()))
+                    .await?
+                    .boxed(),
+            ))
+        })
     }
 }
 
@@ -276,7 +334,10 @@ impl Stream for ReplyStream {
         }
         if self.sleep.as_mut().poll(cx).is_ready() {
             self.task = None;
-            let err = self.deadline_error.take().unwrap_or(CallError::ShuttingDown);
+            let err = self
+                .deadline_error
+                .take()
+                .unwrap_or(CallError::ShuttingDown);
             return Poll::Ready(Some(Err(Status::from(err))));
         }
         Poll::Pending

@@ -102,11 +102,17 @@ impl From<CallError> for Status {
     fn from(err: CallError) -> Status {
         let code = match &err {
             CallError::BadRequest(_) => Code::InvalidArgument,
-            CallError::Overloaded { .. } | CallError::OutputTooLarge { .. } => Code::ResourceExhausted,
+            CallError::Overloaded { .. } | CallError::OutputTooLarge { .. } => {
+                Code::ResourceExhausted
+            }
             CallError::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            CallError::BadReply { .. } | CallError::SpawnFailed { .. } | CallError::Protocol { .. } => Code::Internal,
+            CallError::BadReply { .. }
+            | CallError::SpawnFailed { .. }
+            | CallError::Protocol { .. } => Code::Internal,
             CallError::Reported { code, .. } => *code,
-            CallError::WorkerLost { .. } | CallError::NoWorker { .. } | CallError::ShuttingDown => Code::Unavailable,
+            CallError::WorkerLost { .. } | CallError::NoWorker { .. } | CallError::ShuttingDown => {
+                Code::Unavailable
+            }
         };
         Status::new(code, bounded(&err.to_string(), MAX_DETAIL))
     }

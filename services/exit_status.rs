@@ -30,7 +30,10 @@ pub fn describe_exit(status: ExitStatus, overrides: &BTreeMap<i32, Code>) -> (Co
         return (code_for_exit(code, overrides), format!("exit code {code}"));
     }
     let signal = status.signal().unwrap_or(0);
-    (Code::Internal, format!("killed by signal {signal} ({})", signal_name(signal)))
+    (
+        Code::Internal,
+        format!("killed by signal {signal} ({})", signal_name(signal)),
+    )
 }
 
 fn signal_name(signal: i32) -> &'static str {

@@ -17,7 +17,8 @@ pub struct JsonMessage<'a>(pub &'a DynamicMessage);
 
 impl Serialize for JsonMessage<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize_with_options(serializer, &SerializeOptions::new())
+        self.0
+            .serialize_with_options(serializer, &SerializeOptions::new())
     }
 }
 
@@ -41,6 +42,11 @@ pub fn from_json(desc: &MessageDescriptor, text: &[u8]) -> Result<DynamicMessage
     let options = DeserializeOptions::new().deny_unknown_fields(false);
     let message = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &options)
         .map_err(|e| bounded(&e.to_string(), MAX_PARSE_DETAIL))?;
-    de.end().map_err(|e| bounded(&format!("trailing data after the message: {e}"), MAX_PARSE_DETAIL))?;
+    de.end().map_err(|e| {
+        bounded(
+            &format!("trailing data after the message: {e}"),
+            MAX_PARSE_DETAIL,
+        )
+    })?;
     Ok(message)
 }

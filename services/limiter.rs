@@ -60,7 +60,11 @@ impl Limiter {
     }
 
     fn overloaded(&self) -> CallError {
-        CallError::Overloaded { method: self.method.clone(), running: self.max_concurrency, queued: self.max_queue }
+        CallError::Overloaded {
+            method: self.method.clone(),
+            running: self.max_concurrency,
+            queued: self.max_queue,
+        }
     }
 }
 
@@ -87,9 +91,15 @@ mod tests {
         while limiter.queued() == 0 {
             tokio::task::yield_now().await;
         }
-        assert!(matches!(limiter.acquire().await, Err(CallError::Overloaded { .. })));
+        assert!(matches!(
+            limiter.acquire().await,
+            Err(CallError::Overloaded { .. })
+        ));
         drop(first);
-        queued.await.expect("task").expect("queued call gets the slot");
+        queued
+            .await
+            .expect("task")
+            .expect("queued call gets the slot");
         assert_eq!(limiter.queued(), 0);
     }
 }

@@ -15,12 +15,20 @@ pub enum Line {
 }
 
 /// Reads one line into `buf` (cleared first), holding at most `max` bytes.
-pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line> {
+pub async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
     buf.clear();
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
-            return Ok(if buf.is_empty() { Line::Eof } else { Line::Complete });
+            return Ok(if buf.is_empty() {
+                Line::Eof
+            } else {
+                Line::Complete
+            });
         }
         let (chunk, found) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (&available[..i], Some(i + 1)),
@@ -54,11 +62,20 @@ mod tests {
         let data: &[u8] = b"one\ntwo\r\nthree-is-long\nlast";
         let mut reader = tokio::io::BufReader::with_capacity(4, data);
         let mut buf = Vec::new();
-        assert_eq!(read_line(&mut reader, &mut buf, 8).await.expect("io"), Line::Complete);
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 8).await.expect("io"),
+            Line::Complete
+        );
         assert_eq!(buf, b"one");
-        assert_eq!(read_line(&mut reader, &mut buf, 8).await.expect("io"), Line::Complete);
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 8).await.expect("io"),
+            Line::Complete
+        );
         assert_eq!(buf, b"two");
-        assert_eq!(read_line(&mut reader, &mut buf, 8).await.expect("io"), Line::TooLong);
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 8).await.expect("io"),
+            Line::TooLong
+        );
         assert_eq!(buf, b"three-is");
     }
 
@@ -67,9 +84,18 @@ mod tests {
         let data: &[u8] = b"a\nlast";
         let mut reader = tokio::io::BufReader::new(data);
         let mut buf = Vec::new();
-        assert_eq!(read_line(&mut reader, &mut buf, 100).await.expect("io"), Line::Complete);
-        assert_eq!(read_line(&mut reader, &mut buf, 100).await.expect("io"), Line::Complete);
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 100).await.expect("io"),
+            Line::Complete
+        );
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 100).await.expect("io"),
+            Line::Complete
+        );
         assert_eq!(buf, b"last");
-        assert_eq!(read_line(&mut reader, &mut buf, 100).await.expect("io"), Line::Eof);
+        assert_eq!(
+            read_line(&mut reader, &mut buf, 100).await.expect("io"),
+            Line::Eof
+        );
     }
 }

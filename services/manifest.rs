@@ -52,7 +52,11 @@ impl<'de> Deserialize<'de> for TextDuration {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
             .map(TextDuration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write e.g. \"250ms\" or \"5s\"")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write e.g. \"250ms\" or \"5s\""
+                ))
+            })
     }
 }
 
@@ -275,7 +279,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 impl Manifest {
     /// Reads, parses and validates a manifest file.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let issue = |message: String| ManifestError(vec![ManifestIssue { file: path.to_path_buf(), key: String::new(), message }]);
+        let issue = |message: String| {
+            ManifestError(vec![ManifestIssue {
+                file: path.to_path_buf(),
+                key: String::new(),
+                message,
+            }])
+        };
         let text = std::fs::read_to_string(path).map_err(|e| issue(format!("cannot read: {e}")))?;
         Self::parse(path, &text)
     }
@@ -290,11 +300,22 @@ impl Manifest {
                 message: e.to_string().trim_end().replace('\n', "\n    "),
             }])
         })?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-        let mut v = Validator { file: path.to_path_buf(), dir, issues: Vec::new() };
+        let mut v = Validator {
+            file: path.to_path_buf(),
+            dir,
+            issues: Vec::new(),
+        };
         let manifest = v.manifest(raw);
-        if v.issues.is_empty() { Ok(manifest) } else { Err(ManifestError(v.issues)) }
+        if v.issues.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(ManifestError(v.issues))
+        }
     }
 }
 
@@ -306,18 +327,29 @@ struct Validator {
 
 impl Validator {
     fn issue(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.issues.push(ManifestIssue { file: self.file.clone(), key: key.into(), message: message.into() });
+        self.issues.push(ManifestIssue {
+            file: self.file.clone(),
+            key: key.into(),
+            message: message.into(),
+        });
     }
 
     fn manifest(&mut self, raw: ManifestFile) -> Manifest {
         let service = raw.service;
         if service.name.trim().is_empty() {
-            self.issue("service.name", "must name the fully-qualified service, e.g. \"shop.v1.ProductService\"");
+            self.issue(
+                "service.name",
+                "must name the fully-qualified service, e.g. \"shop.v1.ProductService\"",
+            );
         }
         if service.protos.is_empty() {
             self.issue("service.protos", "must list at least one .proto file");
         }
-        let include = if service.include.is_empty() { vec![self.dir.clone()] } else { service.include.iter().map(|p| self.dir.join(p)).collect() };
+        let include = if service.include.is_empty() {
+            vec![self.dir.clone()]
+        } else {
+            service.include.iter().map(|p| self.dir.join(p)).collect()
+        };
         let mut base_env = Vec::new();
         for name in &service.inherit_env {
             if let Ok(value) = std::env::var(name) {
@@ -347,8 +379,14 @@ impl Validator {
             service: service.name,
             protos: service.protos.iter().map(|p| self.dir.join(p)).collect(),
             include,
-            listen: service.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051)))),
-            drain_timeout: service.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+            listen: service.listen.unwrap_or_else(|| {
+                DEFAULT_LISTEN
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 50051)))
+            }),
+            drain_timeout: service
+                .drain_timeout
+                .map_or(Duration::from_secs(30), |d| d.0),
             methods,
             pools,
         }
@@ -373,7 +411,14 @@ impl Validator {
         limits
     }
 
-    fn method(&mut self, name: &str, raw: MethodSection, defaults: Limits, base_env: &[(String, String)], pools: &BTreeMap<String, PoolSpec>) -> MethodSpec {
+    fn method(
+        &mut self,
+        name: &str,
+        raw: MethodSection,
+        defaults: Limits,
+        base_env: &[(String, String)],
+        pools: &BTreeMap<String, PoolSpec>,
+    ) -> MethodSpec {
         let key = format!("methods.{name}");
         let limits = self.limits(&key, &raw.limits(), defaults);
         let execution = match raw.mode {
@@ -395,17 +440,27 @@ impl Validator {
                     Some(pool) => pool,
                     None if pools.len() == 1 => pools.keys().next().cloned().unwrap_or_default(),
                     None => {
-                        self.issue(format!("{key}.pool"), format!("must name one of the pools ({})", names(pools.keys())));
+                        self.issue(
+                            format!("{key}.pool"),
+                            format!("must name one of the pools ({})", names(pools.keys())),
+                        );
                         String::new()
                     }
                 };
                 if !pool.is_empty() && !pools.contains_key(&pool) {
-                    self.issue(format!("{key}.pool"), format!("no pool named {pool:?} (pools: {})", names(pools.keys())));
+                    self.issue(
+                        format!("{key}.pool"),
+                        format!("no pool named {pool:?} (pools: {})", names(pools.keys())),
+                    );
                 }
                 Execution::Worker { pool }
             }
         };
-        MethodSpec { name: name.to_string(), limits, execution }
+        MethodSpec {
+            name: name.to_string(),
+            limits,
+            execution,
+        }
     }
 
     fn spawn(&mut self, key: &str, raw: MethodSection, base_env: &[(String, String)]) -> SpawnSpec {
@@ -416,12 +471,21 @@ impl Validator {
         let (program, args) = match argv.split_first() {
             Some((program, args)) => {
                 if program.contains('{') {
-                    self.issue(format!("{key}.argv[0]"), "the program cannot contain placeholders");
+                    self.issue(
+                        format!("{key}.argv[0]"),
+                        "the program cannot contain placeholders",
+                    );
                 }
-                (self.program(&format!("{key}.argv[0]"), program), args.to_vec())
+                (
+                    self.program(&format!("{key}.argv[0]"), program),
+                    args.to_vec(),
+                )
             }
             None => {
-                self.issue(format!("{key}.argv"), "must list the program and its arguments, e.g. [\"./tool\", \"get\", \"{id}\"]");
+                self.issue(
+                    format!("{key}.argv"),
+                    "must list the program and its arguments, e.g. [\"./tool\", \"get\", \"{id}\"]",
+                );
                 (PathBuf::new(), Vec::new())
             }
         };
@@ -435,40 +499,68 @@ impl Validator {
         let output = match (raw.output.unwrap_or(OutputKind::Json), raw.text_field) {
             (OutputKind::Json, None) => Output::Json,
             (OutputKind::Json, Some(_)) => {
-                self.issue(format!("{key}.text_field"), "only applies to output = \"text\"");
+                self.issue(
+                    format!("{key}.text_field"),
+                    "only applies to output = \"text\"",
+                );
                 Output::Json
             }
             (OutputKind::Text, Some(field)) => Output::Text { field },
             (OutputKind::Text, None) => {
-                self.issue(format!("{key}.text_field"), "output = \"text\" needs the name of the string field that receives stdout");
+                self.issue(
+                    format!("{key}.text_field"),
+                    "output = \"text\" needs the name of the string field that receives stdout",
+                );
                 Output::Json
             }
         };
         let mut exit_codes = BTreeMap::new();
         for (code, status) in &raw.exit_codes {
             let Ok(code) = code.parse::<i32>() else {
-                self.issue(format!("{key}.exit_codes.{code}"), "the key must be an exit code (0-255)");
+                self.issue(
+                    format!("{key}.exit_codes.{code}"),
+                    "the key must be an exit code (0-255)",
+                );
                 continue;
             };
             match parse_code(status) {
                 Some(status) if (1..=255).contains(&code) && status != Code::Ok => {
                     exit_codes.insert(code, status);
                 }
-                Some(_) => self.issue(format!("{key}.exit_codes.{code}"), "maps a non-zero exit code (1-255) to an error status other than OK"),
-                None => self.issue(format!("{key}.exit_codes.{code}"), format!("unknown status {status:?}; use a name such as \"NOT_FOUND\"")),
+                Some(_) => self.issue(
+                    format!("{key}.exit_codes.{code}"),
+                    "maps a non-zero exit code (1-255) to an error status other than OK",
+                ),
+                None => self.issue(
+                    format!("{key}.exit_codes.{code}"),
+                    format!("unknown status {status:?}; use a name such as \"NOT_FOUND\""),
+                ),
             }
         }
         let mut env = base_env.to_vec();
         env.extend(raw.env);
-        SpawnSpec { program, args: templates, output, cwd: self.cwd(&format!("{key}.cwd"), raw.cwd), env, exit_codes }
+        SpawnSpec {
+            program,
+            args: templates,
+            output,
+            cwd: self.cwd(&format!("{key}.cwd"), raw.cwd),
+            env,
+            exit_codes,
+        }
     }
 
     fn pool(&mut self, name: &str, raw: PoolSection, base_env: &[(String, String)]) -> PoolSpec {
         let key = format!("pools.{name}");
         let (program, args) = match raw.argv.split_first() {
-            Some((program, args)) => (self.program(&format!("{key}.argv[0]"), program), args.to_vec()),
+            Some((program, args)) => (
+                self.program(&format!("{key}.argv[0]"), program),
+                args.to_vec(),
+            ),
             None => {
-                self.issue(format!("{key}.argv"), "must list the worker program and its arguments");
+                self.issue(
+                    format!("{key}.argv"),
+                    "must list the worker program and its arguments",
+                );
                 (PathBuf::new(), Vec::new())
             }
         };
@@ -517,7 +609,11 @@ impl Validator {
 
 fn names<'a>(keys: impl Iterator<Item = &'a String>) -> String {
     let list: Vec<&str> = keys.map(String::as_str).collect();
-    if list.is_empty() { "none defined; add a [pools.NAME] table".to_string() } else { list.join(", ") }
+    if list.is_empty() {
+        "none defined; add a [pools.NAME] table".to_string()
+    } else {
+        list.join(", ")
+    }
 }
 
 /// Finds the executable a manifest names: paths containing `/` are relative to `dir`, bare names are
@@ -525,12 +621,19 @@ fn names<'a>(keys: impl Iterator<Item = &'a String>) -> String {
 pub fn resolve_program(dir: &Path, program: &str) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
     let check = |path: &Path| -> Result<PathBuf, String> {
-        let meta = std::fs::metadata(path).map_err(|e| format!("program {program:?} not found at {} ({e})", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("program {program:?} not found at {} ({e})", path.display()))?;
         if !meta.is_file() {
-            return Err(format!("program {program:?} at {} is not a regular file", path.display()));
+            return Err(format!(
+                "program {program:?} at {} is not a regular file",
+                path.display()
+            ));
         }
         if meta.permissions().mode() & 0o111 == 0 {
-            return Err(format!("program {program:?} at {} is not executable (chmod +x it)", path.display()));
+            return Err(format!(
+                "program {program:?} at {} is not executable (chmod +x it)",
+                path.display()
+            ));
         }
         Ok(path.to_path_buf())
     };
@@ -538,7 +641,11 @@ pub fn resolve_program(dir: &Path, program: &str) -> Result<PathBuf, String> {
         return Err("the program is empty".into());
     }
     if program.contains('/') {
-        let joined: PathBuf = dir.join(program).components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect();
+        let joined: PathBuf = dir
+            .join(program)
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
         return check(&joined);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -548,5 +655,7 @@ pub fn resolve_program(dir: &Path, program: &str) -> Result<PathBuf, String> {
             return check(&candidate);
         }
     }
-    Err(format!("program {program:?} not found in PATH; use a path such as \"./{program}\" or an absolute one"))
+    Err(format!(
+        "program {program:?} not found in PATH; use a path such as \"./{program}\" or an absolute one"
+    ))
 }

@@ -19,6 +19,7 @@ pub mod line_reader;
 pub mod manifest;
 pub mod placeholder;
 pub mod process;
+pub mod reaper;
 pub mod rpc_kind;
 pub mod server;
 pub mod spawn;

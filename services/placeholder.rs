@@ -3,7 +3,9 @@
 //! A template always renders to exactly **one** argument, whatever the field holds: the value is
 //! copied verbatim (no shell, no splitting, no globbing). `{{` and `}}` are literal braces.
 
-use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value};
+use prost_reflect::{
+    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
+};
 
 /// One argument with its placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +39,9 @@ pub enum TemplateError {
         fields: String,
     },
     /// The field is not a single scalar value.
-    #[error("placeholder {{{path}}} must name a scalar field (string, number, bool or enum), not {what}")]
+    #[error(
+        "placeholder {{{path}}} must name a scalar field (string, number, bool or enum), not {what}"
+    )]
     NotScalar {
         /// The placeholder's path.
         path: String,
@@ -75,7 +79,9 @@ impl ArgTemplate {
                     loop {
                         match chars.next() {
                             Some('}') => break,
-                            Some('{') | None => return Err(TemplateError::Unbalanced(text.to_string())),
+                            Some('{') | None => {
+                                return Err(TemplateError::Unbalanced(text.to_string()));
+                            }
                             Some(c) => name.push(c),
                         }
                     }
@@ -118,10 +124,13 @@ impl ArgTemplate {
 
     /// The argument's literal text, placeholders left out.
     pub fn literal(&self) -> String {
-        self.parts.iter().filter_map(|p| match p {
-            Part::Text(text) => Some(text.as_str()),
-            Part::Field(_) => None,
-        }).collect()
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Text(text) => Some(text.as_str()),
+                Part::Field(_) => None,
+            })
+            .collect()
     }
 
     /// Renders the argument from a request. Unset fields give their default value.
@@ -133,7 +142,9 @@ impl ArgTemplate {
                 Part::Field(path) => {
                     let value = lookup(request, path);
                     if value.contains('\0') {
-                        return Err(NulInArgument { path: path.join(".") });
+                        return Err(NulInArgument {
+                            path: path.join("."),
+                        });
                     }
                     out.push_str(&value);
                 }
@@ -153,10 +164,17 @@ fn resolve(message: &MessageDescriptor, path: &[String]) -> Result<FieldDescript
             .ok_or_else(|| TemplateError::NoSuchField {
                 path: dotted.clone(),
                 message: current.full_name().to_string(),
-                fields: current.fields().map(|f| f.name().to_string()).collect::<Vec<_>>().join(", "),
+                fields: current
+                    .fields()
+                    .map(|f| f.name().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
         let last = i + 1 == path.len();
-        let not_scalar = |what: &str| TemplateError::NotScalar { path: dotted.clone(), what: what.to_string() };
+        let not_scalar = |what: &str| TemplateError::NotScalar {
+            path: dotted.clone(),
+            what: what.to_string(),
+        };
         if field.is_list() {
             return Err(not_scalar("a repeated field"));
         }
@@ -165,9 +183,16 @@ fn resolve(message: &MessageDescriptor, path: &[String]) -> Result<FieldDescript
         }
         match field.kind() {
             Kind::Message(inner) if !last => current = inner,
-            Kind::Message(inner) => return Err(not_scalar(&format!("message {}", inner.full_name()))),
+            Kind::Message(inner) => {
+                return Err(not_scalar(&format!("message {}", inner.full_name())));
+            }
             Kind::Bytes => return Err(not_scalar("bytes")),
-            _ if !last => return Err(not_scalar(&format!("a scalar with a sub-path .{}", path[i + 1]))),
+            _ if !last => {
+                return Err(not_scalar(&format!(
+                    "a scalar with a sub-path .{}",
+                    path[i + 1]
+                )));
+            }
             _ => return Ok(field),
         }
     }
@@ -180,7 +205,10 @@ fn lookup(message: &DynamicMessage, path: &[String]) -> String {
         return String::new();
     };
     let desc = message.descriptor();
-    let Some(field) = desc.get_field_by_name(name).or_else(|| desc.get_field_by_json_name(name)) else {
+    let Some(field) = desc
+        .get_field_by_name(name)
+        .or_else(|| desc.get_field_by_json_name(name))
+    else {
         return String::new();
     };
     let value = message.get_field(&field);
@@ -204,7 +232,9 @@ fn scalar_text(field: &FieldDescriptor, value: &Value) -> String {
         Value::F32(n) => n.to_string(),
         Value::F64(n) => n.to_string(),
         Value::EnumNumber(n) => match field.kind() {
-            Kind::Enum(e) => e.get_value(*n).map_or_else(|| n.to_string(), |v| v.name().to_string()),
+            Kind::Enum(e) => e
+                .get_value(*n)
+                .map_or_else(|| n.to_string(), |v| v.name().to_string()),
             _ => n.to_string(),
         },
         _ => String::new(),
@@ -218,12 +248,21 @@ mod tests {
     #[test]
     fn parses_literals_placeholders_and_escapes() {
         let t = ArgTemplate::parse("--id={id}").expect("valid");
-        assert_eq!(t.parts, vec![Part::Text("--id=".into()), Part::Field(vec!["id".into()])]);
+        assert_eq!(
+            t.parts,
+            vec![Part::Text("--id=".into()), Part::Field(vec!["id".into()])]
+        );
         let t = ArgTemplate::parse("{{literal}}").expect("valid");
         assert_eq!(t.parts, vec![Part::Text("{literal}".into())]);
         let t = ArgTemplate::parse("{a.b}").expect("valid");
-        assert_eq!(t.placeholders().collect::<Vec<_>>(), vec!["a.b".to_string()]);
-        assert_eq!(ArgTemplate::parse("").expect("valid").parts, vec![Part::Text(String::new())]);
+        assert_eq!(
+            t.placeholders().collect::<Vec<_>>(),
+            vec!["a.b".to_string()]
+        );
+        assert_eq!(
+            ArgTemplate::parse("").expect("valid").parts,
+            vec![Part::Text(String::new())]
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Every child runs in a new process group whose id is its pid, so a deadline or a shutdown kills the
 //! child *and* anything it started (PyInstaller's `--onefile` runs as two processes, shell scripts
-//! fork). On Linux the child also gets `SIGKILL` if exemesh dies, even by `kill -9`.
+//! fork). On Linux the child also gets `SIGKILL` if exemesh dies, even by `kill -9`, and the
+//! [orphan guard](super::reaper) kills the rest of the group.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -52,7 +53,14 @@ pub fn start(launch: &Launch<'_>, extra_env: &[(&str, &str)]) -> std::io::Result
         cmd.pre_exec(move || {
             #[cfg(target_os = "linux")]
             {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -65,7 +73,11 @@ pub fn start(launch: &Launch<'_>, extra_env: &[(&str, &str)]) -> std::io::Result
     }
     let child = cmd.spawn()?;
     let pgid = child.id().map_or(0, |pid| pid as libc::pid_t);
-    Ok(Started { child, group: GroupGuard { pgid } })
+    super::reaper::register(pgid);
+    Ok(Started {
+        child,
+        group: GroupGuard { pgid },
+    })
 }
 
 /// Owns a process group; dropping it sends `SIGKILL` to every process still in the group.
@@ -94,5 +106,6 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.signal(libc::SIGKILL);
+        super::reaper::unregister(self.pgid);
     }
 }

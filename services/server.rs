@@ -55,18 +55,34 @@ impl Plan {
     pub fn new(manifest: Manifest) -> Result<Plan, ServeError> {
         let contract = Contract::load(&manifest.protos, &manifest.include, &manifest.service)?;
         let methods = bind(&manifest, &contract)?;
-        Ok(Plan { manifest, contract, methods })
+        Ok(Plan {
+            manifest,
+            contract,
+            methods,
+        })
     }
 }
 
 /// Serves `plan` on `listener` until `shutdown` completes, then drains and stops.
-pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn serve(
+    plan: Plan,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let service_name = plan.contract.service.full_name().to_string();
     let pools = start_pools(&plan);
-    let runtimes = plan.methods.iter().map(|m| runtime(&plan, m, &pools)).collect::<Result<Vec<_>, _>>()?;
+    let runtimes = plan
+        .methods
+        .iter()
+        .map(|m| runtime(&plan, m, &pools))
+        .collect::<Result<Vec<_>, _>>()?;
     let (reporter, health) = tonic_health::server::health_reporter();
     set_status(&reporter, &service_name, ServingStatus::NotServing).await;
-    let health_task = tokio::spawn(follow_pools(reporter.clone(), service_name.clone(), pools.values().cloned().collect()));
+    let health_task = tokio::spawn(follow_pools(
+        reporter.clone(),
+        service_name.clone(),
+        pools.values().cloned().collect(),
+    ));
 
     let mut sets = vec![plan.contract.files.clone()];
     sets.push(decode_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?);
@@ -76,11 +92,20 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
         v1 = v1.register_file_descriptor_set(set.clone());
         v1alpha = v1alpha.register_file_descriptor_set(set);
     }
-    let v1 = v1.build_v1().map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let v1alpha = v1alpha.build_v1alpha().map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let v1 = v1
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let v1alpha = v1alpha
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
     let router = axum::Router::new().fallback_service(DynamicService::new(runtimes));
-    let router = Routes::from(router).add_service(health).add_service(v1).add_service(v1alpha).prepare().into_axum_router();
+    let router = Routes::from(router)
+        .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .prepare()
+        .into_axum_router();
     let drain = plan.manifest.drain_timeout;
     let signal = {
         let reporter = reporter.clone();
@@ -89,11 +114,17 @@ pub async fn serve(plan: Plan, listener: TcpListener, shutdown: impl Future<Outp
             shutdown.await;
             health_task.abort();
             set_status(&reporter, &service_name, ServingStatus::NotServing).await;
-            tracing::info!("shutting down: draining in-flight calls (up to {}s)", drain.as_secs_f32());
+            tracing::info!(
+                "shutting down: draining in-flight calls (up to {}s)",
+                drain.as_secs_f32()
+            );
         }
     };
     if !serve_h2c(listener, router, Http2Settings::default(), signal, drain).await {
-        tracing::warn!("drain timeout of {}s passed; the remaining calls were aborted", drain.as_secs_f32());
+        tracing::warn!(
+            "drain timeout of {}s passed; the remaining calls were aborted",
+            drain.as_secs_f32()
+        );
     }
     for pool in pools.values() {
         pool.stop().await;
@@ -132,11 +163,24 @@ fn start_pools(plan: &Plan) -> BTreeMap<String, Arc<Pool>> {
         .collect()
 }
 
-fn runtime(plan: &Plan, method: &BoundMethod, pools: &BTreeMap<String, Arc<Pool>>) -> Result<MethodRuntime, ServeError> {
-    let name: Arc<str> = format!("{}/{}", plan.contract.service.full_name(), method.desc.name()).into();
+fn runtime(
+    plan: &Plan,
+    method: &BoundMethod,
+    pools: &BTreeMap<String, Arc<Pool>>,
+) -> Result<MethodRuntime, ServeError> {
+    let name: Arc<str> = format!(
+        "{}/{}",
+        plan.contract.service.full_name(),
+        method.desc.name()
+    )
+    .into();
     let limits = method.spec.limits;
     let backend = match &method.spec.execution {
-        Execution::Spawn(spec) => Backend::Spawn(Arc::new(SpawnRunner::new(spec.clone(), method.desc.output(), limits.max_output_bytes))),
+        Execution::Spawn(spec) => Backend::Spawn(Arc::new(SpawnRunner::new(
+            spec.clone(),
+            method.desc.output(),
+            limits.max_output_bytes,
+        ))),
         Execution::Worker { pool } => {
             let pool = pools.get(pool).cloned().ok_or_else(|| {
                 ManifestError(vec![super::manifest::ManifestIssue {
@@ -145,7 +189,11 @@ fn runtime(plan: &Plan, method: &BoundMethod, pools: &BTreeMap<String, Arc<Pool>
                     message: format!("no pool named {pool:?}"),
                 }])
             })?;
-            Backend::Worker(Arc::new(WorkerRunner::new(pool, method.desc.output(), limits.max_output_bytes)))
+            Backend::Worker(Arc::new(WorkerRunner::new(
+                pool,
+                method.desc.output(),
+                limits.max_output_bytes,
+            )))
         }
     };
     Ok(MethodRuntime {
@@ -171,7 +219,11 @@ async fn follow_pools(reporter: HealthReporter, service: String, pools: Vec<Arc<
     loop {
         let serving = watchers.iter().all(|w| *w.borrow() > 0);
         if last != Some(serving) {
-            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             tracing::info!(service = %service, "health: {status:?}");
             set_status(&reporter, &service, status).await;
             last = Some(serving);

@@ -61,19 +61,28 @@ impl ErrorBody {
         }
         .filter(|c| *c != Code::Ok)
         .unwrap_or(Code::Unknown);
-        CallError::Reported { code, message: self.message }
+        CallError::Reported {
+            code,
+            message: self.message,
+        }
     }
 }
 
 /// Recognizes an error document; `None` for anything else.
 pub fn reported_error(text: &[u8]) -> Option<CallError> {
-    serde_json::from_slice::<ErrorDocument>(text).ok().map(|doc| doc.error.into_error())
+    serde_json::from_slice::<ErrorDocument>(text)
+        .ok()
+        .map(|doc| doc.error.into_error())
 }
 
 impl SpawnRunner {
     /// A runner for `spec`, whose replies are of type `reply_type`.
     pub fn new(spec: SpawnSpec, reply_type: MessageDescriptor, max_output: usize) -> Self {
-        Self { spec, reply_type, max_output }
+        Self {
+            spec,
+            reply_type,
+            max_output,
+        }
     }
 
     /// Runs the call to completion, sending replies (and a final error, if any) to `replies`.
@@ -83,8 +92,17 @@ impl SpawnRunner {
         }
     }
 
-    async fn execute(&self, ctx: &CallContext, mut input: RequestStream, replies: &ReplySink) -> Result<(), CallError> {
-        let first = if ctx.kind.single_request() { Some(single_request(&ctx.method, &mut input).await?) } else { None };
+    async fn execute(
+        &self,
+        ctx: &CallContext,
+        mut input: RequestStream,
+        replies: &ReplySink,
+    ) -> Result<(), CallError> {
+        let first = if ctx.kind.single_request() {
+            Some(single_request(&ctx.method, &mut input).await?)
+        } else {
+            None
+        };
         let mut args = Vec::with_capacity(self.spec.args.len());
         for template in &self.spec.args {
             // Streaming-request methods have no placeholders (checked at bind time).
@@ -108,7 +126,12 @@ impl SpawnRunner {
         if let Some(ts) = &ctx.tracestate {
             extra.push(("TRACESTATE", ts));
         }
-        let launch = Launch { program: &self.spec.program, args: &args, cwd: &self.spec.cwd, env: &self.spec.env };
+        let launch = Launch {
+            program: &self.spec.program,
+            args: &args,
+            cwd: &self.spec.cwd,
+            env: &self.spec.env,
+        };
         let mut started = process::start(&launch, &extra).map_err(|e| CallError::SpawnFailed {
             method: ctx.method.to_string(),
             program: self.spec.program.display().to_string(),
@@ -121,8 +144,14 @@ impl SpawnRunner {
         let child = &mut started.child;
         let main = async {
             let outcome = async {
-                let ((), document) = tokio::try_join!(feed(stdin, first, input), self.read_output(ctx, stdout, replies))?;
-                let status = child.wait().await.map_err(|e| CallError::Protocol { method: ctx.method.to_string(), detail: format!("waiting for the process: {e}") })?;
+                let ((), document) = tokio::try_join!(
+                    feed(stdin, first, input),
+                    self.read_output(ctx, stdout, replies)
+                )?;
+                let status = child.wait().await.map_err(|e| CallError::Protocol {
+                    method: ctx.method.to_string(),
+                    detail: format!("waiting for the process: {e}"),
+                })?;
                 Ok((document, status))
             }
             .await;
@@ -141,7 +170,11 @@ impl SpawnRunner {
         let (code, how) = describe_exit(status, &self.spec.exit_codes);
         if code != Code::Ok {
             let stderr_text = stderr_text.trim();
-            let message = if stderr_text.is_empty() { format!("{}: {how}", ctx.method) } else { format!("{}: {how}: {stderr_text}", ctx.method) };
+            let message = if stderr_text.is_empty() {
+                format!("{}: {how}", ctx.method)
+            } else {
+                format!("{}: {how}: {stderr_text}", ctx.method)
+            };
             return Err(CallError::Reported { code, message });
         }
         if let Some(doc) = document {
@@ -159,12 +192,23 @@ impl SpawnRunner {
         stdout: Option<tokio::process::ChildStdout>,
         replies: &ReplySink,
     ) -> Result<Option<Vec<u8>>, CallError> {
-        let Some(stdout) = stdout else { return Ok(Some(Vec::new())) };
-        let too_large = || CallError::OutputTooLarge { method: ctx.method.to_string(), limit: self.max_output };
+        let Some(stdout) = stdout else {
+            return Ok(Some(Vec::new()));
+        };
+        let too_large = || CallError::OutputTooLarge {
+            method: ctx.method.to_string(),
+            limit: self.max_output,
+        };
         if ctx.kind.single_reply() {
             let mut doc = Vec::new();
-            let read = stdout.take(self.max_output as u64 + 1).read_to_end(&mut doc).await;
-            read.map_err(|e| CallError::Protocol { method: ctx.method.to_string(), detail: format!("reading stdout: {e}") })?;
+            let read = stdout
+                .take(self.max_output as u64 + 1)
+                .read_to_end(&mut doc)
+                .await;
+            read.map_err(|e| CallError::Protocol {
+                method: ctx.method.to_string(),
+                detail: format!("reading stdout: {e}"),
+            })?;
             if doc.len() > self.max_output {
                 return Err(too_large());
             }
@@ -186,18 +230,25 @@ impl SpawnRunner {
                 }
                 Ok(Line::Eof) => return Ok(None),
                 Ok(Line::TooLong) => return Err(too_large()),
-                Err(e) => return Err(CallError::Protocol { method: ctx.method.to_string(), detail: format!("reading stdout: {e}") }),
+                Err(e) => {
+                    return Err(CallError::Protocol {
+                        method: ctx.method.to_string(),
+                        detail: format!("reading stdout: {e}"),
+                    });
+                }
             }
         }
     }
 
     fn parse_reply(&self, ctx: &CallContext, text: &[u8]) -> Result<DynamicMessage, CallError> {
         match &self.spec.output {
-            Output::Json => from_json(&self.reply_type, text).map_err(|detail| CallError::BadReply {
-                method: ctx.method.to_string(),
-                message_type: self.reply_type.full_name().to_string(),
-                detail,
-            }),
+            Output::Json => {
+                from_json(&self.reply_type, text).map_err(|detail| CallError::BadReply {
+                    method: ctx.method.to_string(),
+                    message_type: self.reply_type.full_name().to_string(),
+                    detail,
+                })
+            }
             Output::Text { field } => {
                 let mut text = String::from_utf8_lossy(text).into_owned();
                 if ctx.kind.single_reply() && text.ends_with('\n') {
@@ -207,10 +258,12 @@ impl SpawnRunner {
                     }
                 }
                 let mut reply = DynamicMessage::new(self.reply_type.clone());
-                reply.try_set_field_by_name(field, Value::String(text)).map_err(|e| CallError::Protocol {
-                    method: ctx.method.to_string(),
-                    detail: format!("setting text field {field}: {e}"),
-                })?;
+                reply
+                    .try_set_field_by_name(field, Value::String(text))
+                    .map_err(|e| CallError::Protocol {
+                        method: ctx.method.to_string(),
+                        detail: format!("setting text field {field}: {e}"),
+                    })?;
                 Ok(reply)
             }
         }
@@ -219,8 +272,14 @@ impl SpawnRunner {
 
 /// Writes the request messages to stdin as JSON lines, then closes it. A process that exits without
 /// reading its input is not an error.
-async fn feed(stdin: Option<tokio::process::ChildStdin>, first: Option<DynamicMessage>, mut input: RequestStream) -> Result<(), CallError> {
-    let Some(mut stdin) = stdin else { return Ok(()) };
+async fn feed(
+    stdin: Option<tokio::process::ChildStdin>,
+    first: Option<DynamicMessage>,
+    mut input: RequestStream,
+) -> Result<(), CallError> {
+    let Some(mut stdin) = stdin else {
+        return Ok(());
+    };
     let mut buf = Vec::new();
     if let Some(message) = first {
         write_json(&message, &mut buf);
@@ -230,7 +289,10 @@ async fn feed(stdin: Option<tokio::process::ChildStdin>, first: Option<DynamicMe
         return Ok(());
     }
     while let Some(next) = input.next().await {
-        let message = next.map_err(|status| CallError::Reported { code: status.code(), message: status.message().to_string() })?;
+        let message = next.map_err(|status| CallError::Reported {
+            code: status.code(),
+            message: status.message().to_string(),
+        })?;
         buf.clear();
         write_json(&message, &mut buf);
         buf.push(b'\n');
@@ -243,11 +305,15 @@ async fn feed(stdin: Option<tokio::process::ChildStdin>, first: Option<DynamicMe
 
 /// Logs stderr lines (debug level) and keeps the last bytes to explain a failure.
 async fn read_tail<R: AsyncRead + Unpin>(stderr: Option<R>, request_id: &str) -> String {
-    let Some(stderr) = stderr else { return String::new() };
+    let Some(stderr) = stderr else {
+        return String::new();
+    };
     let mut reader = BufReader::new(stderr);
     let mut kept = String::new();
     let mut line = Vec::new();
-    while let Ok(Line::Complete | Line::TooLong) = read_line(&mut reader, &mut line, 64 * 1024).await {
+    while let Ok(Line::Complete | Line::TooLong) =
+        read_line(&mut reader, &mut line, 64 * 1024).await
+    {
         let text = String::from_utf8_lossy(&line);
         tracing::debug!(request_id, "stderr: {text}");
         kept.push_str(&text);

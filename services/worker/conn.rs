@@ -44,7 +44,10 @@ pub struct Conn {
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("id", &self.id).field("in_flight", &self.in_flight()).finish()
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("in_flight", &self.in_flight())
+            .finish()
     }
 }
 
@@ -55,7 +58,12 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Conn {
     /// A worker `id` writing frames through `writer`; `released` is notified whenever a slot frees.
-    pub fn new(id: String, writer: mpsc::Sender<Vec<u8>>, max_in_flight: usize, released: Arc<Notify>) -> Self {
+    pub fn new(
+        id: String,
+        writer: mpsc::Sender<Vec<u8>>,
+        max_in_flight: usize,
+        released: Arc<Notify>,
+    ) -> Self {
         Self {
             id,
             writer: Mutex::new(Some(writer)),
@@ -91,7 +99,13 @@ impl Conn {
             id = self.next_id.fetch_add(1, Ordering::Relaxed);
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        calls.insert(id, Entry { events: Some(tx), method });
+        calls.insert(
+            id,
+            Entry {
+                events: Some(tx),
+                method,
+            },
+        );
         self.in_flight.store(calls.len(), Ordering::Release);
         Some((id, rx))
     }

@@ -155,7 +155,12 @@ struct InFrame {
 /// Parses one line written by a worker; the error explains what is wrong (for the log).
 pub fn parse_inbound(line: &[u8]) -> Result<Inbound, String> {
     let frame: InFrame = serde_json::from_slice(line).map_err(|e| format!("not a frame: {e}"))?;
-    let kinds = [frame.ready.is_some(), frame.message.is_some(), frame.end.is_some(), frame.error.is_some()];
+    let kinds = [
+        frame.ready.is_some(),
+        frame.message.is_some(),
+        frame.end.is_some(),
+        frame.error.is_some(),
+    ];
     if kinds.iter().filter(|k| **k).count() != 1 {
         return Err("a frame must have exactly one of ready, message, end, error".into());
     }
@@ -164,8 +169,14 @@ pub fn parse_inbound(line: &[u8]) -> Result<Inbound, String> {
     }
     Ok(match frame {
         InFrame { ready: Some(r), .. } => Inbound::Ready(r),
-        InFrame { message: Some(m), id, .. } => Inbound::Message(id, m),
-        InFrame { error: Some(e), id, .. } => Inbound::Error(id, e),
+        InFrame {
+            message: Some(m),
+            id,
+            ..
+        } => Inbound::Message(id, m),
+        InFrame {
+            error: Some(e), id, ..
+        } => Inbound::Error(id, e),
         InFrame { id, .. } => Inbound::End(id),
     })
 }
@@ -173,25 +184,36 @@ pub fn parse_inbound(line: &[u8]) -> Result<Inbound, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost_reflect::{DescriptorPool, DeserializeOptions, MessageDescriptor, SerializeOptions};
     use proptest::prelude::*;
+    use prost_reflect::{DescriptorPool, DeserializeOptions, MessageDescriptor, SerializeOptions};
 
     fn frame_type() -> MessageDescriptor {
         let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
-        pool.get_message_by_name("exemesh.v1.WorkerFrame").expect("WorkerFrame")
+        pool.get_message_by_name("exemesh.v1.WorkerFrame")
+            .expect("WorkerFrame")
     }
 
     /// Parses a line strictly as the contract's `WorkerFrame`.
     fn as_contract(line: &[u8]) -> DynamicMessage {
         let mut de = serde_json::Deserializer::from_slice(line);
-        DynamicMessage::deserialize_with_options(frame_type(), &mut de, &DeserializeOptions::new().deny_unknown_fields(true))
-            .unwrap_or_else(|e| panic!("{} is not a WorkerFrame: {e}", String::from_utf8_lossy(line)))
+        DynamicMessage::deserialize_with_options(
+            frame_type(),
+            &mut de,
+            &DeserializeOptions::new().deny_unknown_fields(true),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} is not a WorkerFrame: {e}",
+                String::from_utf8_lossy(line)
+            )
+        })
     }
 
     fn payload() -> DynamicMessage {
         // Any message type works as a payload; use the contract's own Error message.
         let pool = DescriptorPool::decode(crate::pb::FILE_DESCRIPTOR_SET).expect("descriptor set");
-        let mut m = DynamicMessage::new(pool.get_message_by_name("exemesh.v1.Error").expect("Error"));
+        let mut m =
+            DynamicMessage::new(pool.get_message_by_name("exemesh.v1.Error").expect("Error"));
         m.set_field_by_name("code", prost_reflect::Value::String("x\"y\n".into()));
         m
     }
@@ -277,7 +299,13 @@ mod tests {
         assert!(parse_inbound(br#"{"id":1,"end":{},"error":{"code":"X"}}"#).is_err());
         assert!(parse_inbound(br#"{"end":{}}"#).is_err());
         assert!(parse_inbound(br#"{"id":3}"#).is_err());
-        assert!(matches!(parse_inbound(br#"{"ready":{}}"#), Ok(Inbound::Ready(_))));
-        assert!(matches!(parse_inbound(br#"{"id":2,"message":{"a":1},"debug":"ignored"}"#), Ok(Inbound::Message(2, _))));
+        assert!(matches!(
+            parse_inbound(br#"{"ready":{}}"#),
+            Ok(Inbound::Ready(_))
+        ));
+        assert!(matches!(
+            parse_inbound(br#"{"id":2,"message":{"a":1},"debug":"ignored"}"#),
+            Ok(Inbound::Message(2, _))
+        ));
     }
 }

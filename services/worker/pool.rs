@@ -34,7 +34,10 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("name", &self.spec.name).field("ready", &*self.ready.borrow()).finish()
+        f.debug_struct("Pool")
+            .field("name", &self.spec.name)
+            .field("ready", &*self.ready.borrow())
+            .finish()
     }
 }
 
@@ -97,7 +100,14 @@ impl Pool {
     }
 
     fn try_acquire(&self, method: &Arc<str>) -> Option<Lease> {
-        let mut candidates: Vec<Arc<Conn>> = self.slots.read().unwrap_or_else(|p| p.into_inner()).iter().flatten().cloned().collect();
+        let mut candidates: Vec<Arc<Conn>> = self
+            .slots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
         candidates.sort_by_key(|c| c.in_flight());
         candidates.into_iter().find_map(|conn| {
             let (id, events) = conn.open_call(method.clone())?;
@@ -153,12 +163,29 @@ async fn supervise(pool: Arc<Pool>, index: usize) {
 }
 
 /// Runs one incarnation of a worker; returns how it ended.
-async fn run_once(pool: &Arc<Pool>, index: usize, id: &str, stopping: &mut watch::Receiver<bool>) -> Result<String, String> {
+async fn run_once(
+    pool: &Arc<Pool>,
+    index: usize,
+    id: &str,
+    stopping: &mut watch::Receiver<bool>,
+) -> Result<String, String> {
     let spec = &pool.spec;
-    let launch = Launch { program: &spec.program, args: &spec.args, cwd: &spec.cwd, env: &spec.env };
-    let extra = [("EXEMESH_WORKER_ID", id), ("EXEMESH_POOL", spec.name.as_str()), ("EXEMESH_PROTOCOL", "1")];
-    let Started { mut child, group } = process::start(&launch, &extra).map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
-    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+    let launch = Launch {
+        program: &spec.program,
+        args: &spec.args,
+        cwd: &spec.cwd,
+        env: &spec.env,
+    };
+    let extra = [
+        ("EXEMESH_WORKER_ID", id),
+        ("EXEMESH_POOL", spec.name.as_str()),
+        ("EXEMESH_PROTOCOL", "1"),
+    ];
+    let Started { mut child, group } = process::start(&launch, &extra)
+        .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
         return Err("missing pipes".into());
     };
     let mut io = JoinSet::new();
@@ -174,8 +201,18 @@ async fn run_once(pool: &Arc<Pool>, index: usize, id: &str, stopping: &mut watch
     };
     let ready = match ready {
         Ok(Ok(ready)) => ready,
-        Ok(Err(e)) => return Err(format!("{e} before its ready frame{}", exit_note(&mut child).await)),
-        Err(_) => return Err(format!("sent no ready frame within {}ms; killed", spec.ready_timeout.as_millis())),
+        Ok(Err(e)) => {
+            return Err(format!(
+                "{e} before its ready frame{}",
+                exit_note(&mut child).await
+            ));
+        }
+        Err(_) => {
+            return Err(format!(
+                "sent no ready frame within {}ms; killed",
+                spec.ready_timeout.as_millis()
+            ));
+        }
     };
     let max = match ready.max_in_flight as usize {
         0 => spec.max_in_flight,
@@ -218,7 +255,12 @@ async fn exit_note(child: &mut tokio::process::Child) -> String {
     }
 }
 
-async fn wait_ready(reader: &mut BufReader<ChildStdout>, line: &mut Vec<u8>, max: usize, id: &str) -> Result<super::frame::Ready, String> {
+async fn wait_ready(
+    reader: &mut BufReader<ChildStdout>,
+    line: &mut Vec<u8>,
+    max: usize,
+    id: &str,
+) -> Result<super::frame::Ready, String> {
     loop {
         match read_line(reader, line, max).await {
             Ok(Line::Complete) => match parse_inbound(line) {
@@ -234,7 +276,12 @@ async fn wait_ready(reader: &mut BufReader<ChildStdout>, line: &mut Vec<u8>, max
 }
 
 /// Routes frames to calls until the worker closes stdout. `Err` for a fatal protocol violation.
-async fn read_frames(reader: &mut BufReader<ChildStdout>, line: &mut Vec<u8>, max: usize, conn: &Conn) -> Result<String, String> {
+async fn read_frames(
+    reader: &mut BufReader<ChildStdout>,
+    line: &mut Vec<u8>,
+    max: usize,
+    conn: &Conn,
+) -> Result<String, String> {
     loop {
         match read_line(reader, line, max).await {
             Ok(Line::Complete) => route(line, conn),
@@ -246,7 +293,12 @@ async fn read_frames(reader: &mut BufReader<ChildStdout>, line: &mut Vec<u8>, ma
 }
 
 /// After stdin is closed: deliver what the worker still writes until it exits.
-async fn drain_until_eof(reader: &mut BufReader<ChildStdout>, line: &mut Vec<u8>, max: usize, conn: &Conn) {
+async fn drain_until_eof(
+    reader: &mut BufReader<ChildStdout>,
+    line: &mut Vec<u8>,
+    max: usize,
+    conn: &Conn,
+) {
     let _ = read_frames(reader, line, max, conn).await;
 }
 
@@ -258,7 +310,9 @@ fn route(line: &[u8], conn: &Conn) {
         Ok(Inbound::Message(id, raw)) => conn.deliver(id, Event::Message(raw)),
         Ok(Inbound::End(id)) => conn.deliver(id, Event::End),
         Ok(Inbound::Error(id, body)) => conn.deliver(id, Conn::error_event(body)),
-        Ok(Inbound::Ready(_)) => tracing::warn!(worker = %conn.id(), "duplicate ready frame ignored"),
+        Ok(Inbound::Ready(_)) => {
+            tracing::warn!(worker = %conn.id(), "duplicate ready frame ignored")
+        }
         Err(e) => {
             let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
             tracing::warn!(worker = %conn.id(), "ignored stdout line ({e}): {shown}");
@@ -289,7 +343,9 @@ async fn write_frames(mut stdin: ChildStdin, mut rx: mpsc::Receiver<Vec<u8>>) {
 async fn log_stderr(stderr: ChildStderr, id: String) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
-    while let Ok(Line::Complete | Line::TooLong) = read_line(&mut reader, &mut line, 64 * 1024).await {
+    while let Ok(Line::Complete | Line::TooLong) =
+        read_line(&mut reader, &mut line, 64 * 1024).await
+    {
         tracing::info!(target: "exemesh::worker_stderr", worker = %id, "{}", String::from_utf8_lossy(&line));
     }
 }

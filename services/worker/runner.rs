@@ -31,7 +31,11 @@ struct CancelOnDrop<'a> {
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let reason = if self.ctx.remaining().is_zero() { "deadline_exceeded" } else { "cancelled" };
+            let reason = if self.ctx.remaining().is_zero() {
+                "deadline_exceeded"
+            } else {
+                "cancelled"
+            };
             self.conn.cancel(self.id, reason);
         }
     }
@@ -40,7 +44,11 @@ impl Drop for CancelOnDrop<'_> {
 impl WorkerRunner {
     /// A runner for replies of type `reply_type` on `pool`.
     pub fn new(pool: Arc<Pool>, reply_type: MessageDescriptor, max_output: usize) -> Self {
-        Self { pool, reply_type, max_output }
+        Self {
+            pool,
+            reply_type,
+            max_output,
+        }
     }
 
     /// Runs the call to completion, sending replies (and a final error, if any) to `replies`.
@@ -50,11 +58,27 @@ impl WorkerRunner {
         }
     }
 
-    async fn execute(&self, ctx: &CallContext, mut input: RequestStream, replies: &ReplySink) -> Result<(), CallError> {
-        let first = if ctx.kind.single_request() { Some(single_request(&ctx.method, &mut input).await?) } else { None };
+    async fn execute(
+        &self,
+        ctx: &CallContext,
+        mut input: RequestStream,
+        replies: &ReplySink,
+    ) -> Result<(), CallError> {
+        let first = if ctx.kind.single_request() {
+            Some(single_request(&ctx.method, &mut input).await?)
+        } else {
+            None
+        };
         let mut lease = self.pool.acquire(&ctx.method).await?;
-        let mut guard = CancelOnDrop { conn: lease.conn.clone(), id: lease.id, ctx, done: false };
-        let timeout_ms = u32::try_from(ctx.remaining().as_millis()).unwrap_or(u32::MAX).max(1);
+        let mut guard = CancelOnDrop {
+            conn: lease.conn.clone(),
+            id: lease.id,
+            ctx,
+            done: false,
+        };
+        let timeout_ms = u32::try_from(ctx.remaining().as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
         let start = Start {
             method: &ctx.method,
             kind: ctx.kind.as_str(),
@@ -72,7 +96,7 @@ impl WorkerRunner {
         }
         let mut input_open = first.is_none();
         let mut sent = 0usize;
-        let result = loop {
+        loop {
             tokio::select! {
                 next = input.next(), if input_open => match next {
                     Some(Ok(message)) => {
@@ -120,11 +144,14 @@ impl WorkerRunner {
                     None => break Err(self.lost(ctx, &lease, "dropped the call")),
                 },
             }
-        };
-        result
+        }
     }
 
     fn lost(&self, ctx: &CallContext, lease: &Lease, detail: &str) -> CallError {
-        CallError::WorkerLost { method: ctx.method.to_string(), worker: lease.conn.id().to_string(), detail: detail.to_string() }
+        CallError::WorkerLost {
+            method: ctx.method.to_string(),
+            worker: lease.conn.id().to_string(),
+            detail: detail.to_string(),
+        }
     }
 }

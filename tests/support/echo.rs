@@ -42,7 +42,11 @@ pub struct EchoReply {
 }
 
 pub fn req(text: &str, mode: &str) -> EchoRequest {
-    EchoRequest { text: text.into(), mode: mode.into(), ..Default::default() }
+    EchoRequest {
+        text: text.into(),
+        mode: mode.into(),
+        ..Default::default()
+    }
 }
 
 /// `test.v1.Echo` over a tonic channel.
@@ -61,28 +65,56 @@ impl EchoClient {
     }
 
     async fn grpc(&self) -> tonic::client::Grpc<Channel> {
-        let mut grpc = tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(64 << 20);
+        let mut grpc =
+            tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(64 << 20);
         grpc.ready().await.expect("channel ready");
         grpc
     }
 
-    pub async fn unary_with(&self, method: &'static str, request: EchoRequest, timeout: Option<Duration>) -> Result<EchoReply, Status> {
+    pub async fn unary_with(
+        &self,
+        method: &'static str,
+        request: EchoRequest,
+        timeout: Option<Duration>,
+    ) -> Result<EchoReply, Status> {
         let mut request = Request::new(request);
         if let Some(t) = timeout {
             request.set_timeout(t);
         }
-        request.metadata_mut().insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().expect("ascii"));
-        request.metadata_mut().insert("x-tenant", "acme".parse().expect("ascii"));
+        request.metadata_mut().insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .expect("ascii"),
+        );
+        request
+            .metadata_mut()
+            .insert("x-tenant", "acme".parse().expect("ascii"));
         let codec = ProstCodec::<EchoRequest, EchoReply>::default();
-        self.grpc().await.unary(request, path(method), codec).await.map(|r| r.into_inner())
+        self.grpc()
+            .await
+            .unary(request, path(method), codec)
+            .await
+            .map(|r| r.into_inner())
     }
 
     /// Unary with a raw `grpc-timeout` header and no client-side timer.
-    pub async fn unary_with_header(&self, method: &'static str, request: EchoRequest, grpc_timeout: &str) -> Result<EchoReply, Status> {
+    pub async fn unary_with_header(
+        &self,
+        method: &'static str,
+        request: EchoRequest,
+        grpc_timeout: &str,
+    ) -> Result<EchoReply, Status> {
         let mut request = Request::new(request);
-        request.metadata_mut().insert("grpc-timeout", grpc_timeout.parse().expect("ascii"));
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", grpc_timeout.parse().expect("ascii"));
         let codec = ProstCodec::<EchoRequest, EchoReply>::default();
-        self.grpc().await.unary(request, path(method), codec).await.map(|r| r.into_inner())
+        self.grpc()
+            .await
+            .unary(request, path(method), codec)
+            .await
+            .map(|r| r.into_inner())
     }
 
     pub async fn unary(&self, request: EchoRequest) -> Result<EchoReply, Status> {
@@ -91,7 +123,12 @@ impl EchoClient {
 
     pub async fn expand(&self, request: EchoRequest) -> Result<Vec<EchoReply>, Status> {
         let codec = ProstCodec::<EchoRequest, EchoReply>::default();
-        let mut stream = self.grpc().await.server_streaming(Request::new(request), path("/test.v1.Echo/Expand"), codec).await?.into_inner();
+        let mut stream = self
+            .grpc()
+            .await
+            .server_streaming(Request::new(request), path("/test.v1.Echo/Expand"), codec)
+            .await?
+            .into_inner();
         let mut out = Vec::new();
         while let Some(reply) = stream.message().await? {
             out.push(reply);
@@ -100,10 +137,18 @@ impl EchoClient {
     }
 
     /// Server streaming, returning what arrived before the error too.
-    pub async fn expand_partial(&self, request: EchoRequest) -> (Vec<EchoReply>, Result<(), Status>) {
+    pub async fn expand_partial(
+        &self,
+        request: EchoRequest,
+    ) -> (Vec<EchoReply>, Result<(), Status>) {
         let codec = ProstCodec::<EchoRequest, EchoReply>::default();
         let mut out = Vec::new();
-        let mut stream = match self.grpc().await.server_streaming(Request::new(request), path("/test.v1.Echo/Expand"), codec).await {
+        let mut stream = match self
+            .grpc()
+            .await
+            .server_streaming(Request::new(request), path("/test.v1.Echo/Expand"), codec)
+            .await
+        {
             Ok(s) => s.into_inner(),
             Err(e) => return (out, Err(e)),
         };
@@ -119,7 +164,11 @@ impl EchoClient {
     pub async fn collect(&self, requests: Vec<EchoRequest>) -> Result<EchoReply, Status> {
         let codec = ProstCodec::<EchoRequest, EchoReply>::default();
         let request = Request::new(tokio_stream::iter(requests));
-        self.grpc().await.client_streaming(request, path("/test.v1.Echo/Collect"), codec).await.map(|r| r.into_inner())
+        self.grpc()
+            .await
+            .client_streaming(request, path("/test.v1.Echo/Collect"), codec)
+            .await
+            .map(|r| r.into_inner())
     }
 
     /// Bidi: sends each request only after the previous reply arrived, proving replies stream.
@@ -131,10 +180,18 @@ impl EchoClient {
         if let Some(first) = first {
             tx.send(first).await.expect("send");
         }
-        let mut stream = self.grpc().await.streaming(Request::new(outbound), path("/test.v1.Echo/Chat"), codec).await?.into_inner();
+        let mut stream = self
+            .grpc()
+            .await
+            .streaming(Request::new(outbound), path("/test.v1.Echo/Chat"), codec)
+            .await?
+            .into_inner();
         let mut out = Vec::new();
         for next in texts.iter().skip(1) {
-            let reply = stream.message().await?.ok_or_else(|| Status::internal("stream ended early"))?;
+            let reply = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::internal("stream ended early"))?;
             out.push(reply);
             tx.send(req(next, "")).await.expect("send");
         }

@@ -11,9 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// The binary under test.
 pub fn exemesh() -> &'static str {
@@ -70,13 +70,20 @@ impl Served {
             .expect("start exemesh");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the listening line");
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
             let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             let _ = child.kill();
             panic!("exemesh did not start: stdout {line:?}\nstderr:\n{log}");
         };
-        Served { addr: addr.to_string(), child, stderr_path, _dir: dir }
+        Served {
+            addr: addr.to_string(),
+            child,
+            stderr_path,
+            _dir: dir,
+        }
     }
 
     /// The server's pid (also its process group id).
@@ -91,12 +98,17 @@ impl Served {
 
     /// A channel to the server.
     pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await.expect("connect")
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect")
     }
 
     /// Polls gRPC health until the overall status is SERVING (bounded).
     pub async fn wait_serving(&self) {
-        self.wait_health(ServingStatus::Serving, Duration::from_secs(30)).await;
+        self.wait_health(ServingStatus::Serving, Duration::from_secs(30))
+            .await;
     }
 
     /// Polls gRPC health until the overall status is `want` (bounded).
@@ -104,9 +116,18 @@ impl Served {
         let start = Instant::now();
         let mut last = None;
         while start.elapsed() < limit {
-            if let Ok(channel) = Endpoint::from_shared(format!("http://{}", self.addr)).expect("uri").connect().await {
+            if let Ok(channel) = Endpoint::from_shared(format!("http://{}", self.addr))
+                .expect("uri")
+                .connect()
+                .await
+            {
                 let mut client = HealthClient::new(channel);
-                match client.check(HealthCheckRequest { service: String::new() }).await {
+                match client
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                {
                     Ok(r) if r.get_ref().status == want as i32 => return,
                     Ok(r) => last = Some(format!("{:?}", r.get_ref().status)),
                     Err(e) => last = Some(e.to_string()),
@@ -114,7 +135,10 @@ impl Served {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("health never became {want:?} (last: {last:?})\n{}", self.log());
+        panic!(
+            "health never became {want:?} (last: {last:?})\n{}",
+            self.log()
+        );
     }
 
     /// Sends a signal to exemesh itself (not its group).
@@ -131,7 +155,11 @@ impl Served {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(start.elapsed() < limit, "exemesh did not exit within {limit:?}\n{}", self.log());
+            assert!(
+                start.elapsed() < limit,
+                "exemesh did not exit within {limit:?}\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -149,11 +177,19 @@ impl Drop for Served {
 /// Pids of live (non-zombie) processes whose environment or command line contains `marker`.
 pub fn processes_with(marker: &str) -> Vec<i32> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
     for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) {
+        if stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        {
             continue;
         }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
@@ -164,6 +200,28 @@ pub fn processes_with(marker: &str) -> Vec<i32> {
         }
     }
     found
+}
+
+/// Pids of live processes named `comm` (e.g. "sleep") carrying `marker`.
+pub fn processes_named(marker: &str, comm: &str) -> Vec<i32> {
+    processes_with(marker)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
+        })
+        .collect()
+}
+
+/// Waits (bounded) until a live process named `comm` carries `marker`.
+pub async fn wait_for_process(marker: &str, comm: &str, limit: Duration) {
+    let start = Instant::now();
+    while processes_named(marker, comm).is_empty() {
+        assert!(
+            start.elapsed() < limit,
+            "no {comm} process with the marker appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits (bounded) until no live process carries `marker`; returns the survivors otherwise.
@@ -180,7 +238,11 @@ pub async fn wait_no_processes(marker: &str, limit: Duration) -> Vec<i32> {
 
 /// A unique marker for the processes of one test.
 pub fn marker(test: &str) -> String {
-    format!("exemesh-test-{test}-{}-{}", std::process::id(), rand_suffix())
+    format!(
+        "exemesh-test-{test}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    )
 }
 
 fn rand_suffix() -> u64 {
@@ -193,7 +255,9 @@ fn rand_suffix() -> u64 {
 /// Writes a manifest into `dir` from a template where `@FIXTURES@` is the fixtures directory and
 /// `@MARKER@` a marker for the test's processes.
 pub fn manifest(dir: &Path, name: &str, template: &str, marker: &str) -> PathBuf {
-    let text = template.replace("@FIXTURES@", &fixture("echo").display().to_string()).replace("@MARKER@", marker);
+    let text = template
+        .replace("@FIXTURES@", &fixture("echo").display().to_string())
+        .replace("@MARKER@", marker);
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write manifest");
     path

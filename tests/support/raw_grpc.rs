@@ -12,7 +12,12 @@ pub struct RawStatus {
 }
 
 /// Sends one unary request with a `grpc-timeout` header and returns the server's grpc-status.
-pub async fn unary_with_timeout<M: Message>(addr: &str, path: &str, request: &M, grpc_timeout: &str) -> RawStatus {
+pub async fn unary_with_timeout<M: Message>(
+    addr: &str,
+    path: &str,
+    request: &M,
+    grpc_timeout: &str,
+) -> RawStatus {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     let conn_task = tokio::spawn(async move {
@@ -36,8 +41,17 @@ pub async fn unary_with_timeout<M: Message>(addr: &str, path: &str, request: &M,
     let response = response.await.expect("response");
     let read = |headers: &http::HeaderMap| {
         headers.get("grpc-status").map(|code| RawStatus {
-            code: code.to_str().ok().and_then(|c| c.parse().ok()).unwrap_or(-1),
-            message: percent_decode(headers.get("grpc-message").and_then(|m| m.to_str().ok()).unwrap_or("")),
+            code: code
+                .to_str()
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(-1),
+            message: percent_decode(
+                headers
+                    .get("grpc-message")
+                    .and_then(|m| m.to_str().ok())
+                    .unwrap_or(""),
+            ),
         })
     };
     if let Some(status) = read(response.headers()) {
