@@ -50,3 +50,66 @@ pub fn from_json(desc: &MessageDescriptor, text: &[u8]) -> Result<DynamicMessage
     })?;
     Ok(message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_reflect::{DescriptorPool, MapKey, Value};
+    use proptest::prelude::*;
+    use std::path::PathBuf;
+
+    fn pool() -> DescriptorPool {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/echo");
+        crate::services::contract::compile(&[dir.join("echo.proto")], &[dir]).expect("fixture compiles").0
+    }
+
+    proptest! {
+        #[test]
+        fn messages_survive_the_json_round_trip(
+            text in "\\PC*",
+            index in any::<i32>(),
+            big in any::<i64>(),
+            timeout in any::<i64>(),
+            argv in proptest::collection::vec("\\PC{0,12}", 0..5),
+            env in proptest::collection::btree_map("[a-zA-Z_]{1,8}", "\\PC{0,12}", 0..4),
+        ) {
+            let desc = pool().get_message_by_name("test.v1.EchoReply").expect("EchoReply");
+            let mut message = DynamicMessage::new(desc.clone());
+            message.set_field_by_name("text", Value::String(text));
+            message.set_field_by_name("index", Value::I32(index));
+            message.set_field_by_name("big", Value::I64(big));
+            message.set_field_by_name("timeout_ms", Value::I64(timeout));
+            message.set_field_by_name("argv", Value::List(argv.into_iter().map(Value::String).collect()));
+            message.set_field_by_name("env", Value::Map(env.into_iter().map(|(k, v)| (MapKey::String(k), Value::String(v))).collect()));
+            let json = to_json(&message);
+            if big != 0 {
+                let expected = format!("\"big\":\"{big}\"");
+                prop_assert!(json.contains(&expected), "int64 is a JSON string: {}", json);
+            }
+            let back = from_json(&desc, json.as_bytes()).expect("parses back");
+            // Field by field: proto3 does not distinguish an unset scalar from its default.
+            for field in desc.fields() {
+                prop_assert_eq!(back.get_field(&field), message.get_field(&field), "field {}", field.name());
+            }
+        }
+
+        #[test]
+        fn any_bytes_give_a_bounded_error_or_a_message(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let desc = pool().get_message_by_name("test.v1.EchoRequest").expect("EchoRequest");
+            if let Err(e) = from_json(&desc, &bytes) {
+                prop_assert!(e.len() <= MAX_PARSE_DETAIL + 4);
+            }
+        }
+    }
+
+    #[test]
+    fn replies_may_use_proto_names_and_unknown_fields() {
+        let desc = pool().get_message_by_name("test.v1.EchoReply").expect("EchoReply");
+        let message = from_json(&desc, br#"{"timeout_ms": 5, "timeoutMs": 6, "future_field": [1]}"#);
+        // Both spellings name the same field; the later one wins, unknown fields are ignored.
+        let message = message.expect("lenient");
+        assert_eq!(message.get_field_by_name("timeout_ms").map(|v| v.as_i64()), Some(Some(6)));
+        assert!(from_json(&desc, br#"{"text": 5}"#).is_err(), "wrong types are still errors");
+        assert!(from_json(&desc, br#"{} trailing"#).is_err());
+    }
+}
