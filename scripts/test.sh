@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets up and runs every test of exemesh on a fresh machine (Rust 1.95 + cargo-nextest, Python 3.11):
+#   - Rust unit, property and integration tests (the real binary, real executables, 127.0.0.1 only);
+#   - the Python worker helper's and the shop example's own tests;
+#   - third-party clients against the real binary: Python grpcio and grpcurl.
+# Python packages go into .venv (created here). Run from anywhere: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+
+cargo build --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked
+else
+  cargo test --locked
+fi
+cargo test --locked --doc
+
+EXEMESH_BIN="$PWD/target/debug/exemesh" .venv/bin/python -m pytest -q \
+  tests/python sdk/python/tests examples/shop/tests
