@@ -54,13 +54,15 @@ pub fn from_json(desc: &MessageDescriptor, text: &[u8]) -> Result<DynamicMessage
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost_reflect::{DescriptorPool, MapKey, Value};
     use proptest::prelude::*;
+    use prost_reflect::{DescriptorPool, MapKey, Value};
     use std::path::PathBuf;
 
     fn pool() -> DescriptorPool {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/echo");
-        crate::services::contract::compile(&[dir.join("echo.proto")], &[dir]).expect("fixture compiles").0
+        crate::services::contract::compile(&[dir.join("echo.proto")], &[dir])
+            .expect("fixture compiles")
+            .0
     }
 
     proptest! {
@@ -104,12 +106,23 @@ mod tests {
 
     #[test]
     fn replies_may_use_proto_names_and_unknown_fields() {
-        let desc = pool().get_message_by_name("test.v1.EchoReply").expect("EchoReply");
-        let message = from_json(&desc, br#"{"timeout_ms": 5, "timeoutMs": 6, "future_field": [1]}"#);
+        let desc = pool()
+            .get_message_by_name("test.v1.EchoReply")
+            .expect("EchoReply");
+        let message = from_json(
+            &desc,
+            br#"{"timeout_ms": 5, "timeoutMs": 6, "future_field": [1]}"#,
+        );
         // Both spellings name the same field; the later one wins, unknown fields are ignored.
         let message = message.expect("lenient");
-        assert_eq!(message.get_field_by_name("timeout_ms").map(|v| v.as_i64()), Some(Some(6)));
-        assert!(from_json(&desc, br#"{"text": 5}"#).is_err(), "wrong types are still errors");
+        assert_eq!(
+            message.get_field_by_name("timeout_ms").map(|v| v.as_i64()),
+            Some(Some(6))
+        );
+        assert!(
+            from_json(&desc, br#"{"text": 5}"#).is_err(),
+            "wrong types are still errors"
+        );
         assert!(from_json(&desc, br#"{} trailing"#).is_err());
     }
 }

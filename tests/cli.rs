@@ -33,7 +33,11 @@ fn check_accepts_the_shop_manifests() {
         let path = root().join("examples/shop").join(name);
         let out = run(&["check", path.to_str().expect("utf-8")], None);
         assert!(out.status.success(), "{name}: {}", text(&out.stderr));
-        assert!(text(&out.stdout).starts_with("ok: shop.v1."), "{}", text(&out.stdout));
+        assert!(
+            text(&out.stdout).starts_with("ok: shop.v1."),
+            "{}",
+            text(&out.stdout)
+        );
     }
 }
 
@@ -80,7 +84,12 @@ text_field = "nope"
     }
 
     // Once the manifest itself is valid, the contract checks run.
-    let fixed = bad.replace("argv = [\"./missing-program\"]", "argv = [\"/bin/true\"]").replace("mode = \"worker\"", "mode = \"spawn\"\nargv = [\"/bin/true\"]");
+    let fixed = bad
+        .replace("argv = [\"./missing-program\"]", "argv = [\"/bin/true\"]")
+        .replace(
+            "mode = \"worker\"",
+            "mode = \"spawn\"\nargv = [\"/bin/true\"]",
+        );
     let path = manifest(dir.path(), "bad2.toml", &fixed, "m");
     let out = run(&["check", path.to_str().expect("utf-8")], None);
     assert_eq!(out.status.code(), Some(1));
@@ -97,11 +106,19 @@ text_field = "nope"
 #[test]
 fn check_names_the_line_of_a_syntax_error_or_unknown_key() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = manifest(dir.path(), "typo.toml", "[service]\nname = \"x.v1.S\"\nprotos = [\"a.proto\"]\nlisten_adress = \"127.0.0.1:1\"\n", "m");
+    let path = manifest(
+        dir.path(),
+        "typo.toml",
+        "[service]\nname = \"x.v1.S\"\nprotos = [\"a.proto\"]\nlisten_adress = \"127.0.0.1:1\"\n",
+        "m",
+    );
     let out = run(&["check", path.to_str().expect("utf-8")], None);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("typo.toml") && err.contains("line 4") && err.contains("listen_adress"), "{err}");
+    assert!(
+        err.contains("typo.toml") && err.contains("line 4") && err.contains("listen_adress"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -109,68 +126,156 @@ fn init_writes_a_manifest_that_check_understands() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_path = dir.path().join("echo.toml");
     let proto = fixture("echo/echo.proto");
-    let out = run(&["init", proto.to_str().expect("utf-8"), "-o", out_path.to_str().expect("utf-8")], None);
+    let out = run(
+        &[
+            "init",
+            proto.to_str().expect("utf-8"),
+            "-o",
+            out_path.to_str().expect("utf-8"),
+        ],
+        None,
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let written = std::fs::read_to_string(&out_path).expect("manifest written");
     for method in ["Unary", "Expand", "Collect", "Chat", "Legacy"] {
-        assert!(written.contains(&format!("[methods.{method}]")), "{written}");
+        assert!(
+            written.contains(&format!("[methods.{method}]")),
+            "{written}"
+        );
     }
     // Untouched, check points at the placeholders the user must edit...
     let out = run(&["check", out_path.to_str().expect("utf-8")], None);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("methods.Unary.argv[0]: program \"./CHANGE-ME\" not found"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("methods.Unary.argv[0]: program \"./CHANGE-ME\" not found"),
+        "{}",
+        text(&out.stderr)
+    );
     // ...and once the program exists, it is a valid manifest.
     let script = dir.path().join("CHANGE-ME");
     std::fs::write(&script, "#!/bin/sh\necho '{}'\n").expect("script");
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
     let out = run(&["check", out_path.to_str().expect("utf-8")], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     // It never overwrites.
-    let again = run(&["init", proto.to_str().expect("utf-8"), "-o", out_path.to_str().expect("utf-8")], None);
+    let again = run(
+        &[
+            "init",
+            proto.to_str().expect("utf-8"),
+            "-o",
+            out_path.to_str().expect("utf-8"),
+        ],
+        None,
+    );
     assert_eq!(again.status.code(), Some(1));
 }
 
 #[tokio::test]
 async fn call_speaks_json_in_and_out_with_exit_codes_from_the_status() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = manifest(dir.path(), "spawn.toml", include_str!("fixtures/echo/spawn.toml"), &marker("cli-call"));
+    let path = manifest(
+        dir.path(),
+        "spawn.toml",
+        include_str!("fixtures/echo/spawn.toml"),
+        &marker("cli-call"),
+    );
     let served = Served::start(&path).await;
     let addr = served.addr.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         // unary, request as an argument
-        let out = run(&["call", &addr, "test.v1.Echo/Legacy", r#"{"text":"hi there"}"#], None);
+        let out = run(
+            &[
+                "call",
+                &addr,
+                "test.v1.Echo/Legacy",
+                r#"{"text":"hi there"}"#,
+            ],
+            None,
+        );
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "{\"text\":\"hi there\"}\n");
 
         // server streaming: one JSON line per message; request from a file
         let file = dir.path().join("req.json");
         std::fs::write(&file, r#"{"text":"s","count":3}"#).expect("write");
-        let out = run(&["call", &addr, "test.v1.Echo/Expand", "-d", &format!("@{}", file.display())], None);
+        let out = run(
+            &[
+                "call",
+                &addr,
+                "test.v1.Echo/Expand",
+                "-d",
+                &format!("@{}", file.display()),
+            ],
+            None,
+        );
         assert!(out.status.success(), "{}", text(&out.stderr));
-        assert_eq!(text(&out.stdout), "{\"text\":\"s\"}\n{\"text\":\"s\",\"index\":1}\n{\"text\":\"s\",\"index\":2}\n");
+        assert_eq!(
+            text(&out.stdout),
+            "{\"text\":\"s\"}\n{\"text\":\"s\",\"index\":1}\n{\"text\":\"s\",\"index\":2}\n"
+        );
 
         // client streaming from stdin: several JSON values
-        let out = run(&["call", &addr, "test.v1.Echo/Collect", "-d", "-"], Some("{\"text\":\"a\"}\n{\"text\":\"b\"}\n"));
+        let out = run(
+            &["call", &addr, "test.v1.Echo/Collect", "-d", "-"],
+            Some("{\"text\":\"a\"}\n{\"text\":\"b\"}\n"),
+        );
         assert!(out.status.success(), "{}", text(&out.stderr));
         assert_eq!(text(&out.stdout), "{\"text\":\"a,b\",\"index\":2}\n");
 
         // an error status: stderr and exit code 100 + code
-        let out = run(&["call", &addr, "test.v1.Echo/Unary", r#"{"mode":"error-json:NOT_FOUND"}"#], None);
+        let out = run(
+            &[
+                "call",
+                &addr,
+                "test.v1.Echo/Unary",
+                r#"{"mode":"error-json:NOT_FOUND"}"#,
+            ],
+            None,
+        );
         assert_eq!(out.status.code(), Some(105));
         assert_eq!(text(&out.stderr), "NOT_FOUND: reported by the executable\n");
 
         // the deadline
-        let out = run(&["call", &addr, "test.v1.Echo/Unary", r#"{"mode":"sleep","sleepMs":5000}"#, "--timeout", "300ms"], None);
+        let out = run(
+            &[
+                "call",
+                &addr,
+                "test.v1.Echo/Unary",
+                r#"{"mode":"sleep","sleepMs":5000}"#,
+                "--timeout",
+                "300ms",
+            ],
+            None,
+        );
         assert_eq!(out.status.code(), Some(104), "{}", text(&out.stderr));
-        assert!(text(&out.stderr).starts_with("DEADLINE_EXCEEDED"), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).starts_with("DEADLINE_EXCEEDED"),
+            "{}",
+            text(&out.stderr)
+        );
 
         // user mistakes are named
         let out = run(&["call", &addr, "test.v1.Echo/Nope"], None);
         assert_eq!(out.status.code(), Some(1));
-        assert!(text(&out.stderr).contains("test.v1.Echo has no method Nope (methods: Unary, Expand, Collect, Chat, Legacy)"), "{}", text(&out.stderr));
-        let out = run(&["call", &addr, "test.v1.Echo/Unary", r#"{"txet":"typo"}"#], None);
+        assert!(
+            text(&out.stderr).contains(
+                "test.v1.Echo has no method Nope (methods: Unary, Expand, Collect, Chat, Legacy)"
+            ),
+            "{}",
+            text(&out.stderr)
+        );
+        let out = run(
+            &["call", &addr, "test.v1.Echo/Unary", r#"{"txet":"typo"}"#],
+            None,
+        );
         assert_eq!(out.status.code(), Some(1));
-        assert!(text(&out.stderr).contains("not a valid test.v1.EchoRequest") && text(&out.stderr).contains("txet"), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("not a valid test.v1.EchoRequest")
+                && text(&out.stderr).contains("txet"),
+            "{}",
+            text(&out.stderr)
+        );
     });
     outcome.await.expect("cli assertions");
 }
