@@ -151,14 +151,21 @@ fn start_pools(plan: &Plan) -> BTreeMap<String, Arc<Pool>> {
         .iter()
         .filter(|(name, _)| used.contains(name.as_str()))
         .map(|(name, spec)| {
-            let max_output = plan
+            let routed: Vec<&BoundMethod> = plan
                 .methods
                 .iter()
                 .filter(|m| matches!(&m.spec.execution, Execution::Worker { pool } if pool == name))
+                .collect();
+            let max_output = routed
+                .iter()
                 .map(|m| m.spec.limits.max_output_bytes)
                 .max()
                 .unwrap_or(4 * 1024 * 1024);
-            (name.clone(), Pool::start(spec.clone(), max_output))
+            let names = routed
+                .iter()
+                .map(|m| format!("{}/{}", plan.contract.service.full_name(), m.desc.name()))
+                .collect();
+            (name.clone(), Pool::start(spec.clone(), max_output, names))
         })
         .collect()
 }

@@ -22,6 +22,10 @@ use super::manifest::{Output, SpawnSpec};
 use super::process::{self, Launch};
 use crate::mesh::status_code::parse_code;
 
+/// How long output may keep flowing after the process exited, before whatever it left running
+/// (and holding stdout) is killed.
+const LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How much of stderr is kept to explain a failure.
 const STDERR_TAIL: usize = 2048;
 
@@ -144,11 +148,38 @@ impl SpawnRunner {
         let child = &mut started.child;
         let main = async {
             let outcome = async {
-                let ((), document) = tokio::try_join!(
-                    feed(stdin, first, input),
-                    self.read_output(ctx, stdout, replies)
-                )?;
-                let status = child.wait().await.map_err(|e| CallError::Protocol {
+                let io = async {
+                    tokio::try_join!(
+                        feed(stdin, first, input),
+                        self.read_output(ctx, stdout, replies)
+                    )
+                };
+                tokio::pin!(io);
+                let waited = {
+                    let wait = child.wait();
+                    tokio::pin!(wait);
+                    tokio::select! {
+                        done = &mut io => Err(done),
+                        status = &mut wait => Ok(status),
+                    }
+                };
+                let (document, status) = match waited {
+                    // The usual order: output ends, then the process exits.
+                    Err(done) => (done?.1, child.wait().await),
+                    // The process exited but something it started still holds stdout open (a daemon):
+                    // give the pipe a moment to drain, then end the leftovers.
+                    Ok(status) => {
+                        let done = match tokio::time::timeout(LEFTOVER_GRACE, &mut io).await {
+                            Ok(done) => done,
+                            Err(_) => {
+                                group.signal(libc::SIGKILL);
+                                io.await
+                            }
+                        };
+                        (done?.1, status)
+                    }
+                };
+                let status = status.map_err(|e| CallError::Protocol {
                     method: ctx.method.to_string(),
                     detail: format!("waiting for the process: {e}"),
                 })?;

@@ -334,3 +334,27 @@ async fn a_full_queue_is_resource_exhausted() {
         "2 running + 1 queued succeed, the 4th is refused"
     );
 }
+
+#[tokio::test]
+async fn a_background_process_holding_stdout_does_not_hold_the_call() {
+    let (_served, client, mark, _dir) = serve("daemon").await;
+    let started = std::time::Instant::now();
+    let reply = client
+        .unary_with(
+            "/test.v1.Echo/Unary",
+            req("x", "daemon"),
+            Some(Duration::from_secs(15)),
+        )
+        .await
+        .expect("answered");
+    assert_eq!(reply.text, "daemon started");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the call waited for the background process"
+    );
+    let left = wait_no_processes(&mark, Duration::from_secs(5)).await;
+    assert!(
+        left.is_empty(),
+        "the background process outlived its call: {left:?}"
+    );
+}

@@ -30,6 +30,7 @@ pub struct Pool {
     stopping: watch::Sender<bool>,
     tasks: Mutex<JoinSet<()>>,
     max_frame: usize,
+    routed: Vec<String>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -53,8 +54,8 @@ pub struct Lease {
 
 impl Pool {
     /// Starts the pool's workers. `max_output` bounds one reply message (frame lines get a little
-    /// more for the envelope).
-    pub fn start(spec: PoolSpec, max_output: usize) -> Arc<Pool> {
+    /// more for the envelope); `routed` names the methods (`pkg.Service/Method`) sent to this pool.
+    pub fn start(spec: PoolSpec, max_output: usize, routed: Vec<String>) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             slots: RwLock::new(vec![None; spec.workers]),
             released: Arc::new(Notify::new()),
@@ -62,6 +63,7 @@ impl Pool {
             stopping: watch::channel(false).0,
             tasks: Mutex::new(JoinSet::new()),
             max_frame: max_output + 64 * 1024,
+            routed,
             spec,
         });
         let mut tasks = pool.tasks.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,6 +222,11 @@ async fn run_once(
     };
     let conn = Arc::new(Conn::new(id.to_string(), tx, max, pool.released.clone()));
     tracing::info!(worker = %id, pid = group.pgid(), max_in_flight = max, sdk = %ready.sdk, "worker ready");
+    if !ready.methods.is_empty() {
+        for method in pool.routed.iter().filter(|m| !ready.methods.contains(m)) {
+            tracing::warn!(worker = %id, "the worker does not list {method} in its ready frame; calls to it may fail with UNIMPLEMENTED");
+        }
+    }
     pool.set_slot(index, Some(conn.clone()));
 
     let ended = tokio::select! {

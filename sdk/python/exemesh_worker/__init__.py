@@ -369,13 +369,15 @@ class Worker:
 
     ``max_in_flight`` is declared in the ready frame (exemesh uses the smaller
     of it and the pool's ``max_in_flight``) and is the size of the thread pool
-    that runs handlers. ``max_frame_bytes`` should match the pool's setting
-    (default 4 MiB + 64 KiB): a reply that would make a longer line is answered
-    with RESOURCE_EXHAUSTED instead.
+    that runs handlers. ``max_frame_bytes`` defaults to the limit exemesh
+    announces in ``EXEMESH_MAX_FRAME_BYTES`` (else 4 MiB + 64 KiB): a reply
+    that would make a longer line is answered with RESOURCE_EXHAUSTED instead.
     """
 
-    def __init__(self, max_in_flight=16, *, sdk=SDK_NAME, max_frame_bytes=DEFAULT_MAX_FRAME_BYTES,
+    def __init__(self, max_in_flight=16, *, sdk=SDK_NAME, max_frame_bytes=None,
                  declare_methods=True):
+        if max_frame_bytes is None:
+            max_frame_bytes = os.environ.get("EXEMESH_MAX_FRAME_BYTES") or DEFAULT_MAX_FRAME_BYTES
         max_in_flight = int(max_in_flight)
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
