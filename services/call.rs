@@ -20,6 +20,18 @@ pub type RequestStream = BoxStream<'static, Result<DynamicMessage, Status>>;
 /// an error means success.
 pub type ReplySink = mpsc::Sender<Result<DynamicMessage, CallError>>;
 
+/// Something that carries out calls of one method: spawn mode or a worker pool.
+pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
+    /// Runs one call to completion, sending reply messages to `replies`. An `Err` ends the call
+    /// with that status (after the replies already sent).
+    fn execute<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        input: RequestStream,
+        replies: &'a ReplySink,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), CallError>>;
+}
+
 /// Everything about a call that is not a message.
 #[derive(Debug, Clone)]
 pub struct CallContext {

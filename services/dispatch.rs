@@ -22,23 +22,12 @@ use tonic::server::{
 };
 use tonic::{Request, Response, Status, Streaming};
 
-use super::call::{CallContext, RequestStream};
+use super::call::{CallContext, Executor, RequestStream};
 use super::error::CallError;
 use super::limiter::Limiter;
 use super::rpc_kind::RpcKind;
-use super::spawn::SpawnRunner;
-use super::worker::runner::WorkerRunner;
 use crate::mesh::codec::DynamicCodec;
 use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout};
-
-/// What executes a method.
-#[derive(Debug, Clone)]
-pub enum Backend {
-    /// One process per call.
-    Spawn(Arc<SpawnRunner>),
-    /// A worker pool.
-    Worker(Arc<WorkerRunner>),
-}
 
 /// A method ready to serve.
 #[derive(Debug)]
@@ -56,7 +45,7 @@ pub struct MethodRuntime {
     /// Concurrency limit.
     pub limiter: Limiter,
     /// Execution.
-    pub backend: Backend,
+    pub executor: Arc<dyn Executor>,
 }
 
 /// The tower service serving every method of a contract.
@@ -184,22 +173,13 @@ impl MethodRuntime {
         let (tx, rx) = mpsc::channel(16);
         let deadline_error = ctx.deadline_exceeded();
         let deadline = ctx.deadline;
-        let task = match &self.backend {
-            Backend::Spawn(runner) => tokio::spawn({
-                let runner = runner.clone();
-                async move {
-                    runner.run(ctx, input, tx).await;
-                    drop(slot);
-                }
-            }),
-            Backend::Worker(runner) => tokio::spawn({
-                let runner = runner.clone();
-                async move {
-                    runner.run(ctx, input, tx).await;
-                    drop(slot);
-                }
-            }),
-        };
+        let executor = self.executor.clone();
+        let task = tokio::spawn(async move {
+            if let Err(err) = executor.execute(&ctx, input, &tx).await {
+                let _ = tx.send(Err(err)).await;
+            }
+            drop(slot);
+        });
         Ok(ReplyStream {
             rx,
             task: Some(AbortOnDrop(task)),

@@ -16,8 +16,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use super::binding::{BoundMethod, bind};
+use super::call::Executor;
 use super::contract::{Contract, ContractError};
-use super::dispatch::{Backend, DynamicService, MethodRuntime};
+use super::dispatch::{DynamicService, MethodRuntime};
 use super::limiter::Limiter;
 use super::manifest::{Execution, Manifest, ManifestError};
 use super::spawn::SpawnRunner;
@@ -182,12 +183,12 @@ fn runtime(
     )
     .into();
     let limits = method.spec.limits;
-    let backend = match &method.spec.execution {
-        Execution::Spawn(spec) => Backend::Spawn(Arc::new(SpawnRunner::new(
+    let executor: Arc<dyn Executor> = match &method.spec.execution {
+        Execution::Spawn(spec) => Arc::new(SpawnRunner::new(
             spec.clone(),
             method.desc.output(),
             limits.max_output_bytes,
-        ))),
+        )),
         Execution::Worker { pool } => {
             let pool = pools.get(pool).cloned().ok_or_else(|| {
                 ManifestError(vec![super::manifest::ManifestIssue {
@@ -196,11 +197,11 @@ fn runtime(
                     message: format!("no pool named {pool:?}"),
                 }])
             })?;
-            Backend::Worker(Arc::new(WorkerRunner::new(
+            Arc::new(WorkerRunner::new(
                 pool,
                 method.desc.output(),
                 limits.max_output_bytes,
-            )))
+            ))
         }
     };
     Ok(MethodRuntime {
@@ -210,7 +211,7 @@ fn runtime(
         kind: method.kind,
         default_timeout: limits.timeout,
         max_message: limits.max_output_bytes.max(4 * 1024 * 1024),
-        backend,
+        executor,
     })
 }
 

@@ -5,15 +5,13 @@
 //! status (see [`super::exit_status`]). The process group is killed whenever the call ends early:
 //! deadline, cancellation, oversized output or a reported error.
 
-use std::sync::Arc;
-
 use futures_util::StreamExt;
 use prost_reflect::{DynamicMessage, MessageDescriptor, Value};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tonic::Code;
 
-use super::call::{CallContext, ReplySink, RequestStream, single_request};
+use super::call::{CallContext, Executor, ReplySink, RequestStream, single_request};
 use super::error::{CallError, tail};
 use super::exit_status::describe_exit;
 use super::json::{from_json, write_json};
@@ -89,14 +87,7 @@ impl SpawnRunner {
         }
     }
 
-    /// Runs the call to completion, sending replies (and a final error, if any) to `replies`.
-    pub async fn run(self: Arc<Self>, ctx: CallContext, input: RequestStream, replies: ReplySink) {
-        if let Err(err) = self.execute(&ctx, input, &replies).await {
-            let _ = replies.send(Err(err)).await;
-        }
-    }
-
-    async fn execute(
+    async fn run_call(
         &self,
         ctx: &CallContext,
         mut input: RequestStream,
@@ -354,4 +345,15 @@ async fn read_tail<R: AsyncRead + Unpin>(stderr: Option<R>, request_id: &str) ->
         }
     }
     tail(&kept, STDERR_TAIL).to_string()
+}
+
+impl Executor for SpawnRunner {
+    fn execute<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        input: RequestStream,
+        replies: &'a ReplySink,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), CallError>> {
+        Box::pin(self.run_call(ctx, input, replies))
+    }
 }

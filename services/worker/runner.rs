@@ -8,7 +8,7 @@ use prost_reflect::MessageDescriptor;
 use super::conn::{Conn, Event};
 use super::frame::{self, Metadata, Start};
 use super::pool::{Lease, Pool};
-use crate::services::call::{CallContext, ReplySink, RequestStream, single_request};
+use crate::services::call::{CallContext, Executor, ReplySink, RequestStream, single_request};
 use crate::services::error::CallError;
 use crate::services::json::{JsonMessage, from_json};
 
@@ -51,14 +51,7 @@ impl WorkerRunner {
         }
     }
 
-    /// Runs the call to completion, sending replies (and a final error, if any) to `replies`.
-    pub async fn run(self: Arc<Self>, ctx: CallContext, input: RequestStream, replies: ReplySink) {
-        if let Err(err) = self.execute(&ctx, input, &replies).await {
-            let _ = replies.send(Err(err)).await;
-        }
-    }
-
-    async fn execute(
+    async fn run_call(
         &self,
         ctx: &CallContext,
         mut input: RequestStream,
@@ -153,5 +146,16 @@ impl WorkerRunner {
             worker: lease.conn.id().to_string(),
             detail: detail.to_string(),
         }
+    }
+}
+
+impl Executor for WorkerRunner {
+    fn execute<'a>(
+        &'a self,
+        ctx: &'a CallContext,
+        input: RequestStream,
+        replies: &'a ReplySink,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), CallError>> {
+        Box::pin(self.run_call(ctx, input, replies))
     }
 }
