@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/exemesh/v1/worker.proto"];
+    let protos = [
+        "proto/exemesh/v1/registry.proto",
+        "proto/exemesh/v1/worker.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

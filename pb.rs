@@ -1,6 +1,6 @@
 //! Generated code for the toolkit's own contracts (`proto/exemesh/v1`).
 
-/// `exemesh.v1`: the worker protocol frames (and, later, the registry).
+/// `exemesh.v1`: the worker protocol frames and the discovery registry.
 #[allow(missing_docs, clippy::all)]
 pub mod v1 {
     tonic::include_proto!("exemesh.v1");

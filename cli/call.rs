@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use exemesh::mesh::channel::{CallPolicy, MeshChannel};
 use exemesh::mesh::dynamic_client;
 use exemesh::mesh::reflection::fetch_pool;
 use exemesh::mesh::status_code::code_name;
@@ -19,19 +20,30 @@ use tonic::transport::Endpoint;
 ///
 /// The request is the JSON argument, `-d @FILE`, or `-d -` for stdin; streaming methods take several
 /// JSON values (e.g. one per line). Each reply is printed as one JSON line. The contract is fetched
-/// through server reflection unless --proto is given. On an error status, prints `CODE: message`
-/// on stderr and exits with 100 + the status code (e.g. 105 for NOT_FOUND).
+/// through server reflection unless --proto is given. Without an address the service is resolved
+/// through discovery (--discovery) and the call goes through the balanced mesh channel. On an error
+/// status, prints `CODE: message` on stderr and exits with 100 + the status code (e.g. 105 for
+/// NOT_FOUND).
+///
+/// Examples: `exemesh call 127.0.0.1:50051 shop.v1.ProductService/GetProduct '{"id":"p1"}'`,
+/// `exemesh call shop.v1.ProductService/GetProduct '{"id":"p1"}'` (through discovery).
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Server address, e.g. 127.0.0.1:50051.
-    addr: String,
-    /// The method: pkg.Service/Method.
-    method: String,
-    /// The request as JSON (default `{}`).
-    json: Option<String>,
+    /// [ADDR] METHOD [JSON]: an optional server address (HOST:PORT), the method
+    /// (pkg.Service/Method), and the request as JSON (default `{}`).
+    #[arg(num_args = 1..=3, required = true, value_name = "ARGS")]
+    positional: Vec<String>,
     /// The request: JSON text, @FILE, or - for stdin.
-    #[arg(short = 'd', long = "data", conflicts_with = "json")]
+    #[arg(short = 'd', long = "data")]
     data: Option<String>,
+    /// Discovery to resolve the service through when no address is given (an embedded registry).
+    #[arg(
+        long,
+        env = "EXEMESH_DISCOVERY",
+        default_value = "127.0.0.1:7700",
+        value_name = "ADDR"
+    )]
+    discovery: String,
     /// Request metadata, `key: value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
@@ -46,25 +58,85 @@ pub struct Args {
     include: Vec<PathBuf>,
 }
 
+/// The positional arguments, sorted out.
+struct Target {
+    addr: Option<String>,
+    method: String,
+    json: Option<String>,
+}
+
+fn target(args: &Args) -> anyhow::Result<Target> {
+    let mut rest = args.positional.iter();
+    let first = rest.next().cloned().unwrap_or_default();
+    // A method has a '/' (and no "://"); anything else in first place is an address.
+    let (addr, method) = if first.contains('/') && !first.contains("://") {
+        (None, first)
+    } else {
+        let method = rest.next().cloned().with_context(|| {
+            format!("after the address {first:?}, name the method: pkg.Service/Method")
+        })?;
+        (Some(first), method)
+    };
+    let json = rest.next().cloned();
+    if rest.next().is_some() {
+        bail!("too many arguments: [ADDR] METHOD [JSON]");
+    }
+    if json.is_some() && args.data.is_some() {
+        bail!("give the request either as the JSON argument or with -d, not both");
+    }
+    Ok(Target { addr, method, json })
+}
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Some((service, method_name)) = args.method.trim_start_matches('/').split_once('/') else {
+    let target = target(&args)?;
+    let Some((service, _)) = target.method.trim_start_matches('/').split_once('/') else {
         bail!(
             "the method must be pkg.Service/Method, got {:?}",
-            args.method
+            target.method
         );
     };
-    let uri = if args.addr.contains("://") {
-        args.addr.clone()
-    } else {
-        format!("http://{}", args.addr)
+    match &target.addr {
+        Some(addr) => {
+            let uri = if addr.contains("://") {
+                addr.clone()
+            } else {
+                format!("http://{addr}")
+            };
+            let channel = Endpoint::from_shared(uri.clone())
+                .with_context(|| format!("invalid address {addr:?}"))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {uri}"))?;
+            call_with(channel, &args, &target).await
+        }
+        None => {
+            let discovery = exemesh::mesh::discovery::connect(&args.discovery)?;
+            let policy = CallPolicy {
+                timeout: args.timeout.unwrap_or(Duration::from_secs(30)),
+                ..CallPolicy::default()
+            };
+            let channel = MeshChannel::new(discovery, service, policy);
+            call_with(channel, &args, &target).await
+        }
+    }
+}
+
+async fn call_with<T>(channel: T, args: &Args, target: &Target) -> anyhow::Result<ExitCode>
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    let Some((service, method_name)) = target.method.trim_start_matches('/').split_once('/') else {
+        bail!(
+            "the method must be pkg.Service/Method, got {:?}",
+            target.method
+        );
     };
-    let channel = Endpoint::from_shared(uri.clone())
-        .with_context(|| format!("invalid address {:?}", args.addr))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {uri}"))?;
     let pool = if args.proto.is_empty() {
         fetch_pool(channel.clone(), service).await?
     } else {
@@ -76,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         compile(&args.proto, &include)?.0
     };
     let method = find_method(&pool, service, method_name)?;
-    let requests = read_requests(&args, &method)?;
+    let requests = read_requests(args, target, &method)?;
     let mut request = tonic::Request::new(tokio_stream::iter(requests));
     if let Some(timeout) = args.timeout {
         request.set_timeout(timeout);
@@ -146,8 +218,12 @@ fn find_method(
     })
 }
 
-fn read_requests(args: &Args, method: &MethodDescriptor) -> anyhow::Result<Vec<DynamicMessage>> {
-    let text = match (&args.json, args.data.as_deref()) {
+fn read_requests(
+    args: &Args,
+    target: &Target,
+    method: &MethodDescriptor,
+) -> anyhow::Result<Vec<DynamicMessage>> {
+    let text = match (&target.json, args.data.as_deref()) {
         (Some(json), _) => json.clone(),
         (None, Some("-")) => read_stdin()?,
         (None, Some(data)) if data.starts_with('@') => std::fs::read_to_string(&data[1..])

@@ -3,7 +3,10 @@
 mod call;
 mod check;
 mod init;
+mod registry;
 mod serve;
+mod signal;
+mod status;
 
 use std::process::ExitCode;
 
@@ -23,6 +26,8 @@ enum Command {
     Check(check::Args),
     Init(init::Args),
     Call(call::Args),
+    Registry(registry::Args),
+    Status(status::Args),
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into an exit code.
@@ -52,6 +57,8 @@ pub fn main() -> ExitCode {
             Command::Check(args) => check::run(args),
             Command::Init(args) => init::run(args),
             Command::Call(args) => call::run(args).await,
+            Command::Registry(args) => registry::run(args).await,
+            Command::Status(args) => status::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use exemesh::mesh::discovery::Instance;
 use exemesh::services::manifest::Manifest;
-use exemesh::services::server::{Plan, serve};
+use exemesh::services::server::{Announce, Plan, serve};
 
 /// Serve the gRPC service a manifest describes, running its executables for each call.
 ///
@@ -20,6 +21,77 @@ pub struct Args {
     /// Listen address, overriding the manifest's `service.listen` (use 127.0.0.1:0 for any free port).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    #[command(flatten)]
+    mesh: MeshArgs,
+}
+
+/// How a server joins the mesh.
+#[derive(Debug, clap::Args)]
+pub struct MeshArgs {
+    /// Register in this discovery backend: HOST:PORT of an embedded registry (`exemesh registry`).
+    /// Without it the server does not register.
+    #[arg(long, env = "EXEMESH_DISCOVERY", value_name = "ADDR")]
+    discovery: Option<String>,
+    /// The address callers should use (default: the bound address; 127.0.0.1 when bound to 0.0.0.0).
+    #[arg(long, value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// The instance id (default: SERVICE-HOST-PID).
+    #[arg(long)]
+    instance_id: Option<String>,
+    /// Lease time to live: a crashed instance disappears from discovery after at most this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    lease_ttl: std::time::Duration,
+    /// Instance metadata, KEY=VALUE (repeatable), e.g. --meta version=1.4 --meta zone=a.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+}
+
+impl MeshArgs {
+    fn announce(&self, service: &str, bound: SocketAddr) -> anyhow::Result<Option<Announce>> {
+        let Some(spec) = &self.discovery else {
+            return Ok(None);
+        };
+        let discovery = exemesh::mesh::discovery::connect(spec)?;
+        let address = match &self.advertise {
+            Some(a) => a.clone(),
+            None if bound.ip().is_unspecified() => format!("127.0.0.1:{}", bound.port()),
+            None => bound.to_string(),
+        };
+        let mut metadata: std::collections::HashMap<String, String> =
+            std::collections::HashMap::new();
+        metadata.insert("pid".into(), std::process::id().to_string());
+        metadata.insert("exemesh".into(), env!("CARGO_PKG_VERSION").into());
+        for pair in &self.meta {
+            let Some((k, v)) = pair.split_once('=') else {
+                anyhow::bail!("--meta {pair:?} must be KEY=VALUE")
+            };
+            metadata.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let short = service
+            .rsplit('.')
+            .next()
+            .unwrap_or(service)
+            .to_ascii_lowercase();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let id = self
+            .instance_id
+            .clone()
+            .unwrap_or_else(|| format!("{short}-{host}-{}", std::process::id()));
+        let instance = Instance {
+            id,
+            services: vec![service.to_string()],
+            address,
+            metadata,
+            ..Default::default()
+        };
+        Ok(Some(Announce {
+            discovery,
+            instance,
+            ttl: self.lease_ttl,
+        }))
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -39,24 +111,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     println!("listening on {bound}");
-    let served = serve(plan, listener, shutdown_signal()).await;
+    let announce = args
+        .mesh
+        .announce(plan.contract.service.full_name(), bound)?;
+    let served = serve(plan, listener, super::signal::shutdown_signal(), announce).await;
     exemesh::services::reaper::stop();
     served?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
 }

@@ -90,3 +90,22 @@ mod tests {
         }
     }
 }
+
+tokio::task_local! {
+    /// The deadline of the inbound call the current task works for, if any.
+    static CALL_DEADLINE: tokio::time::Instant;
+}
+
+/// Runs `future` with `deadline` as the inbound call's deadline: every outbound call made through a
+/// mesh channel inside it is capped by what remains.
+pub async fn with_call_deadline<F: std::future::Future>(
+    deadline: tokio::time::Instant,
+    future: F,
+) -> F::Output {
+    CALL_DEADLINE.scope(deadline, future).await
+}
+
+/// The inbound call's deadline, when the current task runs inside [`with_call_deadline`].
+pub fn call_deadline() -> Option<tokio::time::Instant> {
+    CALL_DEADLINE.try_with(|d| *d).ok()
+}

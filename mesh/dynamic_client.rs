@@ -2,7 +2,6 @@
 
 use prost_reflect::{DynamicMessage, MethodDescriptor};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::DynamicCodec;
@@ -11,13 +10,18 @@ use super::codec::DynamicCodec;
 ///
 /// Every RPC kind goes over the same HTTP/2 shape, so one entry point serves unary, client-,
 /// server- and bidi-streaming methods alike; for unary methods send exactly one message.
-pub async fn call<S>(
-    channel: Channel,
+pub async fn call<T, S>(
+    channel: T,
     method: &MethodDescriptor,
     request: Request<S>,
 ) -> Result<Response<Streaming<DynamicMessage>>, Status>
 where
     S: tokio_stream::Stream<Item = DynamicMessage> + Send + 'static,
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
     let path = method_path(method)?;
     let mut grpc = tonic::client::Grpc::new(channel)
@@ -25,7 +29,7 @@ where
         .max_encoding_message_size(usize::MAX);
     grpc.ready()
         .await
-        .map_err(|e| Status::unavailable(format!("connecting: {e}")))?;
+        .map_err(|e| Status::unavailable(format!("connecting: {}", e.into())))?;
     grpc.streaming(request, path, DynamicCodec::new(method.output()))
         .await
 }

@@ -5,12 +5,20 @@
 //! * [`deadline`]: the `grpc-timeout` header, parsed and written;
 //! * [`status_code`]: gRPC status code names, both ways;
 //! * [`reflection`]: fetching a server's contracts through gRPC server reflection;
-//! * [`dynamic_client`]: calling any method of any server with JSON in and JSON out.
+//! * [`dynamic_client`]: calling any method of any server with JSON in and JSON out;
+//! * [`transport`]: the HTTP/2 accept loop every exemesh server uses;
+//! * [`introspection`]: health and reflection, served next to every service;
+//! * [`registry`]: the embedded discovery registry (`exemesh registry`).
 //!
 //! `mesh` never depends on `services`.
 
+pub mod channel;
 pub mod codec;
 pub mod deadline;
+pub mod discovery;
 pub mod dynamic_client;
+pub mod introspection;
 pub mod reflection;
+pub mod registry;
 pub mod status_code;
+pub mod transport;

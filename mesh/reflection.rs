@@ -10,7 +10,6 @@ use prost::Message as _;
 use prost_reflect::DescriptorPool;
 use prost_types::FileDescriptorProto;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
@@ -42,7 +41,14 @@ pub enum ReflectionError {
 
 /// Asks the server for the file defining `symbol` (a service or message name) and every file it
 /// imports, and returns them as a descriptor pool.
-pub async fn fetch_pool(channel: Channel, symbol: &str) -> Result<DescriptorPool, ReflectionError> {
+pub async fn fetch_pool<T>(channel: T, symbol: &str) -> Result<DescriptorPool, ReflectionError>
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     let mut last = None;
     for path in PATHS {
         match fetch_with(channel.clone(), path, symbol).await {
@@ -55,11 +61,18 @@ pub async fn fetch_pool(channel: Channel, symbol: &str) -> Result<DescriptorPool
     Err(last.unwrap_or_else(|| ReflectionError::Invalid("no reflection service".into())))
 }
 
-async fn fetch_with(
-    channel: Channel,
+async fn fetch_with<T>(
+    channel: T,
     path: &'static str,
     symbol: &str,
-) -> Result<DescriptorPool, ReflectionError> {
+) -> Result<DescriptorPool, ReflectionError>
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     let mut files: HashMap<String, FileDescriptorProto> = HashMap::new();
     let mut pending = vec![MessageRequest::FileContainingSymbol(symbol.to_string())];
     let mut asked: HashSet<String> = HashSet::new();
@@ -104,16 +117,23 @@ fn add_in_order(
         .map_err(|e| ReflectionError::Invalid(e.to_string()))
 }
 
-async fn ask(
-    channel: Channel,
+async fn ask<T>(
+    channel: T,
     path: &'static str,
     request: MessageRequest,
     symbol: &str,
-) -> Result<Vec<FileDescriptorProto>, ReflectionError> {
+) -> Result<Vec<FileDescriptorProto>, ReflectionError>
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await
-        .map_err(|e| Status::unavailable(format!("connecting: {e}")))?;
+        .map_err(|e| Status::unavailable(format!("connecting: {}", e.into())))?;
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(request),

@@ -23,5 +23,4 @@ pub mod reaper;
 pub mod rpc_kind;
 pub mod server;
 pub mod spawn;
-pub mod transport;
 pub mod worker;

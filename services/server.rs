@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
-use prost::Message as _;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
@@ -22,9 +22,12 @@ use super::dispatch::{DynamicService, MethodRuntime};
 use super::limiter::Limiter;
 use super::manifest::{Execution, Manifest, ManifestError};
 use super::spawn::SpawnRunner;
-use super::transport::{Http2Settings, serve_h2c};
 use super::worker::pool::Pool;
 use super::worker::runner::WorkerRunner;
+use crate::mesh::discovery::registration::Registration;
+use crate::mesh::discovery::{Discovery, Instance};
+use crate::mesh::introspection::{ReflectionSetupError, set_status, with_introspection};
+use crate::mesh::transport::{Http2Settings, serve_h2c};
 
 /// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -36,8 +39,23 @@ pub enum ServeError {
     #[error(transparent)]
     Contract(#[from] ContractError),
     /// A descriptor set could not be used for reflection.
-    #[error("reflection: {0}")]
-    Reflection(String),
+    #[error(transparent)]
+    Reflection(#[from] ReflectionSetupError),
+}
+
+/// How long a deregistered server keeps accepting new calls, so that callers have dropped it from
+/// their sets (watch events arrive within milliseconds on loopback) before connections get GOAWAY.
+pub const DEREGISTER_GRACE: Duration = Duration::from_millis(500);
+
+/// Where and how to register the running server in discovery.
+#[derive(Debug)]
+pub struct Announce {
+    /// The discovery backend.
+    pub discovery: Arc<dyn Discovery>,
+    /// The instance to register (its address is where callers connect).
+    pub instance: Instance,
+    /// The lease time to live.
+    pub ttl: Duration,
 }
 
 /// A manifest checked against its contract: everything `serve` needs, nothing started yet.
@@ -69,6 +87,7 @@ pub async fn serve(
     plan: Plan,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    announce: Option<Announce>,
 ) -> Result<(), ServeError> {
     let service_name = plan.contract.service.full_name().to_string();
     let pools = start_pools(&plan);
@@ -77,37 +96,30 @@ pub async fn serve(
         .iter()
         .map(|m| runtime(&plan, m, &pools))
         .collect::<Result<Vec<_>, _>>()?;
-    let (reporter, health) = tonic_health::server::health_reporter();
+    let router = axum::Router::new().fallback_service(DynamicService::new(runtimes));
+    let (routes, reporter) =
+        with_introspection(Routes::from(router), vec![plan.contract.files.clone()])?;
+    let router = routes.prepare().into_axum_router();
     set_status(&reporter, &service_name, ServingStatus::NotServing).await;
     let health_task = tokio::spawn(follow_pools(
         reporter.clone(),
         service_name.clone(),
         pools.values().cloned().collect(),
     ));
-
-    let mut sets = vec![plan.contract.files.clone()];
-    sets.push(decode_set(tonic_health::pb::FILE_DESCRIPTOR_SET)?);
-    let mut v1 = tonic_reflection::server::Builder::configure();
-    let mut v1alpha = tonic_reflection::server::Builder::configure();
-    for set in sets {
-        v1 = v1.register_file_descriptor_set(set.clone());
-        v1alpha = v1alpha.register_file_descriptor_set(set);
-    }
-    let v1 = v1
-        .build_v1()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let v1alpha = v1alpha
-        .build_v1alpha()
-        .map_err(|e| ServeError::Reflection(e.to_string()))?;
-
-    let router = axum::Router::new().fallback_service(DynamicService::new(runtimes));
-    let router = Routes::from(router)
-        .add_service(health)
-        .add_service(v1)
-        .add_service(v1alpha)
-        .prepare()
-        .into_axum_router();
     let drain = plan.manifest.drain_timeout;
+    let registration = tokio::spawn({
+        let pools: Vec<Arc<Pool>> = pools.values().cloned().collect();
+        async move {
+            let announce = announce?;
+            // Callers learn about this instance only once it can serve.
+            all_pools_ready(&pools).await;
+            Some(Registration::start(
+                announce.discovery,
+                announce.instance,
+                announce.ttl,
+            ))
+        }
+    });
     let signal = {
         let reporter = reporter.clone();
         let service_name = service_name.clone();
@@ -115,6 +127,12 @@ pub async fn serve(
             shutdown.await;
             health_task.abort();
             set_status(&reporter, &service_name, ServingStatus::NotServing).await;
+            // Deregister first, and keep serving while callers drop this instance from their sets.
+            registration.abort();
+            if let Ok(Some(registration)) = registration.await {
+                registration.stop().await;
+                tokio::time::sleep(DEREGISTER_GRACE).await;
+            }
             tracing::info!(
                 "shutting down: draining in-flight calls (up to {}s)",
                 drain.as_secs_f32()
@@ -132,10 +150,6 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
-}
-
-fn decode_set(bytes: &[u8]) -> Result<prost_types::FileDescriptorSet, ServeError> {
-    prost_types::FileDescriptorSet::decode(bytes).map_err(|e| ServeError::Reflection(e.to_string()))
 }
 
 fn start_pools(plan: &Plan) -> BTreeMap<String, Arc<Pool>> {
@@ -215,9 +229,12 @@ fn runtime(
     })
 }
 
-async fn set_status(reporter: &HealthReporter, service: &str, status: ServingStatus) {
-    reporter.set_service_status(service, status).await;
-    reporter.set_service_status("", status).await;
+/// Completes once every pool has a ready worker.
+async fn all_pools_ready(pools: &[Arc<Pool>]) {
+    for pool in pools {
+        let mut ready = pool.ready_workers();
+        let _ = ready.wait_for(|n| *n > 0).await;
+    }
 }
 
 /// SERVING while every pool has at least one ready worker (immediately, for spawn-only services).

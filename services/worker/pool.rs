@@ -145,6 +145,7 @@ async fn supervise(pool: Arc<Pool>, index: usize) {
     while !*stopping.borrow() {
         let began = Instant::now();
         match run_once(&pool, index, &id, &mut stopping).await {
+            Ok(how) if *stopping.borrow() => tracing::info!(worker = %id, "worker {how}"),
             Ok(how) => tracing::warn!(worker = %id, "worker {how}"),
             Err(e) => tracing::error!(worker = %id, "worker failed: {e}"),
         }

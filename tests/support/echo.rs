@@ -49,25 +49,40 @@ pub fn req(text: &str, mode: &str) -> EchoRequest {
     }
 }
 
-/// `test.v1.Echo` over a tonic channel.
+/// `test.v1.Echo` over a tonic channel (or any gRPC transport, such as a mesh channel).
 #[derive(Clone)]
-pub struct EchoClient {
-    channel: Channel,
+pub struct EchoClient<T = Channel> {
+    channel: T,
 }
 
 fn path(method: &'static str) -> PathAndQuery {
     PathAndQuery::from_static(method)
 }
 
-impl EchoClient {
+impl EchoClient<Channel> {
     pub fn new(channel: Channel) -> Self {
         Self { channel }
     }
+}
 
-    async fn grpc(&self) -> tonic::client::Grpc<Channel> {
+impl<T> EchoClient<T>
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
+    pub fn new_with(channel: T) -> Self {
+        Self { channel }
+    }
+
+    async fn grpc(&self) -> tonic::client::Grpc<T> {
         let mut grpc =
             tonic::client::Grpc::new(self.channel.clone()).max_decoding_message_size(64 << 20);
-        grpc.ready().await.expect("channel ready");
+        if grpc.ready().await.is_err() {
+            panic!("channel not ready");
+        }
         grpc
     }
 

@@ -53,6 +53,18 @@ impl Served {
 
     /// Starts the server without waiting for health.
     pub fn spawn(manifest: &Path, env: &[(&str, &str)]) -> Served {
+        Self::spawn_with(manifest, env, &[])
+    }
+
+    /// Starts `exemesh serve MANIFEST --listen 127.0.0.1:0 ARGS...` and waits until it is SERVING.
+    pub async fn start_with_args(manifest: &Path, args: &[&str]) -> Served {
+        let served = Self::spawn_with(manifest, &[], args);
+        served.wait_serving().await;
+        served
+    }
+
+    /// Starts the server with extra arguments, without waiting for health.
+    pub fn spawn_with(manifest: &Path, env: &[(&str, &str)], args: &[&str]) -> Served {
         use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_path = dir.path().join("stderr.log");
@@ -61,6 +73,7 @@ impl Served {
             .arg("serve")
             .arg(manifest)
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .envs(env.iter().copied())
             .env("EXEMESH_LOG", "debug,h2=warn,hyper=warn,tower=warn")
             .stdout(Stdio::piped())
@@ -171,6 +184,49 @@ impl Drop for Served {
             libc::killpg(self.pid(), libc::SIGKILL);
         }
         let _ = self.child.wait();
+    }
+}
+
+/// A running `exemesh registry`.
+pub struct Registry {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Registry {
+    /// Starts `exemesh registry` on `addr` (`127.0.0.1:0` for any port) and reads its address.
+    pub fn start(addr: &str) -> Registry {
+        use std::os::unix::process::CommandExt;
+        let mut child = Command::new(exemesh())
+            .args(["registry", "--listen", addr])
+            .env("EXEMESH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("start the registry");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("registry did not start: {line:?}"))
+            .to_string();
+        Registry { child, addr }
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -1,0 +1,293 @@
+//! The endpoints of a service as the balancer sees them: discovery's instances minus the ejected ones.
+//!
+//! Passive outlier ejection: every endpoint counts its consecutive failures (a transport error, or a
+//! trailers-only `UNAVAILABLE`). At the threshold it is *benched*: removed from the balancer for a
+//! backoff (1 s doubling to 30 s). Then it is readmitted on probation, where a single failure benches it
+//! again with a longer backoff and a success clears its record. An endpoint is never dropped for good
+//! while discovery lists it. (A dead endpoint fails fast, so under peak-EWMA it would otherwise look
+//! like the *best* one and attract traffic.)
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::transport::{Channel, Endpoint};
+use tower::discover::Change;
+use tower::load::{CompleteOnResponse, PeakEwma};
+
+use crate::mesh::discovery::watcher::InstanceSet;
+
+/// Consecutive failures that bench an endpoint.
+pub const EJECT_AFTER: u32 = 3;
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The latency assumed for an endpoint with no history: optimistic, so that new and readmitted
+/// endpoints get traffic at once (the first real sample replaces it).
+const DEFAULT_RTT: Duration = Duration::from_micros(100);
+/// How fast old latency samples fade.
+const DECAY: Duration = Duration::from_secs(1);
+
+/// One endpoint as the balancer uses it.
+pub type EndpointService = PeakEwma<Reporting>;
+
+/// A change for the balancer.
+pub type EndpointChange = Result<Change<String, EndpointService>, Infallible>;
+
+/// Counters shared with the channel, for status and error messages.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    /// Endpoints currently in the balancer.
+    pub active: AtomicUsize,
+    /// Endpoints benched right now.
+    pub ejected: AtomicUsize,
+    /// Ejections so far.
+    pub ejections: AtomicUsize,
+}
+
+/// A tonic channel to one endpoint that reports failures to the endpoint manager.
+#[derive(Debug, Clone)]
+pub struct Reporting {
+    channel: Channel,
+    key: Arc<str>,
+    failures: Arc<AtomicU32>,
+    probation: Arc<AtomicBool>,
+    verdicts: mpsc::UnboundedSender<Verdict>,
+}
+
+/// What an endpoint tells its manager.
+#[derive(Debug)]
+enum Verdict {
+    /// Bench it.
+    Eject(Arc<str>),
+    /// It served a call on probation: it is healthy again.
+    Recovered(Arc<str>),
+}
+
+/// True when a response is a trailers-only `UNAVAILABLE`.
+pub fn is_unavailable<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"14")
+}
+
+impl Reporting {
+    fn record(&self, ok: bool) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+            if self.probation.swap(false, Ordering::Relaxed) {
+                let _ = self.verdicts.send(Verdict::Recovered(self.key.clone()));
+            }
+            return;
+        }
+        let threshold = if self.probation.load(Ordering::Relaxed) {
+            1
+        } else {
+            EJECT_AFTER
+        };
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 == threshold {
+            let _ = self.verdicts.send(Verdict::Eject(self.key.clone()));
+        }
+    }
+}
+
+impl tower::Service<Request<Body>> for Reporting {
+    type Response = Response<Body>;
+    type Error = tonic::transport::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let ready = self.channel.poll_ready(cx);
+        if let Poll::Ready(Err(_)) = &ready {
+            self.record(false);
+        }
+        ready
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        let call = self.channel.call(request);
+        Box::pin(async move {
+            let result = call.await;
+            this.record(matches!(&result, Ok(r) if !is_unavailable(r)));
+            result
+        })
+    }
+}
+
+struct Member {
+    address: String,
+    state: MemberState,
+    backoff: Duration,
+}
+
+enum MemberState {
+    Active,
+    Probation,
+    Benched { until: Instant },
+}
+
+/// Runs until the channel is dropped: turns instance sets and ejections into balancer changes.
+pub async fn manage(
+    service: String,
+    mut instances: watch::Receiver<InstanceSet>,
+    changes: mpsc::UnboundedSender<EndpointChange>,
+    stats: Arc<EndpointStats>,
+) {
+    let (verdict_tx, mut verdicts) = mpsc::unbounded_channel::<Verdict>();
+    let mut members: HashMap<String, Member> = HashMap::new();
+    let make = |key: &str, address: &str, probation: bool| -> Option<EndpointService> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .ok()?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let reporting = Reporting {
+            channel: endpoint.connect_lazy(),
+            key: key.into(),
+            failures: Arc::new(AtomicU32::new(0)),
+            probation: Arc::new(AtomicBool::new(probation)),
+            verdicts: verdict_tx.clone(),
+        };
+        Some(PeakEwma::new(
+            reporting,
+            DEFAULT_RTT,
+            DECAY.as_nanos() as f64,
+            CompleteOnResponse::default(),
+        ))
+    };
+    let mut sync = true;
+    loop {
+        if sync {
+            let current: BTreeMap<String, String> = instances
+                .borrow_and_update()
+                .as_ref()
+                .map(|set| {
+                    set.values()
+                        .map(|i| (format!("{}@{}", i.id, i.address), i.address.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            members.retain(|key, member| {
+                if current.contains_key(key) {
+                    return true;
+                }
+                if !matches!(member.state, MemberState::Benched { .. }) {
+                    let _ = changes.send(Ok(Change::Remove(key.clone())));
+                }
+                false
+            });
+            for (key, address) in current {
+                if members.contains_key(&key) {
+                    continue;
+                }
+                if let Some(svc) = make(&key, &address, false) {
+                    tracing::debug!(service = %service, endpoint = %key, "endpoint added");
+                    let _ = changes.send(Ok(Change::Insert(key.clone(), svc)));
+                    members.insert(
+                        key,
+                        Member {
+                            address,
+                            state: MemberState::Active,
+                            backoff: BACKOFF_START,
+                        },
+                    );
+                }
+            }
+            publish(&members, &stats);
+            sync = false;
+        }
+        let next_readmit = members
+            .values()
+            .filter_map(|m| match m.state {
+                MemberState::Benched { until } => Some(until),
+                _ => None,
+            })
+            .min();
+        tokio::select! {
+            changed = instances.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                sync = true;
+            }
+            Some(verdict) = verdicts.recv() => match verdict {
+                Verdict::Recovered(key) => {
+                    if let Some(member) = members.get_mut(&*key) {
+                        tracing::info!(service = %service, endpoint = %key, "endpoint recovered");
+                        member.state = MemberState::Active;
+                        member.backoff = BACKOFF_START;
+                    }
+                }
+                Verdict::Eject(key) => eject(&service, &key, &mut members, &changes, &stats),
+            },
+            _ = sleep_until_opt(next_readmit) => {
+                let now = Instant::now();
+                for (key, member) in members.iter_mut() {
+                    if matches!(member.state, MemberState::Benched { until } if until <= now)
+                        && let Some(svc) = make(key, &member.address, true)
+                    {
+                        tracing::info!(service = %service, endpoint = %key, "endpoint readmitted on probation");
+                        member.state = MemberState::Probation;
+                        let _ = changes.send(Ok(Change::Insert(key.clone(), svc)));
+                    }
+                }
+                publish(&members, &stats);
+            }
+        }
+        if changes.is_closed() {
+            return;
+        }
+    }
+}
+
+fn eject(
+    service: &str,
+    key: &str,
+    members: &mut HashMap<String, Member>,
+    changes: &mpsc::UnboundedSender<EndpointChange>,
+    stats: &EndpointStats,
+) {
+    let Some(member) = members.get_mut(key) else {
+        return;
+    };
+    if matches!(member.state, MemberState::Benched { .. }) {
+        return;
+    }
+    tracing::warn!(service = %service, endpoint = %key, "endpoint ejected for {}ms after failures", member.backoff.as_millis());
+    member.state = MemberState::Benched {
+        until: Instant::now() + member.backoff,
+    };
+    member.backoff = (member.backoff * 2).min(BACKOFF_MAX);
+    stats.ejections.fetch_add(1, Ordering::Relaxed);
+    let _ = changes.send(Ok(Change::Remove(key.to_string())));
+    publish(members, stats);
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn publish(members: &HashMap<String, Member>, stats: &EndpointStats) {
+    let benched = members
+        .values()
+        .filter(|m| matches!(m.state, MemberState::Benched { .. }))
+        .count();
+    stats.ejected.store(benched, Ordering::Relaxed);
+    stats
+        .active
+        .store(members.len() - benched, Ordering::Relaxed);
+}

@@ -1,0 +1,242 @@
+//! The mesh channel: a tonic-compatible channel to a *service name* rather than an address.
+//!
+//! ```text
+//! MeshChannel (per call: deadline = min(own timeout, grpc-timeout, inbound call's deadline);
+//!   │          retries of idempotent methods on UNAVAILABLE, bounded by a retry budget)
+//!   └─ Buffer ─ p2c Balance over peak-EWMA latency (tower)
+//!                └─ endpoints: discovery's instances minus the ejected ones (see [`endpoints`])
+//! ```
+//!
+//! Generated tonic clients use it directly: `ProductServiceClient::new(mesh_channel)`.
+
+pub mod endpoints;
+pub mod retry;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tower::balance::p2c::Balance;
+use tower::buffer::Buffer;
+use tower::util::BoxService;
+use tower::{Service, ServiceExt};
+
+use self::endpoints::{EndpointStats, is_unavailable, manage};
+use self::retry::RetryBudget;
+use crate::mesh::deadline::{
+    GRPC_TIMEOUT_HEADER, call_deadline, format_grpc_timeout, parse_grpc_timeout,
+};
+use crate::mesh::discovery::Discovery;
+use crate::mesh::discovery::watcher::Watcher;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Inner =
+    Buffer<Request<Body>, Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>>;
+
+/// How calls through a mesh channel behave.
+#[derive(Debug, Clone)]
+pub struct CallPolicy {
+    /// Deadline for calls that carry none (and no inbound deadline applies).
+    pub timeout: Duration,
+    /// Method paths (`/pkg.Service/Method`) that are safe to retry.
+    pub idempotent: HashSet<String>,
+    /// Status codes that make an idempotent call be retried (connection failures always do).
+    pub retry_on: Vec<Code>,
+    /// Attempts at most per call, the first included.
+    pub max_attempts: usize,
+}
+
+impl Default for CallPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            idempotent: HashSet::new(),
+            retry_on: vec![Code::Unavailable],
+            max_attempts: 3,
+        }
+    }
+}
+
+/// A balanced, resilient channel to every instance of one service.
+#[derive(Clone)]
+pub struct MeshChannel {
+    service: Arc<str>,
+    inner: Inner,
+    policy: Arc<CallPolicy>,
+    budget: Arc<RetryBudget>,
+    stats: Arc<EndpointStats>,
+    _tasks: Arc<Tasks>,
+}
+
+impl std::fmt::Debug for MeshChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshChannel")
+            .field("service", &self.service)
+            .field("active", &self.stats.active)
+            .finish()
+    }
+}
+
+struct Tasks {
+    manager: JoinHandle<()>,
+    _watcher: Watcher,
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.manager.abort();
+    }
+}
+
+impl MeshChannel {
+    /// A channel to `service` (e.g. `shop.v1.ProductService`) whose instances come from `discovery`.
+    pub fn new(discovery: Arc<dyn Discovery>, service: &str, policy: CallPolicy) -> MeshChannel {
+        let watcher = Watcher::start(discovery, service);
+        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(EndpointStats::default());
+        let manager = tokio::spawn(manage(
+            service.to_string(),
+            watcher.subscribe(),
+            changes_tx,
+            stats.clone(),
+        ));
+        let balance = Balance::new(UnboundedReceiverStream::new(changes_rx));
+        MeshChannel {
+            service: service.into(),
+            // Balance is not Clone; the buffer's worker task owns it and callers share a handle.
+            inner: Buffer::new(BoxService::new(balance), 1024),
+            policy: Arc::new(policy),
+            budget: Arc::new(RetryBudget::default()),
+            stats,
+            _tasks: Arc::new(Tasks {
+                manager,
+                _watcher: watcher,
+            }),
+        }
+    }
+
+    /// The service this channel reaches.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Endpoints in the balancer now.
+    pub fn active_endpoints(&self) -> usize {
+        self.stats.active.load(Ordering::Relaxed)
+    }
+
+    /// Ejections so far.
+    pub fn ejections(&self) -> usize {
+        self.stats.ejections.load(Ordering::Relaxed)
+    }
+
+    /// The deadline for a call: its own `grpc-timeout`, the inbound call's deadline, the policy's
+    /// timeout, whichever ends first.
+    fn deadline(&self, request: &Request<Body>) -> tokio::time::Instant {
+        let now = tokio::time::Instant::now();
+        let own = request
+            .headers()
+            .get(GRPC_TIMEOUT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|t| now + t);
+        let mut deadline = now + self.policy.timeout;
+        for cap in [own, call_deadline()].into_iter().flatten() {
+            deadline = deadline.min(cap);
+        }
+        deadline
+    }
+}
+
+impl Service<Request<Body>> for MeshChannel {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is awaited per attempt inside the call (a retry needs it again anyway).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        let deadline = self.deadline(&request);
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Ok(value) = format_grpc_timeout(remaining).parse() {
+            request.headers_mut().insert(GRPC_TIMEOUT_HEADER, value);
+        }
+        let this = self.clone();
+        Box::pin(async move {
+            let outcome = tokio::time::timeout_at(deadline, this.call_with_retries(request)).await;
+            match outcome {
+                Ok(result) => result,
+                Err(_) => {
+                    let active = this.active_endpoints();
+                    let why = if active == 0 {
+                        format!("; no instance of {} is available", this.service)
+                    } else {
+                        String::new()
+                    };
+                    Err(Box::new(Status::deadline_exceeded(format!(
+                        "deadline of {}ms exceeded{why}",
+                        remaining.as_millis()
+                    ))) as BoxError)
+                }
+            }
+        })
+    }
+}
+
+impl MeshChannel {
+    async fn call_with_retries(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+        self.budget.deposit();
+        let idempotent = self.policy.idempotent.contains(request.uri().path());
+        if !idempotent || self.policy.max_attempts <= 1 {
+            let mut inner = self.inner.clone();
+            return inner.ready().await?.call(request).await;
+        }
+        // The body must be replayable: buffer it (a unary request is one small message).
+        let (parts, body) = request.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| Box::new(Status::internal(format!("request body: {e}"))) as BoxError)?
+            .to_bytes();
+        let mut attempt = 1;
+        loop {
+            let request = Request::from_parts(
+                parts.clone(),
+                Body::new(http_body_util::Full::new(bytes.clone())),
+            );
+            let mut inner = self.inner.clone();
+            let result = match inner.ready().await {
+                Ok(svc) => svc.call(request).await,
+                Err(e) => Err(e),
+            };
+            let retryable = match &result {
+                Err(_) => true,
+                Ok(response) => {
+                    is_unavailable(response)
+                        || retry::status_of(response).is_some_and(|c| {
+                            c != Code::Unavailable && self.policy.retry_on.contains(&c)
+                        })
+                }
+            };
+            if !retryable || attempt >= self.policy.max_attempts || !self.budget.withdraw() {
+                return result;
+            }
+            tracing::debug!(service = %self.service, path = %parts.uri.path(), attempt, "retrying");
+            attempt += 1;
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! The mesh: the embedded registry, servers registering themselves, and the balanced channel that
+//! callers use, all as real processes on loopback.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use exemesh::mesh::channel::{CallPolicy, MeshChannel};
+use exemesh::mesh::discovery::{Discovery, Instance, WatchUpdate, connect};
+use futures_util::StreamExt;
+use support::echo::{EchoClient, req};
+use support::{Registry, Served, manifest, marker};
+
+const SERVICE: &str = "test.v1.Echo";
+
+/// A worker-mode replica (one worker, so the worker's pid identifies the replica).
+async fn replica(dir: &std::path::Path, registry: &str, name: &str, env: &str) -> Served {
+    let template = include_str!("fixtures/echo/worker.toml")
+        .replace("workers = 2", "workers = 1")
+        .replace("[env]\n", &format!("[env]\n{env}\n"));
+    let path = manifest(dir, &format!("{name}.toml"), &template, &marker(name));
+    Served::start_with_args(
+        &path,
+        &[
+            "--discovery",
+            registry,
+            "--lease-ttl",
+            "2s",
+            "--instance-id",
+            name,
+        ],
+    )
+    .await
+}
+
+fn channel(registry: &str) -> MeshChannel {
+    let policy = CallPolicy {
+        timeout: Duration::from_secs(10),
+        idempotent: ["/test.v1.Echo/Unary".to_string()].into(),
+        ..CallPolicy::default()
+    };
+    MeshChannel::new(connect(registry).expect("discovery"), SERVICE, policy)
+}
+
+async fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_instances(discovery: &Arc<dyn Discovery>, n: usize, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let found = discovery
+            .resolve(SERVICE)
+            .await
+            .map(|l| l.len())
+            .unwrap_or(0);
+        if found == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "expected {n} instances, discovery has {found}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends `n` unary calls, `concurrency` at a time; returns calls per replica (worker pid), the pids of
+/// slow replicas, and the failures.
+async fn load(
+    client: &EchoClient<MeshChannel>,
+    n: usize,
+    concurrency: usize,
+) -> (BTreeMap<i32, usize>, BTreeSet<i32>, Vec<tonic::Status>) {
+    let results = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            async move { client.unary(req(&i.to_string(), "")).await }
+        })
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let mut counts = BTreeMap::new();
+    let mut slow = BTreeSet::new();
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(reply) => {
+                *counts.entry(reply.index).or_insert(0) += 1;
+                if reply.env.contains_key("ECHO_DELAY_MS") {
+                    slow.insert(reply.index);
+                }
+            }
+            Err(status) => failures.push(status),
+        }
+    }
+    (counts, slow, failures)
+}
+
+#[tokio::test]
+async fn the_registry_expires_lapsed_leases_and_tells_watchers() {
+    let registry = Registry::start("127.0.0.1:0");
+    let discovery = connect(&registry.addr).expect("discovery");
+    let mut watch = discovery.watch(SERVICE).await.expect("watch");
+    assert_eq!(
+        watch.next().await.expect("event").expect("ok"),
+        WatchUpdate::Snapshot(vec![])
+    );
+    let instance = Instance {
+        id: "i1".into(),
+        services: vec![SERVICE.into()],
+        address: "127.0.0.1:9".into(),
+        ..Default::default()
+    };
+    let lease = discovery
+        .register(instance, Duration::from_millis(1000))
+        .await
+        .expect("register");
+    assert_eq!(lease.ttl, Duration::from_secs(1));
+    assert!(
+        matches!(watch.next().await, Some(Ok(WatchUpdate::Upsert(list))) if list[0].id == "i1")
+    );
+    let start = Instant::now();
+    // No keep-alive: the lease lapses and the watcher hears of it.
+    let removed = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .expect("removal within the TTL");
+    assert!(matches!(removed, Some(Ok(WatchUpdate::Remove(list))) if list[0].id == "i1"));
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "removed before the lease lapsed"
+    );
+    assert!(
+        discovery.keep_alive(lease.id).await.is_err(),
+        "an expired lease cannot be renewed"
+    );
+}
+
+#[tokio::test]
+async fn load_spreads_over_equal_replicas_and_avoids_a_slow_one() {
+    let registry = Registry::start("127.0.0.1:0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _a = replica(dir.path(), &registry.addr, "eq-a", "").await;
+    let _b = replica(dir.path(), &registry.addr, "eq-b", "").await;
+    let _c = replica(dir.path(), &registry.addr, "eq-c", "").await;
+    let channel = channel(&registry.addr);
+    let client = EchoClient::new_with(channel.clone());
+    wait_until("3 endpoints", Duration::from_secs(10), || {
+        channel.active_endpoints() == 3
+    })
+    .await;
+    let (counts, _, failures) = load(&client, 600, 8).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    eprintln!("shares over equal replicas: {counts:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (pid, n) in &counts {
+        assert!(
+            *n >= 120,
+            "replica {pid} got {n} of 600 calls (< 20%): {counts:?}"
+        );
+    }
+
+    let _slow = replica(dir.path(), &registry.addr, "slow", "ECHO_DELAY_MS = \"40\"").await;
+    wait_until("4 endpoints", Duration::from_secs(10), || {
+        channel.active_endpoints() == 4
+    })
+    .await;
+    let (counts, slow, failures) = load(&client, 800, 8).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let slow_pid = *slow
+        .iter()
+        .next()
+        .expect("the slow replica served some calls");
+    let slow_share = counts[&slow_pid];
+    eprintln!("shares with a slow replica: {counts:?} (slow: {slow_pid})");
+    // A fair share is 25% (200 calls); a replica answering 40 ms slower must get clearly less.
+    assert!(
+        slow_share < 100,
+        "the slow replica got {slow_share} of 800 calls: {counts:?}"
+    );
+}
