@@ -185,3 +185,167 @@ async fn load_spreads_over_equal_replicas_and_avoids_a_slow_one() {
         "the slow replica got {slow_share} of 800 calls: {counts:?}"
     );
 }
+
+/// Runs `n` calls, `concurrency` at a time, calling `during` once `at` calls have completed.
+async fn load_with_event(
+    client: &EchoClient<MeshChannel>,
+    n: usize,
+    at: usize,
+    during: impl FnOnce(),
+) -> (BTreeMap<i32, usize>, Vec<tonic::Status>) {
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let task = {
+        let client = client.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let results = futures_util::stream::iter(0..n)
+                .map(|i| {
+                    let client = client.clone();
+                    let done = done.clone();
+                    async move {
+                        let r = client.unary(req(&i.to_string(), "")).await;
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        r
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<_>>()
+                .await;
+            let mut counts = BTreeMap::new();
+            let mut failures = Vec::new();
+            for r in results {
+                match r {
+                    Ok(reply) => *counts.entry(reply.index).or_insert(0) += 1,
+                    Err(status) => failures.push(status),
+                }
+            }
+            (counts, failures)
+        })
+    };
+    wait_until("calls to progress", Duration::from_secs(30), || {
+        done.load(std::sync::atomic::Ordering::Relaxed) >= at
+    })
+    .await;
+    during();
+    task.await.expect("load task")
+}
+
+#[tokio::test]
+async fn kill_9_of_a_replica_under_load_fails_no_idempotent_call() {
+    let registry = Registry::start("127.0.0.1:0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = replica(dir.path(), &registry.addr, "k9-a", "").await;
+    let _b = replica(dir.path(), &registry.addr, "k9-b", "").await;
+    let _c = replica(dir.path(), &registry.addr, "k9-c", "").await;
+    let channel = channel(&registry.addr);
+    let client = EchoClient::new_with(channel.clone());
+    wait_until("3 endpoints", Duration::from_secs(10), || {
+        channel.active_endpoints() == 3
+    })
+    .await;
+    let (counts, failures) = load_with_event(&client, 1500, 300, || a.signal(libc::SIGKILL)).await;
+    assert!(
+        failures.is_empty(),
+        "{} of 1500 calls failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert_eq!(counts.values().sum::<usize>(), 1500);
+    // The dead replica leaves discovery within its lease TTL (2 s) and the balancer with it.
+    let discovery = connect(&registry.addr).expect("discovery");
+    wait_instances(&discovery, 2, Duration::from_secs(4)).await;
+    wait_until("2 endpoints", Duration::from_secs(4), || {
+        channel.active_endpoints() == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_of_a_replica_under_load_fails_no_call() {
+    let registry = Registry::start("127.0.0.1:0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = replica(dir.path(), &registry.addr, "term-a", "").await;
+    let _b = replica(dir.path(), &registry.addr, "term-b", "").await;
+    // Not idempotent here: a graceful stop must not need retries at all.
+    let channel = MeshChannel::new(
+        connect(&registry.addr).expect("discovery"),
+        SERVICE,
+        CallPolicy::default(),
+    );
+    let client = EchoClient::new_with(channel.clone());
+    wait_until("2 endpoints", Duration::from_secs(10), || {
+        channel.active_endpoints() == 2
+    })
+    .await;
+    let (counts, failures) = load_with_event(&client, 1500, 300, || a.signal(libc::SIGTERM)).await;
+    assert!(
+        failures.is_empty(),
+        "{} of 1500 calls failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert_eq!(
+        counts.len(),
+        2,
+        "both replicas served before the stop: {counts:?}"
+    );
+    wait_until("1 endpoint", Duration::from_secs(4), || {
+        channel.active_endpoints() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_registry_restart_loses_no_endpoint_and_instances_come_back() {
+    let mut registry = Registry::start("127.0.0.1:0");
+    let addr = registry.addr.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _a = replica(dir.path(), &addr, "rr-a", "").await;
+    let _b = replica(dir.path(), &addr, "rr-b", "").await;
+    let channel = channel(&addr);
+    let client = EchoClient::new_with(channel.clone());
+    wait_until("2 endpoints", Duration::from_secs(10), || {
+        channel.active_endpoints() == 2
+    })
+    .await;
+
+    registry.kill();
+    // Static stability: with discovery gone, callers keep their endpoints and keep working.
+    let (counts, _, failures) = load(&client, 200, 4).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert_eq!(channel.active_endpoints(), 2);
+
+    // A new registry on the same address: the instances register again by themselves.
+    let _registry = Registry::start(&addr);
+    let discovery = connect(&addr).expect("discovery");
+    wait_instances(&discovery, 2, Duration::from_secs(6)).await;
+    let (counts, _, failures) = load(&client, 200, 4).await;
+    assert!(
+        failures.is_empty() && counts.len() == 2,
+        "{counts:?} {failures:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_replica_gets_traffic_within_a_second() {
+    let registry = Registry::start("127.0.0.1:0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _a = replica(dir.path(), &registry.addr, "new-a", "").await;
+    let channel = channel(&registry.addr);
+    let client = EchoClient::new_with(channel.clone());
+    let (counts, _, _) = load(&client, 20, 2).await;
+    assert_eq!(counts.len(), 1);
+    let _b = replica(dir.path(), &registry.addr, "new-b", "").await;
+    // The replica is registered once SERVING (start_with_args waited for that).
+    let registered = Instant::now();
+    let mut seen = BTreeSet::new();
+    while seen.len() < 2 {
+        assert!(
+            registered.elapsed() < Duration::from_secs(1),
+            "the new replica got no traffic within a second"
+        );
+        let reply = client.unary(req("x", "")).await.expect("call");
+        seen.insert(reply.index);
+    }
+}
