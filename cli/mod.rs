@@ -7,6 +7,7 @@ mod registry;
 mod serve;
 mod signal;
 mod status;
+mod up;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,7 @@ enum Command {
     Call(call::Args),
     Registry(registry::Args),
     Status(status::Args),
+    Up(up::Args),
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into an exit code.
@@ -59,6 +61,7 @@ pub fn main() -> ExitCode {
             Command::Call(args) => call::run(args).await,
             Command::Registry(args) => registry::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Up(args) => up::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

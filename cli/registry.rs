@@ -2,21 +2,10 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use exemesh::mesh::introspection::{set_status, with_introspection};
-use exemesh::mesh::registry::service::{RegistryService, run_expiry};
-use exemesh::mesh::registry::store::Store;
-use exemesh::mesh::transport::{Http2Settings, serve_h2c};
-use exemesh::pb::v1::registry_server::RegistryServer;
-use prost::Message as _;
-use tonic::service::Routes;
-use tonic_health::ServingStatus;
-
-/// The default registry address.
-pub const DEFAULT_REGISTRY: &str = "127.0.0.1:7700";
+use exemesh::mesh::registry::server::serve_registry;
+use exemesh::services::mesh_file::DEFAULT_REGISTRY;
 
 /// Run the embedded discovery registry (exemesh.v1.Registry, in memory).
 ///
@@ -34,31 +23,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
-    let store = Arc::new(Store::default());
-    let own = prost_types::FileDescriptorSet::decode(exemesh::pb::FILE_DESCRIPTOR_SET)?;
-    let routes = Routes::new(RegistryServer::new(RegistryService::new(store.clone())));
-    let (routes, health) = with_introspection(routes, vec![own])?;
-    set_status(&health, "exemesh.v1.Registry", ServingStatus::Serving).await;
     tracing::info!("registry serving on {bound}");
     println!("listening on {bound}");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let expiry = tokio::spawn(run_expiry(store, async move {
-        let mut rx = stop_rx;
-        let _ = rx.wait_for(|s| *s).await;
-    }));
-    let signal = async move {
-        super::signal::shutdown_signal().await;
-        set_status(&health, "exemesh.v1.Registry", ServingStatus::NotServing).await;
-    };
-    serve_h2c(
-        listener,
-        routes.prepare().into_axum_router(),
-        Http2Settings::default(),
-        signal,
-        Duration::from_secs(2),
-    )
-    .await;
-    stop_tx.send_replace(true);
-    let _ = expiry.await;
+    serve_registry(listener, super::signal::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -29,23 +29,35 @@ pub struct Args {
     json: bool,
 }
 
+/// One instance of one service.
 #[derive(Debug, Serialize)]
-struct Row {
-    service: String,
-    instance: String,
-    address: String,
-    health: String,
-    lease_age_ms: u64,
-    uptime_ms: u64,
-    metadata: std::collections::BTreeMap<String, String>,
+pub struct Row {
+    pub service: String,
+    pub instance: String,
+    pub address: String,
+    pub health: String,
+    pub lease_age_ms: u64,
+    pub uptime_ms: u64,
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let discovery = connect(&args.discovery)?;
+    let rows = gather(&args.discovery, args.service.as_deref()).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks discovery for the instances (of one service, or all) and checks each one's health.
+pub async fn gather(discovery_addr: &str, only: Option<&str>) -> anyhow::Result<Vec<Row>> {
+    let discovery = connect(discovery_addr)?;
     let instances = discovery
-        .resolve(args.service.as_deref().unwrap_or(""))
+        .resolve(only.unwrap_or(""))
         .await
-        .with_context(|| format!("cannot ask discovery at {}", args.discovery))?;
+        .with_context(|| format!("cannot ask discovery at {discovery_addr}"))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -54,7 +66,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for (instance, health) in instances.iter().zip(healths) {
         for service in &instance.services {
-            if args.service.as_ref().is_some_and(|s| s != service) {
+            if only.is_some_and(|s| s != service) {
                 continue;
             }
             rows.push(Row {
@@ -73,14 +85,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     rows.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
+    Ok(rows)
+}
+
+/// Prints rows as an aligned table.
+pub fn print_table(rows: &[Row]) {
+    {
         println!(
             "{:<32} {:<28} {:<22} {:<12} {:>9} {:>9}",
             "SERVICE", "INSTANCE", "ADDRESS", "HEALTH", "LEASE", "UPTIME"
         );
-        for r in &rows {
+        for r in rows {
             println!(
                 "{:<32} {:<28} {:<22} {:<12} {:>8.1}s {:>8.0}s",
                 r.service,
@@ -95,7 +110,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             println!("(no instances registered)");
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn health(instance: Instance) -> String {

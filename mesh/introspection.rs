@@ -11,6 +11,13 @@ use tonic_health::server::HealthReporter;
 #[error("reflection: {0}")]
 pub struct ReflectionSetupError(String);
 
+impl ReflectionSetupError {
+    /// An error with this explanation.
+    pub fn new(message: String) -> Self {
+        Self(message)
+    }
+}
+
 /// Adds health and reflection to `routes`. `sets` are the contracts to describe (health's own is
 /// added here; grpcurl 1.8 only speaks reflection v1alpha, newer clients v1).
 pub fn with_introspection(

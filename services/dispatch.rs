@@ -27,7 +27,7 @@ use super::error::CallError;
 use super::limiter::Limiter;
 use super::rpc_kind::RpcKind;
 use crate::mesh::codec::DynamicCodec;
-use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout};
+use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout, with_call_deadline};
 
 /// A method ready to serve.
 #[derive(Debug)]
@@ -175,7 +175,10 @@ impl MethodRuntime {
         let deadline = ctx.deadline;
         let executor = self.executor.clone();
         let task = tokio::spawn(async move {
-            if let Err(err) = executor.execute(&ctx, input, &tx).await {
+            // Outbound calls made while running this call are capped by its deadline.
+            let deadline = ctx.deadline;
+            if let Err(err) = with_call_deadline(deadline, executor.execute(&ctx, input, &tx)).await
+            {
                 let _ = tx.send(Err(err)).await;
             }
             drop(slot);

@@ -22,6 +22,7 @@ use super::dispatch::{DynamicService, MethodRuntime};
 use super::limiter::Limiter;
 use super::manifest::{Execution, Manifest, ManifestError};
 use super::spawn::SpawnRunner;
+use super::worker::outbound::Outbound;
 use super::worker::pool::Pool;
 use super::worker::runner::WorkerRunner;
 use crate::mesh::discovery::registration::Registration;
@@ -90,7 +91,10 @@ pub async fn serve(
     announce: Option<Announce>,
 ) -> Result<(), ServeError> {
     let service_name = plan.contract.service.full_name().to_string();
-    let pools = start_pools(&plan);
+    let outbound = announce
+        .as_ref()
+        .map(|a| Outbound::new(a.discovery.clone()));
+    let pools = start_pools(&plan, outbound);
     let runtimes = plan
         .methods
         .iter()
@@ -152,7 +156,7 @@ pub async fn serve(
     Ok(())
 }
 
-fn start_pools(plan: &Plan) -> BTreeMap<String, Arc<Pool>> {
+fn start_pools(plan: &Plan, outbound: Option<Arc<Outbound>>) -> BTreeMap<String, Arc<Pool>> {
     let used: std::collections::BTreeSet<&str> = plan
         .methods
         .iter()
@@ -180,7 +184,10 @@ fn start_pools(plan: &Plan) -> BTreeMap<String, Arc<Pool>> {
                 .iter()
                 .map(|m| format!("{}/{}", plan.contract.service.full_name(), m.desc.name()))
                 .collect();
-            (name.clone(), Pool::start(spec.clone(), max_output, names))
+            (
+                name.clone(),
+                Pool::start(spec.clone(), max_output, names, outbound.clone()),
+            )
         })
         .collect()
 }

@@ -29,6 +29,18 @@ struct Entry {
     /// `None` once the caller is gone (cancelled): frames are then dropped.
     events: Option<mpsc::UnboundedSender<Event>>,
     method: Arc<str>,
+    parent: ParentInfo,
+}
+
+/// What an outbound call inherits from the inbound call it is made for.
+#[derive(Debug, Clone)]
+pub struct ParentInfo {
+    /// The inbound call's deadline.
+    pub deadline: tokio::time::Instant,
+    /// Its W3C trace context.
+    pub traceparent: Option<String>,
+    /// Its W3C trace state.
+    pub tracestate: Option<String>,
 }
 
 /// A live, ready worker.
@@ -36,6 +48,7 @@ pub struct Conn {
     id: String,
     writer: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     calls: Mutex<HashMap<u32, Entry>>,
+    outbound: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
     in_flight: AtomicUsize,
     next_id: AtomicU32,
     max_in_flight: usize,
@@ -68,6 +81,7 @@ impl Conn {
             id,
             writer: Mutex::new(Some(writer)),
             calls: Mutex::new(HashMap::new()),
+            outbound: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             next_id: AtomicU32::new(1),
             max_in_flight,
@@ -86,7 +100,11 @@ impl Conn {
     }
 
     /// Reserves a slot for a new call; `None` when the worker is full or closing.
-    pub fn open_call(&self, method: Arc<str>) -> Option<(u32, mpsc::UnboundedReceiver<Event>)> {
+    pub fn open_call(
+        &self,
+        method: Arc<str>,
+        parent: ParentInfo,
+    ) -> Option<(u32, mpsc::UnboundedReceiver<Event>)> {
         if locked(&self.writer).is_none() {
             return None;
         }
@@ -104,10 +122,32 @@ impl Conn {
             Entry {
                 events: Some(tx),
                 method,
+                parent,
             },
         );
         self.in_flight.store(calls.len(), Ordering::Release);
         Some((id, rx))
+    }
+
+    /// The context of inbound call `id`, while it is in flight.
+    pub fn parent(&self, id: u32) -> Option<ParentInfo> {
+        locked(&self.calls).get(&id).map(|e| e.parent.clone())
+    }
+
+    /// Tracks the worker's outbound call `call_id` (aborted if the worker dies or cancels it).
+    pub fn track_outbound(&self, call_id: u32, task: tokio::task::AbortHandle) {
+        let mut outbound = locked(&self.outbound);
+        outbound.retain(|_, t| !t.is_finished());
+        if let Some(old) = outbound.insert(call_id, task) {
+            old.abort();
+        }
+    }
+
+    /// The worker abandoned its outbound call.
+    pub fn cancel_outbound(&self, call_id: u32) {
+        if let Some(task) = locked(&self.outbound).remove(&call_id) {
+            task.abort();
+        }
     }
 
     /// Queues a frame for the worker's stdin; false if the worker is closing.
@@ -162,6 +202,9 @@ impl Conn {
     /// The worker is gone: every call in flight fails with `UNAVAILABLE`.
     pub fn fail_all(&self, detail: &str) {
         self.close();
+        for (_, task) in locked(&self.outbound).drain() {
+            task.abort();
+        }
         let calls: Vec<Entry> = {
             let mut calls = locked(&self.calls);
             self.in_flight.store(0, Ordering::Release);

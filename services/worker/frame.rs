@@ -116,6 +116,45 @@ pub fn cancel_line(id: u32, reason: &str) -> Vec<u8> {
     line(id, Outbound::Cancel { reason })
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+enum Reply<'a> {
+    Message(JsonMessage<'a>),
+    End(Empty),
+    Error { code: &'a str, message: &'a str },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplyFrame<'a> {
+    call_id: u32,
+    #[serde(flatten)]
+    kind: Reply<'a>,
+}
+
+fn reply_line(call_id: u32, kind: Reply<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    // Serializing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut out, &ReplyFrame { call_id, kind });
+    out.push(b'\n');
+    out
+}
+
+/// `{"callId":C,"message":{...}}\n`: a reply to the worker's outbound call.
+pub fn reply_message_line(call_id: u32, message: &DynamicMessage) -> Vec<u8> {
+    reply_line(call_id, Reply::Message(JsonMessage(message)))
+}
+
+/// `{"callId":C,"end":{}}\n`
+pub fn reply_end_line(call_id: u32) -> Vec<u8> {
+    reply_line(call_id, Reply::End(Empty {}))
+}
+
+/// `{"callId":C,"error":{"code":...,"message":...}}\n`
+pub fn reply_error_line(call_id: u32, code: &str, message: &str) -> Vec<u8> {
+    reply_line(call_id, Reply::Error { code, message })
+}
+
 /// The worker's handshake.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", default)]
@@ -128,9 +167,29 @@ pub struct Ready {
     pub sdk: String,
 }
 
+/// A worker's call to another service.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutboundCall {
+    /// `pkg.Service/Method`.
+    pub method: String,
+    /// The inbound call it is made for (0 = none).
+    pub parent_id: u32,
+    /// A shorter timeout, ms (0 = none).
+    pub timeout_ms: u32,
+    /// Request metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// The request message.
+    pub message: Option<Box<RawValue>>,
+}
+
 /// A frame written by a worker.
 #[derive(Debug)]
 pub enum Inbound {
+    /// The worker calls another service.
+    Call(u32, OutboundCall),
+    /// The worker abandons its outbound call.
+    CancelCall(u32),
     /// The handshake.
     Ready(Ready),
     /// A reply message, still as raw JSON.
@@ -146,15 +205,31 @@ pub enum Inbound {
 struct InFrame {
     #[serde(default)]
     id: u32,
+    #[serde(default)]
+    call_id: u32,
     ready: Option<Ready>,
     message: Option<Box<RawValue>>,
     end: Option<serde::de::IgnoredAny>,
     error: Option<ErrorBody>,
+    call: Option<OutboundCall>,
+    cancel: Option<serde::de::IgnoredAny>,
 }
 
 /// Parses one line written by a worker; the error explains what is wrong (for the log).
 pub fn parse_inbound(line: &[u8]) -> Result<Inbound, String> {
     let frame: InFrame = serde_json::from_slice(line).map_err(|e| format!("not a frame: {e}"))?;
+    if frame.call_id != 0 {
+        return match (frame.call, frame.cancel, frame.id) {
+            (Some(call), None, 0) => Ok(Inbound::Call(frame.call_id, call)),
+            (None, Some(_), 0) => Ok(Inbound::CancelCall(frame.call_id)),
+            _ => Err(
+                "a frame with a callId must be exactly a call or a cancel, without an id".into(),
+            ),
+        };
+    }
+    if frame.call.is_some() || frame.cancel.is_some() {
+        return Err("call and cancel frames from a worker need a callId".into());
+    }
     let kinds = [
         frame.ready.is_some(),
         frame.message.is_some(),
@@ -241,7 +316,14 @@ mod tests {
             prop_assert_eq!(json["id"].as_u64(), Some(u64::from(id)));
             prop_assert_eq!(json["start"]["method"].as_str().unwrap_or(""), method.as_str());
             prop_assert_eq!(json["start"]["message"]["code"].as_str(), Some("x\"y\n"));
-            for line in [message_line(id, &payload), half_close_line(id), cancel_line(id, "cancelled")] {
+            for line in [
+                message_line(id, &payload),
+                half_close_line(id),
+                cancel_line(id, "cancelled"),
+                reply_message_line(id, &payload),
+                reply_end_line(id),
+                reply_error_line(id, "NOT_FOUND", &method),
+            ] {
                 as_contract(&line[..line.len() - 1]);
             }
         }
@@ -292,6 +374,34 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_inbound(&bytes);
         }
+    }
+
+    #[test]
+    fn parses_outbound_calls_and_their_cancellation() {
+        let call = br#"{"callId":3,"call":{"method":"a.v1.S/M","parentId":7,"timeoutMs":50,"metadata":{"k":"v"},"message":{"id":"x"}}}"#;
+        as_contract(call);
+        match parse_inbound(call) {
+            Ok(Inbound::Call(3, c)) => {
+                assert_eq!(
+                    (c.method.as_str(), c.parent_id, c.timeout_ms),
+                    ("a.v1.S/M", 7, 50)
+                );
+                assert_eq!(c.metadata.get("k").map(String::as_str), Some("v"));
+                assert_eq!(
+                    c.message.map(|m| m.get().to_string()).as_deref(),
+                    Some(r#"{"id":"x"}"#)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let cancel = br#"{"callId":3,"cancel":{}}"#;
+        as_contract(cancel);
+        assert!(matches!(parse_inbound(cancel), Ok(Inbound::CancelCall(3))));
+        assert!(
+            parse_inbound(br#"{"call":{"method":"a.v1.S/M"}}"#).is_err(),
+            "a call needs a callId"
+        );
+        assert!(parse_inbound(br#"{"callId":3,"id":2,"call":{}}"#).is_err());
     }
 
     #[test]

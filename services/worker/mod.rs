@@ -4,9 +4,11 @@
 //! * [`frame`]: the JSON lines, both ways;
 //! * [`conn`]: one running worker: its writer, its table of calls in flight, cancellation;
 //! * [`pool`]: starting, supervising (ready handshake, restart with backoff) and choosing workers;
-//! * [`runner`]: one gRPC call carried out on a worker.
+//! * [`runner`]: one gRPC call carried out on a worker;
+//! * [`outbound`]: calls from workers into the mesh.
 
 pub mod conn;
 pub mod frame;
+pub mod outbound;
 pub mod pool;
 pub mod runner;

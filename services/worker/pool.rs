@@ -9,8 +9,10 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::conn::ParentInfo;
 use super::conn::{Conn, Event};
-use super::frame::{Inbound, parse_inbound};
+use super::frame::{self, Inbound, parse_inbound};
+use super::outbound::Outbound;
 use crate::services::error::CallError;
 use crate::services::exit_status::describe_exit;
 use crate::services::line_reader::{Line, read_line};
@@ -31,6 +33,7 @@ pub struct Pool {
     tasks: Mutex<JoinSet<()>>,
     max_frame: usize,
     routed: Vec<String>,
+    outbound: Option<Arc<Outbound>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -55,7 +58,14 @@ pub struct Lease {
 impl Pool {
     /// Starts the pool's workers. `max_output` bounds one reply message (frame lines get a little
     /// more for the envelope); `routed` names the methods (`pkg.Service/Method`) sent to this pool.
-    pub fn start(spec: PoolSpec, max_output: usize, routed: Vec<String>) -> Arc<Pool> {
+    /// `outbound` carries the workers' calls into the mesh (none: such calls fail with
+    /// `FAILED_PRECONDITION`).
+    pub fn start(
+        spec: PoolSpec,
+        max_output: usize,
+        routed: Vec<String>,
+        outbound: Option<Arc<Outbound>>,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             slots: RwLock::new(vec![None; spec.workers]),
             released: Arc::new(Notify::new()),
@@ -64,6 +74,7 @@ impl Pool {
             tasks: Mutex::new(JoinSet::new()),
             max_frame: max_output + 64 * 1024,
             routed,
+            outbound,
             spec,
         });
         let mut tasks = pool.tasks.lock().unwrap_or_else(|p| p.into_inner());
@@ -86,7 +97,11 @@ impl Pool {
 
     /// Reserves a slot on the least-loaded ready worker, waiting for one to free up.
     /// The caller bounds the wait (deadline).
-    pub async fn acquire(&self, method: &Arc<str>) -> Result<Lease, CallError> {
+    pub async fn acquire(
+        &self,
+        method: &Arc<str>,
+        parent: &ParentInfo,
+    ) -> Result<Lease, CallError> {
         loop {
             let released = self.released.notified();
             tokio::pin!(released);
@@ -94,14 +109,14 @@ impl Pool {
             if *self.stopping.borrow() {
                 return Err(CallError::ShuttingDown);
             }
-            if let Some(lease) = self.try_acquire(method) {
+            if let Some(lease) = self.try_acquire(method, parent) {
                 return Ok(lease);
             }
             released.await;
         }
     }
 
-    fn try_acquire(&self, method: &Arc<str>) -> Option<Lease> {
+    fn try_acquire(&self, method: &Arc<str>, parent: &ParentInfo) -> Option<Lease> {
         let mut candidates: Vec<Arc<Conn>> = self
             .slots
             .read()
@@ -112,7 +127,7 @@ impl Pool {
             .collect();
         candidates.sort_by_key(|c| c.in_flight());
         candidates.into_iter().find_map(|conn| {
-            let (id, events) = conn.open_call(method.clone())?;
+            let (id, events) = conn.open_call(method.clone(), parent.clone())?;
             Some(Lease { conn, id, events })
         })
     }
@@ -231,11 +246,11 @@ async fn run_once(
     pool.set_slot(index, Some(conn.clone()));
 
     let ended = tokio::select! {
-        r = read_frames(&mut reader, &mut line, pool.max_frame, &conn) => r,
+        r = read_frames(&mut reader, &mut line, pool, &conn) => r,
         _ = stopping.changed() => {
             pool.set_slot(index, None);
             conn.close();
-            let graceful = tokio::time::timeout(spec.stop_timeout, drain_until_eof(&mut reader, &mut line, pool.max_frame, &conn)).await;
+            let graceful = tokio::time::timeout(spec.stop_timeout, drain_until_eof(&mut reader, &mut line, pool, &conn)).await;
             if graceful.is_err() {
                 group.signal(libc::SIGTERM);
                 let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
@@ -287,12 +302,13 @@ async fn wait_ready(
 async fn read_frames(
     reader: &mut BufReader<ChildStdout>,
     line: &mut Vec<u8>,
-    max: usize,
-    conn: &Conn,
+    pool: &Pool,
+    conn: &Arc<Conn>,
 ) -> Result<String, String> {
+    let max = pool.max_frame;
     loop {
         match read_line(reader, line, max).await {
-            Ok(Line::Complete) => route(line, conn),
+            Ok(Line::Complete) => route(line, conn, pool.outbound.as_ref()),
             Ok(Line::Eof) => return Ok("closed stdout".into()),
             Ok(Line::TooLong) => return Err(format!("a line over {max} bytes")),
             Err(e) => return Err(format!("stdout error: {e}")),
@@ -304,13 +320,13 @@ async fn read_frames(
 async fn drain_until_eof(
     reader: &mut BufReader<ChildStdout>,
     line: &mut Vec<u8>,
-    max: usize,
-    conn: &Conn,
+    pool: &Pool,
+    conn: &Arc<Conn>,
 ) {
-    let _ = read_frames(reader, line, max, conn).await;
+    let _ = read_frames(reader, line, pool, conn).await;
 }
 
-fn route(line: &[u8], conn: &Conn) {
+fn route(line: &[u8], conn: &Arc<Conn>, outbound: Option<&Arc<Outbound>>) {
     if line.iter().all(u8::is_ascii_whitespace) {
         return;
     }
@@ -321,6 +337,25 @@ fn route(line: &[u8], conn: &Conn) {
         Ok(Inbound::Ready(_)) => {
             tracing::warn!(worker = %conn.id(), "duplicate ready frame ignored")
         }
+        Ok(Inbound::Call(call_id, call)) => match outbound {
+            Some(outbound) => {
+                let parent = (call.parent_id != 0)
+                    .then(|| conn.parent(call.parent_id))
+                    .flatten();
+                let task = tokio::spawn(outbound.clone().run(conn.clone(), call_id, call, parent));
+                conn.track_outbound(call_id, task.abort_handle());
+            }
+            None => {
+                let conn = conn.clone();
+                let line = frame::reply_error_line(
+                    call_id,
+                    "FAILED_PRECONDITION",
+                    "this server has no discovery: start it with --discovery (exemesh up does) to call other services",
+                );
+                tokio::spawn(async move { conn.send(line).await });
+            }
+        },
+        Ok(Inbound::CancelCall(call_id)) => conn.cancel_outbound(call_id),
         Err(e) => {
             let shown = String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned();
             tracing::warn!(worker = %conn.id(), "ignored stdout line ({e}): {shown}");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use prost_reflect::MessageDescriptor;
 
-use super::conn::{Conn, Event};
+use super::conn::{Conn, Event, ParentInfo};
 use super::frame::{self, Metadata, Start};
 use super::pool::{Lease, Pool};
 use crate::services::call::{CallContext, Executor, ReplySink, RequestStream, single_request};
@@ -62,7 +62,12 @@ impl WorkerRunner {
         } else {
             None
         };
-        let mut lease = self.pool.acquire(&ctx.method).await?;
+        let parent = ParentInfo {
+            deadline: ctx.deadline,
+            traceparent: ctx.traceparent.clone(),
+            tracestate: ctx.tracestate.clone(),
+        };
+        let mut lease = self.pool.acquire(&ctx.method, &parent).await?;
         let mut guard = CancelOnDrop {
             conn: lease.conn.clone(),
             id: lease.id,

@@ -25,7 +25,9 @@ OpenTelemetry context; nothing else needs it.
 """
 
 import json
+import math
 import os
+import queue as _queue_module
 import sys
 import threading
 import time
@@ -37,6 +39,7 @@ __all__ = [
     "Context",
     "Error",
     "Cancelled",
+    "OutboundStream",
     "STATUS_CODES",
     "UNARY",
     "SERVER_STREAMING",
@@ -57,6 +60,14 @@ PROTOCOL_VERSION = "1"
 #: exemesh restart the worker, so the helper answers RESOURCE_EXHAUSTED instead
 #: of writing such a frame.
 DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024 + 64 * 1024
+
+#: How long past an outbound call's deadline the helper keeps waiting for
+#: exemesh's answer before giving up locally with DEADLINE_EXCEEDED (exemesh
+#: normally answers at the deadline itself).
+OUTBOUND_GRACE = 1.0
+
+#: Largest outbound call id (callIds are uint32, never 0).
+MAX_CALL_ID = 0xFFFFFFFF
 
 #: Upper bound on the message of the UNKNOWN error built from an unexpected
 #: exception (the full traceback goes to stderr).
@@ -173,6 +184,9 @@ class Context:
     str), ``traceparent`` and ``tracestate`` (str, empty when absent) and
     ``deadline`` (a ``time.monotonic()`` value computed when the start frame was
     read, or None when the call has no deadline).
+
+    ``call()`` and ``stream()`` call other services of the mesh through exemesh
+    on behalf of this call (its deadline and trace context carry over).
     """
 
     __slots__ = (
@@ -189,10 +203,12 @@ class Context:
         "_event",
         "_done",
         "_queue",
+        "_worker",
+        "_outbound",
     )
 
     def __init__(self, call_id, method, kind, request_id="", metadata=None, traceparent="",
-                 tracestate="", deadline=None):
+                 tracestate="", deadline=None, worker=None):
         self.id = call_id
         self.method = method
         self.kind = kind
@@ -206,6 +222,8 @@ class Context:
         self._event = None
         self._done = False
         self._queue = None
+        self._worker = worker
+        self._outbound = None  # the open outbound calls (_Outbound) made for this call
 
     def __repr__(self):
         return "<Context id=%r method=%r kind=%r request_id=%r>" % (
@@ -267,6 +285,55 @@ class Context:
         prefixed with the method and request id."""
         _stderr("[%s %s] %s\n" % (self.method, self.request_id or "#%s" % self.id, msg))
 
+    def call(self, method, request, timeout=None, metadata=None):
+        """Call the unary method ``method`` (``"pkg.Service/Method"``) of another
+        service of the mesh, through exemesh, and return its reply (a dict).
+
+        ``request`` is the proto3 JSON of the request message (None: ``{}``).
+        The call gets what remains of this call's deadline; ``timeout``
+        (seconds) makes it shorter. ``metadata`` (dict of str) is sent as
+        request metadata. A failed call raises ``Error`` with the callee's
+        status code (``exc.code == "NOT_FOUND"``, ...); ``DEADLINE_EXCEEDED`` is
+        also raised locally if no answer came by the deadline (plus
+        ``OUTBOUND_GRACE``), and ``CANCELLED`` if this call is cancelled (or
+        the worker shuts down) meanwhile; the outbound call is cancelled then.
+        Safe to use from many handler threads at once.
+        """
+        worker = self._worker_for_calls()
+        out = worker._open_outbound(self, method, request, timeout, metadata)
+        try:
+            reply = None
+            while True:
+                kind, value = worker._next_outbound(out)
+                if kind == "message":
+                    if reply is None:
+                        reply = value
+                    continue
+                # end
+                if reply is None:
+                    raise Error("INTERNAL", "%s answered without a reply message" % out.method)
+                return reply
+        finally:
+            worker._close_outbound(out)
+
+    def stream(self, method, request, timeout=None, metadata=None):
+        """Call the server-streaming method ``method`` of another service of the
+        mesh through exemesh and return an ``OutboundStream``: an iterator over
+        the reply dicts as they arrive. Arguments and errors are those of
+        ``call()``; an error status is raised by the iteration when it arrives
+        (after the messages before it). The call starts at once. Stopping
+        early: ``close()`` it (or use it as a context manager) to cancel the
+        call; otherwise it is cancelled when this call ends.
+        """
+        worker = self._worker_for_calls()
+        return OutboundStream(worker, worker._open_outbound(self, method, request, timeout, metadata))
+
+    def _worker_for_calls(self):
+        worker = self._worker
+        if worker is None:
+            raise RuntimeError("this Context does not belong to a running Worker: it cannot make calls")
+        return worker
+
     # -- internal ------------------------------------------------------------
 
     def _cancel(self, reason):
@@ -276,11 +343,14 @@ class Context:
         self._cancelled = True
         with _event_lock:
             event = self._event
+            outbound = list(self._outbound) if self._outbound else ()
         if event is not None:
             event.set()
         queue = self._queue
         if queue is not None:
             queue.put(_CANCEL)
+        for out in outbound:
+            out.queue.put(_CANCEL)  # wakes the thread waiting for the answer
 
 
 _HALF_CLOSE = object()
@@ -315,6 +385,72 @@ class _Requests:
         if item is _CANCEL:
             raise Cancelled(ctx.cancel_reason or "cancelled")
         return item
+
+
+class _Outbound:
+    """One outbound call in flight: its id, and the queue the reader thread
+    feeds with ``("message", dict)``, ``("end", None)`` and ``("error", (code,
+    message))`` items (plus ``_CANCEL`` when the parent call is cancelled)."""
+
+    __slots__ = ("call_id", "method", "ctx", "queue", "deadline", "done", "error")
+
+    def __init__(self, method, ctx, deadline):
+        self.call_id = 0
+        self.method = method
+        self.ctx = ctx
+        self.queue = _queue_module.Queue()
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.done = False  # over for its caller: answered, failed or abandoned
+        self.error = None  # the Error to raise to a reader that comes after an abandonment
+
+
+class OutboundStream:
+    """The replies of a server-streaming outbound call (``ctx.stream()``):
+    iterate over it to get each reply dict; a failed call raises ``Error`` when
+    its status arrives. ``close()`` (or leaving a ``with`` block) cancels a call
+    that is still running."""
+
+    __slots__ = ("_worker", "_out")
+
+    def __init__(self, worker, out):
+        self._worker = worker
+        self._out = out
+
+    @property
+    def call_id(self):
+        """The protocol's ``callId`` of this call."""
+        return self._out.call_id
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        out = self._out
+        if out.done:
+            error, out.error = out.error, None
+            if error is not None:
+                raise error
+            raise StopIteration
+        try:
+            kind, value = self._worker._next_outbound(out)
+        except BaseException:
+            self._worker._close_outbound(out)
+            raise
+        if kind == "message":
+            return value
+        self._worker._close_outbound(out)
+        raise StopIteration
+
+    def close(self):
+        """Stop reading: cancel the call if it is still running."""
+        self._worker._close_outbound(self._out)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+        return False
 
 
 # --------------------------------------------------------------------------
@@ -371,7 +507,10 @@ class Worker:
     of it and the pool's ``max_in_flight``) and is the size of the thread pool
     that runs handlers. ``max_frame_bytes`` defaults to the limit exemesh
     announces in ``EXEMESH_MAX_FRAME_BYTES`` (else 4 MiB + 64 KiB): a reply
-    that would make a longer line is answered with RESOURCE_EXHAUSTED instead.
+    that would make a longer line is answered with RESOURCE_EXHAUSTED instead
+    (and an outbound request that would is refused with RESOURCE_EXHAUSTED).
+    ``outbound_grace`` is how long (seconds) ``ctx.call()`` waits past its
+    deadline for exemesh's answer before failing with DEADLINE_EXCEEDED itself.
     """
 
     def __init__(self, max_in_flight=16, *, sdk=SDK_NAME, max_frame_bytes=None,
@@ -391,6 +530,10 @@ class Worker:
         self._out = None
         self._broken = False
         self._pool = None
+        self.outbound_grace = OUTBOUND_GRACE
+        self._outbound = {}  # callId -> _Outbound of the outbound calls in flight
+        self._outbound_lock = threading.Lock()
+        self._last_call_id = 0
 
     # -- registration --------------------------------------------------------
 
@@ -464,6 +607,8 @@ class Worker:
         if output is None:
             output, restore = self._redirect_stdout()
         self._calls = {}
+        with self._outbound_lock:
+            self._outbound = {}
         self._broken = False
         self._out = output
         self._pool = _Pool(self.max_in_flight)
@@ -512,7 +657,9 @@ class Worker:
         calls = list(self._calls.values())
         self._calls = {}
         for ctx in calls:
-            ctx._cancel("worker shutting down (stdin closed)")
+            ctx._cancel("worker shutting down (stdin closed)")  # wakes their outbound calls too
+        with self._outbound_lock:
+            self._outbound = {}
         if restore is not None:
             saved_stdout, frames_fd = restore
             try:
@@ -561,6 +708,8 @@ class Worker:
             if calls.get(ctx.id) is ctx:
                 del calls[ctx.id]  # before writing: exemesh may reuse the id at once
             self._write_locked(data)
+        if ctx._outbound:
+            self._abandon_outbound(ctx)
         return True
 
     def _fail(self, ctx, code, message):
@@ -604,6 +753,9 @@ class Worker:
             _stderr("exemesh_worker: ignoring a stdin line that is not a JSON object: %.200r\n" % line)
             return
         call_id = frame.get("id")
+        if not call_id and "callId" in frame:
+            self._on_outbound_frame(frame, line)
+            return
         if type(call_id) is not int:
             try:
                 call_id = int(call_id)
@@ -628,6 +780,34 @@ class Worker:
             reason = (cancel.get("reason") if type(cancel) is dict else None) or "cancelled"
             ctx._cancel(reason)
             self._fail(ctx, "CANCELLED", "call cancelled: %s" % reason)
+
+    def _on_outbound_frame(self, frame, line):
+        """A frame about one of our outbound calls: hand it to the waiting call."""
+        call_id = frame.get("callId")
+        if type(call_id) is not int:
+            try:
+                call_id = int(call_id)
+            except (TypeError, ValueError):
+                _stderr("exemesh_worker: ignoring a frame without a valid callId: %.200r\n" % line)
+                return
+        if "message" in frame:
+            item, terminal = ("message", frame["message"]), False
+        elif "end" in frame:
+            item, terminal = ("end", None), True
+        elif "error" in frame:
+            error = frame["error"]
+            if type(error) is not dict:
+                error = {}
+            item, terminal = ("error", (error.get("code") or "UNKNOWN", error.get("message") or "")), True
+        else:
+            return
+        with self._outbound_lock:
+            out = self._outbound.get(call_id)
+            if out is None:
+                return  # unknown, finished or abandoned call: ignored
+            if terminal:
+                del self._outbound[call_id]  # exemesh sends nothing more for it
+        out.queue.put(item)
 
     def _on_start(self, call_id, start):
         if call_id <= 0:
@@ -664,7 +844,7 @@ class Worker:
         metadata = start.get("metadata")
         ctx = Context(call_id, method, kind, start.get("requestId") or "",
                       metadata if type(metadata) is dict else {},
-                      start.get("traceparent") or "", start.get("tracestate") or "", deadline)
+                      start.get("traceparent") or "", start.get("tracestate") or "", deadline, self)
         self._calls[call_id] = ctx
         if kind == UNARY:
             self._pool.submit((self._run_unary, function, ctx, start.get("message") or {}))
@@ -680,6 +860,140 @@ class Worker:
                 self._pool.submit((self._run_client_streaming, function, ctx))
             else:
                 self._pool.submit((self._run_bidi_streaming, function, ctx))
+
+    # -- outbound calls (in handler threads) ----------------------------------
+
+    def _open_outbound(self, ctx, method, request, timeout, metadata):
+        """Register an outbound call made for ``ctx`` and send its call frame."""
+        method = str(method).lstrip("/")
+        if "/" not in method:
+            raise ValueError("method must be 'package.Service/Method', got %r" % method)
+        if ctx._cancelled:
+            raise Error("CANCELLED", "cannot call %s: %s was cancelled (%s)"
+                        % (method, ctx.method, ctx.cancel_reason or "cancelled"))
+        if ctx._done:
+            raise Error("CANCELLED", "cannot call %s: %s has already ended" % (method, ctx.method))
+        now = time.monotonic()
+        if ctx.deadline is not None and ctx.deadline <= now:
+            raise Error("DEADLINE_EXCEEDED", "cannot call %s: the deadline of %s has passed" % (method, ctx.method))
+        deadline = ctx.deadline
+        body = {"method": method, "parentId": ctx.id}
+        if timeout is not None:
+            seconds = float(timeout)
+            if not seconds > 0.0:  # also NaN
+                raise Error("DEADLINE_EXCEEDED", "cannot call %s: timeout %r leaves no time" % (method, timeout))
+            if seconds * 1000.0 >= MAX_CALL_ID:
+                timeout_ms = MAX_CALL_ID
+                seconds = MAX_CALL_ID / 1000.0
+            else:
+                timeout_ms = max(1, int(math.ceil(seconds * 1000.0)))  # 0 would mean "no timeout"
+            body["timeoutMs"] = timeout_ms
+            own = now + seconds
+            if deadline is None or own < deadline:
+                deadline = own
+        if metadata:
+            body["metadata"] = {str(key): str(value) for key, value in dict(metadata).items()}
+        body["message"] = {} if request is None else request
+        try:
+            payload = _encode_json(body)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise Error("INTERNAL", "request to %s is not JSON-serialisable: %s" % (method, exc))
+        if len(payload) + 40 > self.max_frame_bytes:
+            raise Error("RESOURCE_EXHAUSTED", "request to %s is %d bytes, over the %d-byte frame limit"
+                        % (method, len(payload), self.max_frame_bytes))
+        if self._broken:
+            raise Error("UNAVAILABLE", "cannot call %s: the worker cannot write to exemesh" % method)
+
+        out = _Outbound(method, ctx, deadline)
+        with _event_lock:  # the same lock as Context._cancel: no cancellation slips through
+            cancelled = ctx._cancelled
+            if not cancelled:
+                if ctx._outbound is None:
+                    ctx._outbound = set()
+                ctx._outbound.add(out)
+        if cancelled:
+            raise Error("CANCELLED", "cannot call %s: %s was cancelled (%s)"
+                        % (method, ctx.method, ctx.cancel_reason or "cancelled"))
+        with self._outbound_lock:
+            if out.done:  # abandoned meanwhile: the parent call ended
+                error = out.error
+            else:
+                error = None
+                calls = self._outbound
+                call_id = self._last_call_id
+                while True:  # unique among the calls in flight, never 0
+                    call_id = call_id + 1 if call_id < MAX_CALL_ID else 1
+                    if call_id not in calls:
+                        break
+                self._last_call_id = call_id
+                out.call_id = call_id
+                calls[call_id] = out
+        if error is not None:
+            raise error
+        self._write(('{"callId":%d,"call":%s}\n' % (out.call_id, payload)).encode())
+        return out
+
+    def _next_outbound(self, out):
+        """The next ``("message", dict)`` or ``("end", None)`` of an outbound
+        call; raises Error for an error status, a cancellation or a timeout."""
+        ctx = out.ctx
+        get = out.queue.get
+        while True:
+            if ctx._cancelled:
+                self._close_outbound(out)
+                raise Error("CANCELLED", "call to %s abandoned: %s was cancelled (%s)"
+                            % (out.method, ctx.method, ctx.cancel_reason or "cancelled"))
+            if out.done:
+                error, out.error = out.error, None
+                raise error or Error("CANCELLED", "call to %s was closed" % out.method)
+            if out.deadline is None:
+                item = get()
+            else:
+                left = out.deadline + self.outbound_grace - time.monotonic()
+                if left <= 0.0:
+                    self._close_outbound(out)
+                    raise Error("DEADLINE_EXCEEDED", "no answer from %s before the deadline" % out.method)
+                try:
+                    item = get(timeout=left)
+                except _queue_module.Empty:
+                    continue
+            if item is _CANCEL:
+                continue  # the checks above say why
+            kind, value = item
+            if kind == "error":
+                self._close_outbound(out)
+                raise Error(value[0], value[1])
+            if kind == "end":
+                self._close_outbound(out)
+            return kind, value
+
+    def _close_outbound(self, out, error=None):
+        """The caller is done with ``out``: forget it, and cancel it with a
+        cancel frame if exemesh has not ended it yet. Idempotent."""
+        with self._outbound_lock:
+            if out.done:
+                return
+            out.done = True
+            out.error = error
+            live = out.call_id != 0 and self._outbound.get(out.call_id) is out
+            if live:
+                del self._outbound[out.call_id]
+        ctx = out.ctx
+        with _event_lock:
+            if ctx._outbound is not None:
+                ctx._outbound.discard(out)
+        if live:
+            self._write(('{"callId":%d,"cancel":{}}\n' % out.call_id).encode())
+
+    def _abandon_outbound(self, ctx):
+        """``ctx`` has ended: cancel the outbound calls still open for it (an
+        unfinished ``ctx.stream()``, a call made from another thread)."""
+        with _event_lock:
+            outbound = list(ctx._outbound) if ctx._outbound else ()
+        for out in outbound:
+            self._close_outbound(out, Error("CANCELLED", "call to %s abandoned: %s has ended"
+                                            % (out.method, ctx.method)))
+            out.queue.put(_CANCEL)
 
     # -- running handlers (in pool threads) -----------------------------------
 

@@ -143,6 +143,31 @@ def generic(arg, ctx):
     raise Error("UNIMPLEMENTED", "generic handler does not do %s" % ctx.kind)
 
 
+@worker.unary("test.v1.Echo/CallOut")
+def call_out(req, ctx):
+    # Calls req.method through exemesh; returns its reply, or the code and message of the Error.
+    options = {key: req[key] for key in ("timeout", "metadata") if key in req}
+    try:
+        reply = ctx.call(req.get("method", ""), req.get("message"), **options)
+    except Error as exc:
+        return {"code": exc.code, "message": exc.message}
+    return {"reply": reply}
+
+
+@worker.server_streaming("test.v1.Echo/StreamOut")
+def stream_out(req, ctx):
+    # Relays the replies of the server-streaming req.method; its error status propagates.
+    # With "take": stops after that many replies, closing the stream unless "leaveOpen".
+    replies = ctx.stream(req.get("method", ""), req.get("message"))
+    take = req.get("take")
+    for n, reply in enumerate(replies, 1):
+        yield {"reply": reply}
+        if take is not None and n >= take:
+            if not req.get("leaveOpen"):
+                replies.close()
+            return
+
+
 if __name__ == "__main__":
     worker.run()
     sys.stderr.write("worker: stdin closed, exiting\n")
