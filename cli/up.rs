@@ -106,12 +106,11 @@ async fn wait_all_serving(supervisor: &Supervisor, registry: &str, total: usize)
             .iter()
             .filter(|(_, s)| matches!(*s.borrow(), ChildState::Listening(_)))
             .count();
-        if listening == total {
-            if let Ok(rows) = super::status::gather(registry, None).await
-                && rows.iter().filter(|r| r.health == "SERVING").count() >= total
-            {
-                return true;
-            }
+        if listening == total
+            && let Ok(rows) = super::status::gather(registry, None).await
+            && rows.iter().filter(|r| r.health == "SERVING").count() >= total
+        {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
