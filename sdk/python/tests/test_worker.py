@@ -27,6 +27,7 @@ ALL_METHODS = sorted([
     "test.v1.Echo/Crash", "test.v1.Echo/ReturnNone", "test.v1.Echo/Big", "test.v1.Echo/Pair",
     "test.v1.Echo/Block", "test.v1.Echo/Observed", "test.v1.Echo/Count", "test.v1.Echo/Forever",
     "test.v1.Echo/Sum", "test.v1.Echo/First", "test.v1.Echo/Chat", "test.v1.Echo/Generic",
+    "test.v1.Echo/CallOut", "test.v1.Echo/StreamOut",
 ])
 
 try:
@@ -107,21 +108,31 @@ class WorkerProcess:
 
     def recv_for(self, call_id, timeout=TIMEOUT):
         """The next frame of `call_id`, keeping other calls' frames for later."""
+        return self._recv_matching(lambda frame: frame.get("id") == call_id, "id %d" % call_id, timeout)
+
+    def recv_outbound(self, call_id=None, timeout=TIMEOUT):
+        """The next frame of an outbound call (one with a callId; of `call_id` if given),
+        keeping other frames for later."""
+        if call_id is None:
+            return self._recv_matching(lambda frame: "callId" in frame, "an outbound call", timeout)
+        return self._recv_matching(lambda frame: frame.get("callId") == call_id, "callId %d" % call_id, timeout)
+
+    def _recv_matching(self, wanted, what, timeout):
         for i, frame in enumerate(self._pending):
-            if frame.get("id") == call_id:
+            if wanted(frame):
                 return self._pending.pop(i)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                pytest.fail("no frame for id %d within %.1fs; stderr:\n%s" % (call_id, timeout, self.stderr))
+                pytest.fail("no frame for %s within %.1fs; stderr:\n%s" % (what, timeout, self.stderr))
             try:
                 frame = self._frames.get(timeout=left)
             except queue.Empty:
                 continue
             assert frame is not None, "worker closed stdout; stderr:\n" + self.stderr
             assert "NOT_A_FRAME" not in frame, frame
-            if frame.get("id") == call_id:
+            if wanted(frame):
                 return frame
             self._pending.append(frame)
 
@@ -579,3 +590,283 @@ def test_cancel_event_is_set_when_created_after_cancel():
     assert event.is_set() and ctx2.cancel_reason == "deadline_exceeded"
     assert 0 < ctx2.time_remaining() <= 10
     assert exemesh_worker.Context(3, "m/m", "unary").time_remaining() is None
+
+
+# --------------------------------------------------------------------------
+# Outbound calls: the test plays exemesh, answering the worker's `call` frames.
+
+CALL_OUT = "test.v1.Echo/CallOut"
+STREAM_OUT = "test.v1.Echo/StreamOut"
+GET_USER = "shop.v1.UserService/GetUser"
+LIST_PRODUCTS = "shop.v1.ProductService/ListProducts"
+
+
+def answer(w, call_id, *frames):
+    """Send exemesh's answer frames for the outbound call `call_id`."""
+    for frame in frames:
+        w.send(dict({"callId": call_id}, **frame))
+
+
+def test_outbound_call_returns_the_reply(worker):
+    worker.start(7, CALL_OUT, {"method": GET_USER, "message": {"id": "u1"}}, timeoutMs=5000)
+    frame = worker.recv_outbound()
+    call_id = frame["callId"]
+    assert type(call_id) is int and call_id > 0
+    # no timeoutMs and no metadata unless asked for: exemesh applies the parent's deadline
+    assert frame == {"callId": call_id, "call": {"method": GET_USER, "parentId": 7, "message": {"id": "u1"}}}
+    assert worker.raw_lines[-1] == (b'{"callId":%d,"call":{"method":"shop.v1.UserService/GetUser","parentId":7,'
+                                    b'"message":{"id":"u1"}}}\n' % call_id)
+    answer(worker, call_id, {"message": {"id": "u1", "name": "Ada Lovelace"}}, {"end": {}})
+    assert worker.collect(7) == [{"id": 7, "message": {"reply": {"id": "u1", "name": "Ada Lovelace"}}},
+                                 {"id": 7, "end": {}}]
+    # late frames of the finished outbound call and frames of unknown callIds are ignored
+    answer(worker, call_id, {"message": {}}, {"end": {}})
+    answer(worker, 4242, {"message": {}}, {"error": {"code": "INTERNAL", "message": "x"}})
+    worker.send({"callId": 4243, "id": 0, "end": {}})
+    worker.expect_quiet()
+    # the worker still works, and its next outbound call gets a new callId
+    worker.start(8, CALL_OUT, {"method": GET_USER})
+    second = worker.recv_outbound()
+    assert second["callId"] not in (0, call_id)
+    assert second["call"] == {"method": GET_USER, "parentId": 8, "message": {}}
+    answer(worker, second["callId"], {"message": {}}, {"end": {}})
+    assert worker.collect(8) == [{"id": 8, "message": {"reply": {}}}, {"id": 8, "end": {}}]
+
+
+@pytest.mark.parametrize("code,expected", [
+    ("NOT_FOUND", "NOT_FOUND"),
+    ("5", "NOT_FOUND"),
+    (14, "UNAVAILABLE"),
+    ("NO_SUCH_CODE", "UNKNOWN"),
+])
+def test_outbound_call_error_raises_error_with_its_code(worker, code, expected):
+    worker.start(3, CALL_OUT, {"method": GET_USER, "message": {"id": "u9"}})
+    call_id = worker.recv_outbound()["callId"]
+    answer(worker, call_id, {"error": {"code": code, "message": "no user u9"}})
+    assert worker.collect(3) == [{"id": 3, "message": {"code": expected, "message": "no user u9"}},
+                                 {"id": 3, "end": {}}]
+    worker.expect_quiet()  # no cancel frame: exemesh had ended the call
+
+
+def test_outbound_unary_end_without_message_is_internal(worker):
+    worker.start(3, CALL_OUT, {"method": GET_USER})
+    answer(worker, worker.recv_outbound()["callId"], {"end": {}})
+    [msg, _] = worker.collect(3)
+    assert msg["message"]["code"] == "INTERNAL"
+    assert "without a reply message" in msg["message"]["message"]
+
+
+def test_outbound_call_timeout_and_metadata(worker):
+    worker.start(4, CALL_OUT, {"method": GET_USER, "message": {"id": "u1"}, "timeout": 0.25,
+                               "metadata": {"x-tenant": "acme"}}, timeoutMs=5000)
+    frame = worker.recv_outbound()
+    assert frame["call"] == {"method": GET_USER, "parentId": 4, "message": {"id": "u1"}, "timeoutMs": 250,
+                             "metadata": {"x-tenant": "acme"}}
+    answer(worker, frame["callId"], {"message": {"id": "u1"}}, {"end": {}})
+    assert worker.collect(4)[0] == {"id": 4, "message": {"reply": {"id": "u1"}}}
+
+
+def test_outbound_stream_relays_messages_as_they_arrive(worker):
+    worker.start(5, STREAM_OUT, {"method": LIST_PRODUCTS, "message": {"category": "grocery"}},
+                 kind="server_streaming", timeoutMs=5000)
+    frame = worker.recv_outbound()
+    call_id = frame["callId"]
+    assert frame["call"] == {"method": LIST_PRODUCTS, "parentId": 5, "message": {"category": "grocery"}}
+    for i in range(3):  # each reply is relayed before the next one is even sent
+        answer(worker, call_id, {"message": {"id": "p%d" % i}})
+        assert worker.recv_for(5) == {"id": 5, "message": {"reply": {"id": "p%d" % i}}}
+    answer(worker, call_id, {"end": {}})
+    assert worker.recv_for(5) == {"id": 5, "end": {}}
+    worker.expect_quiet()
+
+
+def test_outbound_stream_error_arrives_after_the_messages(worker):
+    worker.start(6, STREAM_OUT, {"method": LIST_PRODUCTS}, kind="server_streaming")
+    call_id = worker.recv_outbound()["callId"]
+    answer(worker, call_id, {"message": {"id": "p1"}})
+    assert worker.recv_for(6) == {"id": 6, "message": {"reply": {"id": "p1"}}}
+    answer(worker, call_id, {"message": {"id": "p2"}}, {"error": {"code": "UNAVAILABLE", "message": "lost it"}})
+    assert worker.collect(6) == [{"id": 6, "message": {"reply": {"id": "p2"}}},
+                                 {"id": 6, "error": {"code": "UNAVAILABLE", "message": "lost it"}}]
+    worker.expect_quiet()
+
+
+def test_outbound_stream_closed_early_is_cancelled(worker):
+    worker.start(9, STREAM_OUT, {"method": LIST_PRODUCTS, "take": 1}, kind="server_streaming")
+    call_id = worker.recv_outbound()["callId"]
+    answer(worker, call_id, {"message": {"id": "p1"}})
+    assert worker.recv_for(9) == {"id": 9, "message": {"reply": {"id": "p1"}}}
+    assert worker.recv_outbound(call_id) == {"callId": call_id, "cancel": {}}
+    assert worker.recv_for(9) == {"id": 9, "end": {}}
+    answer(worker, call_id, {"message": {"id": "p2"}}, {"end": {}})  # too late: ignored
+    worker.expect_quiet()
+
+
+def test_outbound_stream_left_open_is_cancelled_when_the_call_ends(worker):
+    worker.start(9, STREAM_OUT, {"method": LIST_PRODUCTS, "take": 1, "leaveOpen": True},
+                 kind="server_streaming")
+    call_id = worker.recv_outbound()["callId"]
+    answer(worker, call_id, {"message": {"id": "p1"}})
+    assert worker.collect(9) == [{"id": 9, "message": {"reply": {"id": "p1"}}}, {"id": 9, "end": {}}]
+    assert worker.recv_outbound(call_id) == {"callId": call_id, "cancel": {}}
+    worker.expect_quiet()
+
+
+def test_outbound_call_without_answer_times_out_at_the_parent_deadline(worker):
+    started = time.monotonic()
+    worker.start(11, CALL_OUT, {"method": GET_USER}, timeoutMs=300)
+    call_id = worker.recv_outbound()["callId"]
+    # exemesh never answers: the helper gives up at the deadline plus its grace and cancels the call
+    assert worker.recv_outbound(call_id) == {"callId": call_id, "cancel": {}}
+    [msg, end] = worker.collect(11)
+    elapsed = time.monotonic() - started
+    assert msg["message"]["code"] == "DEADLINE_EXCEEDED", msg
+    assert end == {"id": 11, "end": {}}
+    grace = exemesh_worker.OUTBOUND_GRACE
+    assert 0.3 + grace - 0.05 <= elapsed < 0.3 + grace + 3.0
+    answer(worker, call_id, {"message": {}}, {"end": {}})  # a late answer is ignored
+    worker.expect_quiet()
+
+
+def test_outbound_call_own_timeout_bounds_the_wait(worker):
+    started = time.monotonic()
+    worker.start(12, CALL_OUT, {"method": GET_USER, "timeout": 0.1})  # parent without deadline
+    frame = worker.recv_outbound()
+    assert frame["call"]["timeoutMs"] == 100
+    assert worker.recv_outbound(frame["callId"]) == {"callId": frame["callId"], "cancel": {}}
+    assert worker.collect(12)[0]["message"]["code"] == "DEADLINE_EXCEEDED"
+    assert time.monotonic() - started < 0.1 + exemesh_worker.OUTBOUND_GRACE + 3.0
+
+
+def test_cancelling_the_parent_cancels_the_outbound_call(spawn):
+    w = spawn(TEST_MAX_IN_FLIGHT=1)
+    w.start(13, CALL_OUT, {"method": GET_USER})  # no deadline: would wait forever
+    call_id = w.recv_outbound()["callId"]
+    w.send({"id": 13, "cancel": {"reason": "cancelled"}})
+    assert w.recv_for(13) == {"id": 13, "error": {"code": "CANCELLED", "message": "call cancelled: cancelled"}}
+    assert w.recv_outbound(call_id) == {"callId": call_id, "cancel": {}}
+    # the handler woke up (with CANCELLED): the only pool thread is free again
+    assert w.call(14, "test.v1.Echo/Unary", {})[-1] == {"id": 14, "end": {}}
+    w.expect_quiet()
+
+
+def test_concurrent_outbound_calls_answered_out_of_order(worker):
+    worker.start(1, CALL_OUT, {"method": GET_USER, "message": {"id": "a"}})
+    worker.start(2, CALL_OUT, {"method": GET_USER, "message": {"id": "b"}})
+    calls = [worker.recv_outbound(), worker.recv_outbound()]
+    by_parent = {c["call"]["parentId"]: c for c in calls}
+    assert sorted(by_parent) == [1, 2]
+    assert by_parent[1]["call"]["message"] == {"id": "a"} and by_parent[2]["call"]["message"] == {"id": "b"}
+    assert by_parent[1]["callId"] != by_parent[2]["callId"]
+    answer(worker, by_parent[2]["callId"], {"message": {"who": "b"}})
+    answer(worker, by_parent[1]["callId"], {"message": {"who": "a"}}, {"end": {}})
+    assert worker.collect(1) == [{"id": 1, "message": {"reply": {"who": "a"}}}, {"id": 1, "end": {}}]
+    answer(worker, by_parent[2]["callId"], {"end": {}})
+    assert worker.collect(2) == [{"id": 2, "message": {"reply": {"who": "b"}}}, {"id": 2, "end": {}}]
+
+
+def test_many_concurrent_outbound_calls_are_routed(spawn):
+    w = spawn(TEST_MAX_IN_FLIGHT=8)
+    n = 40
+    for i in range(1, n + 1):
+        w.start(i, CALL_OUT, {"method": GET_USER, "message": {"n": i}}, timeoutMs=20000)
+    replies = {}
+    open_calls = []
+    in_flight = set()
+    while len(replies) < n:
+        try:
+            frame = w._pending.pop(0) if w._pending else w._frames.get(timeout=0.05)
+        except queue.Empty:
+            # answer everything waiting, newest first, interleaving the frames of different calls
+            for call in reversed(open_calls):
+                answer(w, call["callId"], {"message": {"n": call["call"]["message"]["n"],
+                                                       "parent": call["call"]["parentId"]}})
+            for call in open_calls:
+                answer(w, call["callId"], {"end": {}})
+            open_calls = []
+            continue
+        assert frame is not None, w.stderr
+        if "call" in frame:
+            assert frame["callId"] not in in_flight and frame["callId"] != 0
+            in_flight.add(frame["callId"])
+            open_calls.append(frame)
+        elif "message" in frame:
+            replies[frame["id"]] = frame["message"]
+        elif "end" in frame:
+            pass
+        else:
+            pytest.fail("unexpected frame %r" % (frame,))
+    assert replies == {i: {"reply": {"n": i, "parent": i}} for i in range(1, n + 1)}
+
+
+# In-process checks of outbound calls.
+
+
+def _detached_worker(**kwargs):
+    w = Worker(**kwargs)
+    w._out = io.BytesIO()
+    return w
+
+
+def test_outbound_call_ids_wrap_and_skip_zero_and_calls_in_flight():
+    w = _detached_worker()
+    ctx = exemesh_worker.Context(3, "pkg.S/M", "unary", worker=w)
+    w._last_call_id = exemesh_worker.MAX_CALL_ID - 1
+    first = w._open_outbound(ctx, "pkg.T/N", {"a": 1}, None, None)
+    assert first.call_id == exemesh_worker.MAX_CALL_ID
+    blocker = w._open_outbound(ctx, "pkg.T/N", {}, None, None)
+    assert blocker.call_id == 1  # wrapped, skipping 0
+    w._last_call_id = 0
+    third = w._open_outbound(ctx, "pkg.T/N", {}, None, None)
+    assert third.call_id == 2  # 1 is still in flight
+    for out in (first, blocker, third):
+        w._close_outbound(out)
+    w._close_outbound(first)  # idempotent: no second cancel frame
+    lines = w._out.getvalue().decode().splitlines()
+    assert lines == [
+        '{"callId":4294967295,"call":{"method":"pkg.T/N","parentId":3,"message":{"a":1}}}',
+        '{"callId":1,"call":{"method":"pkg.T/N","parentId":3,"message":{}}}',
+        '{"callId":2,"call":{"method":"pkg.T/N","parentId":3,"message":{}}}',
+        '{"callId":4294967295,"cancel":{}}',
+        '{"callId":1,"cancel":{}}',
+        '{"callId":2,"cancel":{}}',
+    ]
+    assert w._outbound == {} and not ctx._outbound
+
+
+def test_outbound_call_argument_errors():
+    w = _detached_worker(max_frame_bytes=200)
+    ctx = exemesh_worker.Context(3, "pkg.S/M", "unary", worker=w)
+    with pytest.raises(ValueError):
+        ctx.call("no-slash", {})
+    with pytest.raises(Error) as info:
+        ctx.call("pkg.T/N", {"x": object()})
+    assert info.value.code == "INTERNAL"
+    with pytest.raises(Error) as info:
+        ctx.call("pkg.T/N", {"x": "y" * 500})
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+    for timeout in (0, -1, float("nan")):
+        with pytest.raises(Error) as info:
+            ctx.call("pkg.T/N", {}, timeout=timeout)
+        assert info.value.code == "DEADLINE_EXCEEDED"
+    late = exemesh_worker.Context(4, "pkg.S/M", "unary", deadline=time.monotonic() - 1, worker=w)
+    with pytest.raises(Error) as info:
+        late.call("pkg.T/N", {})
+    assert info.value.code == "DEADLINE_EXCEEDED"
+    cancelled = exemesh_worker.Context(5, "pkg.S/M", "unary", worker=w)
+    cancelled._cancel("cancelled")
+    with pytest.raises(Error) as info:
+        cancelled.stream("pkg.T/N", {})
+    assert info.value.code == "CANCELLED"
+    assert w._out.getvalue() == b""  # nothing was sent
+    with pytest.raises(RuntimeError):
+        exemesh_worker.Context(6, "pkg.S/M", "unary").call("pkg.T/N", {})
+
+
+def test_outbound_huge_timeout_is_capped():
+    w = _detached_worker()
+    ctx = exemesh_worker.Context(3, "pkg.S/M", "unary", worker=w)
+    out = w._open_outbound(ctx, "pkg.T/N", None, float("inf"), {"k": 1})
+    assert json.loads(w._out.getvalue())["call"] == {
+        "method": "pkg.T/N", "parentId": 3, "timeoutMs": 4294967295, "metadata": {"k": "1"}, "message": {}}
+    w._close_outbound(out)

@@ -1,0 +1,172 @@
+//! `exemesh up`: a whole mesh from one command, as a user runs it.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{exemesh, fixture, marker, processes_named, wait_no_processes};
+
+fn write_mesh(dir: &std::path::Path, mark: &str) -> std::path::PathBuf {
+    let worker = include_str!("fixtures/echo/worker.toml")
+        .replace("@FIXTURES@", &fixture("echo").display().to_string())
+        .replace("@MARKER@", mark)
+        .replace("workers = 2", "workers = 1");
+    std::fs::write(dir.join("echo.toml"), worker).expect("manifest");
+    let mesh = "[registry]\nlisten = \"127.0.0.1:0\"\n\n[services.echo]\nmanifest = \"echo.toml\"\nreplicas = 3\n";
+    let path = dir.join("mesh.toml");
+    std::fs::write(&path, mesh).expect("mesh file");
+    path
+}
+
+fn call(registry: &str, json: &str) -> std::process::Output {
+    Command::new(exemesh())
+        .args(["call", "--discovery", registry, "test.v1.Echo/Legacy", json])
+        .output()
+        .expect("call")
+}
+
+fn serve_pids() -> Vec<i32> {
+    // The `exemesh serve` children of this test's `up` carry its instance names on their command line.
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        if !zombie && text.contains(" serve ") && text.contains("exemesh-up-test") {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
+    let dir = tempfile::Builder::new()
+        .prefix("exemesh-up-test")
+        .tempdir()
+        .expect("tempdir");
+    let mark = marker("up");
+    let mesh = write_mesh(dir.path(), &mark);
+    let mut up = Command::new(exemesh())
+        .arg("up")
+        .arg(&mesh)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("exemesh up");
+    let mut out = BufReader::new(up.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    out.read_line(&mut first).expect("read");
+    let registry = first
+        .trim()
+        .strip_prefix("registry listening on ")
+        .unwrap_or_else(|| panic!("{first:?}"))
+        .to_string();
+    // The table: one SERVING row per replica, printed once all are up.
+    let mut table = String::new();
+    while !table.contains("mesh up:") {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "up exited early:\n{table}"
+        );
+        table.push_str(&line);
+    }
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("test.v1.Echo"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(
+        rows.iter()
+            .all(|r| r.contains("SERVING") && r.contains("127.0.0.1:")),
+        "{table}"
+    );
+    for n in 1..=3 {
+        assert!(table.contains(&format!("echo-{n}")), "{table}");
+    }
+
+    let reply = call(&registry, r#"{"text":"through discovery"}"#);
+    assert!(
+        reply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reply.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&reply.stdout),
+        "{\"text\":\"through discovery\"}\n"
+    );
+
+    // kill -9 one instance: up restarts it and it registers again.
+    let pids = serve_pids();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    unsafe {
+        libc::kill(pids[0], libc::SIGKILL);
+    }
+    let start = Instant::now();
+    loop {
+        let now = serve_pids();
+        if now.len() == 3 && !now.contains(&pids[0]) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the instance was not restarted: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = Instant::now();
+    loop {
+        let status = Command::new(exemesh())
+            .args(["status", "--discovery", &registry, "--json"])
+            .output()
+            .expect("status");
+        let rows: serde_json::Value =
+            serde_json::from_slice(&status.stdout).expect("status --json");
+        let serving = rows
+            .as_array()
+            .map(|a| a.iter().filter(|r| r["health"] == "SERVING").count())
+            .unwrap_or(0);
+        let ids: std::collections::BTreeSet<String> = rows
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["instance"].as_str().map(str::to_string))
+            .collect();
+        if serving == 3 && ids.len() == 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "status never showed 3 serving instances: {rows}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Ctrl-C: everything stops, nothing is left behind.
+    assert!(!processes_named(&mark, "python3").is_empty());
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGINT);
+    }
+    let status = tokio::task::spawn_blocking(move || up.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        serve_pids().is_empty(),
+        "serve processes survived: {:?}",
+        serve_pids()
+    );
+    let left = wait_no_processes(&mark, Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "workers survived: {left:?}");
+}
