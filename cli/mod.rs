@@ -1,5 +1,6 @@
 //! The subcommands, one file each.
 
+mod bench;
 mod call;
 mod check;
 mod init;
@@ -30,6 +31,7 @@ enum Command {
     Registry(registry::Args),
     Status(status::Args),
     Up(up::Args),
+    Bench(bench::Args),
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into an exit code.
@@ -62,6 +64,7 @@ pub fn main() -> ExitCode {
             Command::Registry(args) => registry::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Up(args) => up::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -18,7 +18,12 @@ One program, two faces:
 
 * ``shop.py worker``: a long-lived exemesh worker (docs/worker-protocol.md)
   serving shop.v1.UserService, shop.v1.OrderService and shop.v1.ProductService
-  over stdin/stdout with the exemesh_worker helper.
+  over stdin/stdout with the exemesh_worker helper. In this mode PlaceOrder
+  (and ImportOrders) check the user and the products by calling
+  shop.v1.UserService/GetUser and shop.v1.ProductService/GetProduct through
+  the mesh (``ctx.call``) instead of reading the tables below, so the order
+  service needs the other two services and a registry (``exemesh up
+  mesh.toml``). The CLI reads the tables directly: there is no mesh then.
 
 Orders live in a SQLite file, ``$SHOP_DB`` (default: shop-orders.db in the
 system's temporary directory), shared by every process. Only the standard
@@ -102,17 +107,23 @@ def _field(message, camel, snake, default):
     return value
 
 
-def place_order(request, store=None):
-    """Validate a PlaceOrderRequest (proto3 JSON dict) and store the order."""
+def place_order(request, store=None, lookup_user=None, lookup_product=None):
+    """Validate a PlaceOrderRequest (proto3 JSON dict) and store the order.
+
+    ``lookup_user(user_id)`` returns the user or raises ShopError NOT_FOUND;
+    ``lookup_product(product_id)`` returns the product (proto3 JSON: fields with
+    default values may be absent) or None when there is no such product. They
+    default to the local tables (the CLI); the worker passes lookups that call
+    UserService and ProductService through the mesh. The request is checked
+    first, so a malformed order costs no lookup.
+    """
     user_id = _field(request, "userId", "user_id", "")
     if not user_id:
         raise ShopError("INVALID_ARGUMENT", "user_id is required")
-    get_user(user_id)
     raw_lines = request.get("lines") or []
     if not raw_lines:
         raise ShopError("INVALID_ARGUMENT", "an order needs at least one line")
-    lines = []
-    total = 0
+    wanted = []
     for n, line in enumerate(raw_lines, 1):
         product_id = _field(line, "productId", "product_id", "")
         try:
@@ -122,13 +133,24 @@ def place_order(request, store=None):
                             % (n, line.get("quantity")))
         if quantity <= 0:
             raise ShopError("INVALID_ARGUMENT", "line %d: quantity must be > 0, got %d" % (n, quantity))
-        product = PRODUCTS_BY_ID.get(product_id)
+        wanted.append((n, product_id, quantity))
+
+    (lookup_user or get_user)(user_id)
+    lookup_product = lookup_product or PRODUCTS_BY_ID.get
+    products = {}  # each product is looked up once per order
+    lines = []
+    total = 0
+    for n, product_id, quantity in wanted:
+        if product_id not in products:
+            products[product_id] = lookup_product(product_id)
+        product = products[product_id]
         if product is None:
             raise ShopError("FAILED_PRECONDITION", "line %d: product %r is not in the catalogue" % (n, product_id))
-        if quantity > product["stock"]:
+        stock = int(product.get("stock") or 0)
+        if quantity > stock:
             raise ShopError("FAILED_PRECONDITION", "line %d: only %d of %s in stock, %d ordered"
-                            % (n, product["stock"], product_id, quantity))
-        total += int(product["priceCents"]) * quantity
+                            % (n, stock, product_id, quantity))
+        total += int(product.get("priceCents") or 0) * quantity
         lines.append({"productId": product_id, "quantity": quantity})
     import uuid
 
@@ -246,6 +268,10 @@ def _load_worker_sdk():
     return exemesh_worker
 
 
+GET_USER = "shop.v1.UserService/GetUser"
+GET_PRODUCT = "shop.v1.ProductService/GetProduct"
+
+
 def build_worker(max_in_flight=8):
     """The exemesh worker serving UserService, OrderService and ProductService."""
     sdk = _load_worker_sdk()
@@ -254,6 +280,30 @@ def build_worker(max_in_flight=8):
 
     def status(exc):
         return Error(exc.code, exc.message)
+
+    def through_the_mesh(ctx):
+        """place_order's lookups for the call ``ctx``: UserService and
+        ProductService, called through exemesh (with ctx's deadline). NOT_FOUND
+        becomes the business error place_order expects; any other status (the
+        service is down, the deadline passed, ...) fails the order with it."""
+
+        def lookup_user(user_id):
+            try:
+                return ctx.call(GET_USER, {"id": user_id})
+            except Error as exc:
+                if exc.code == "NOT_FOUND":
+                    raise ShopError("NOT_FOUND", "no user %r" % user_id)
+                raise Error(exc.code, "%s: %s" % (GET_USER, exc.message))
+
+        def lookup_product(product_id):
+            try:
+                return ctx.call(GET_PRODUCT, {"id": product_id})
+            except Error as exc:
+                if exc.code == "NOT_FOUND":
+                    return None  # place_order: FAILED_PRECONDITION, not in the catalogue
+                raise Error(exc.code, "%s: %s" % (GET_PRODUCT, exc.message))
+
+        return {"lookup_user": lookup_user, "lookup_product": lookup_product}
 
     @worker.unary("shop.v1.UserService/GetUser")
     def _get_user(req, ctx):
@@ -265,7 +315,7 @@ def build_worker(max_in_flight=8):
     @worker.unary("shop.v1.OrderService/PlaceOrder")
     def _place_order(req, ctx):
         try:
-            order = place_order(req)
+            order = place_order(req, **through_the_mesh(ctx))
         except ShopError as exc:
             raise status(exc)
         ctx.log("placed %s for %s (%s cents)" % (order["id"], order["userId"], order["totalCents"]))
@@ -280,10 +330,13 @@ def build_worker(max_in_flight=8):
 
     @worker.client_streaming("shop.v1.OrderService/ImportOrders")
     def _import_orders(requests, ctx):
+        # A business error rejects one order; a failed lookup (UserService or ProductService
+        # unavailable, deadline) fails the whole import with its status.
+        lookups = through_the_mesh(ctx)
         accepted, rejected, order_ids = 0, 0, []
         for req in requests:
             try:
-                order_ids.append(place_order(req)["id"])
+                order_ids.append(place_order(req, **lookups)["id"])
                 accepted += 1
             except ShopError as exc:
                 rejected += 1
