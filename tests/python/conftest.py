@@ -37,10 +37,10 @@ def grpcurl_bin():
 class Server:
     """`exemesh serve MANIFEST --listen 127.0.0.1:0`, ready once health says SERVING."""
 
-    def __init__(self, manifest, env=None):
+    def __init__(self, manifest, env=None, args=()):
         self.log = tempfile.NamedTemporaryFile(prefix="exemesh-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [exemesh_bin(), "serve", str(manifest), "--listen", "127.0.0.1:0"],
+            [exemesh_bin(), "serve", str(manifest), "--listen", "127.0.0.1:0", *args],
             stdout=subprocess.PIPE, stderr=self.log, env={**os.environ, **(env or {})},
             start_new_session=True, text=True,
         )
@@ -107,8 +107,8 @@ def stubs(tmp_path_factory):
 def serve(tmp_path):
     servers = []
 
-    def start(manifest, env=None):
-        server = Server(manifest, env)
+    def start(manifest, env=None, args=()):
+        server = Server(manifest, env, args)
         servers.append(server)
         return server
 
@@ -120,3 +120,15 @@ def serve(tmp_path):
 @pytest.fixture
 def shop_env(tmp_path):
     return {"SHOP_DB": str(tmp_path / "orders.db")}
+
+
+@pytest.fixture
+def registry():
+    """An `exemesh registry` on an ephemeral port; yields its address."""
+    proc = subprocess.Popen([exemesh_bin(), "registry", "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    line = proc.stdout.readline().strip()
+    assert line.startswith("listening on "), line
+    yield line[len("listening on "):]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)

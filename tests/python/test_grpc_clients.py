@@ -24,17 +24,20 @@ def test_shop_products_wrap_the_unmodified_cli(stubs, serve):
     assert len(list(products.ListProducts(product_pb2.ListProductsRequest(), timeout=10))) == 6
 
 
-def test_shop_users_and_orders_in_worker_mode(stubs, serve, shop_env):
+def test_shop_users_and_orders_in_worker_mode(stubs, serve, shop_env, registry):
     from shop.v1 import order_pb2, order_pb2_grpc, user_pb2, user_pb2_grpc
 
-    users = user_pb2_grpc.UserServiceStub(serve(SHOP / "user.toml", shop_env).channel)
+    # PlaceOrder calls UserService and ProductService through the mesh: all three join one registry.
+    mesh = ("--discovery", registry)
+    serve(SHOP / "product.toml", shop_env, mesh)
+    users = user_pb2_grpc.UserServiceStub(serve(SHOP / "user.toml", shop_env, mesh).channel)
     ada = users.GetUser(user_pb2.GetUserRequest(id="u1"), timeout=10)
     assert (ada.name, ada.tier) == ("Ada Lovelace", user_pb2.TIER_GOLD)
     with pytest.raises(grpc.RpcError) as err:
         users.GetUser(user_pb2.GetUserRequest(id="u404"), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
-    orders = order_pb2_grpc.OrderServiceStub(serve(SHOP / "order.toml", shop_env).channel)
+    orders = order_pb2_grpc.OrderServiceStub(serve(SHOP / "order.toml", shop_env, mesh).channel)
     line = order_pb2.OrderLine(product_id="p1", quantity=2)
     placed = orders.PlaceOrder(order_pb2.PlaceOrderRequest(user_id="u1", lines=[line]), timeout=10)
     assert placed.total_cents == 2 * 8999 and placed.status == order_pb2.ORDER_STATUS_PLACED

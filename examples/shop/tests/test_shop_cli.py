@@ -1,6 +1,8 @@
 """Tests of examples/shop/shop.py as a plain program: no exemesh needed.
 
-The CLI is run as a subprocess; the worker mode is spoken to over pipes.
+The CLI is run as a subprocess; the worker mode is spoken to over pipes, the
+tests playing exemesh, including its side of the worker's outbound calls
+(PlaceOrder asks UserService and ProductService through the mesh).
 """
 
 import json
@@ -15,6 +17,9 @@ import pytest
 SHOP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHOP = os.path.join(SHOP_DIR, "shop.py")
 TIMEOUT = 15.0
+
+sys.path.insert(0, SHOP_DIR)
+import shop  # noqa: E402  (the data the fake mesh answers from; importing has no side effects)
 
 P1 = {"id": "p1", "name": "Mechanical keyboard", "category": "electronics", "priceCents": "8999",
       "stock": 12, "tags": ["keyboard", "usb"]}
@@ -134,25 +139,88 @@ def test_importing_shop_has_no_side_effects(shop_env):
 # --------------------------------------------------------------------------
 # Worker mode, over pipes
 
+GET_USER = "shop.v1.UserService/GetUser"
+GET_PRODUCT = "shop.v1.ProductService/GetProduct"
+
+
+def canonical(message):
+    """A message as exemesh delivers it (proto3 JSON): fields with default values are absent."""
+    return {k: v for k, v in message.items() if v not in (0, "", "0", [], None)}
+
+
+def reply(message):
+    return [{"message": canonical(message)}, {"end": {}}]
+
+
+def error(code, message):
+    return [{"error": {"code": code, "message": message}}]
+
+
+def get_user(request):
+    user = shop.USERS.get(request.get("id", ""))
+    return reply(user) if user else error("NOT_FOUND", "no user %r" % request.get("id", ""))
+
+
+def get_product(request):
+    product = shop.PRODUCTS_BY_ID.get(request.get("id", ""))
+    return reply(product) if product else error("NOT_FOUND", "no product %r" % request.get("id", ""))
+
+
+class FakeMesh:
+    """exemesh's side of the worker's outbound calls: answers each `call` frame from the
+    handlers (method -> function(request) -> answer frames), by default UserService and
+    ProductService over shop.py's own data, and records the calls and cancels."""
+
+    def __init__(self, **overrides):
+        self.handlers = {GET_USER: get_user, GET_PRODUCT: get_product}
+        self.handlers.update({GET_USER if k == "user" else GET_PRODUCT: v for k, v in overrides.items()})
+        self.calls = []  # (parentId, method, message) in arrival order
+        self.cancels = []
+
+    def answer(self, frame):
+        if "cancel" in frame:
+            self.cancels.append(frame["callId"])
+            return []
+        call = frame["call"]
+        self.calls.append((call.get("parentId"), call["method"], call.get("message", {})))
+        handler = self.handlers.get(call["method"])
+        if handler is None:
+            return error("UNIMPLEMENTED", "no service for %s" % call["method"])
+        return handler(call.get("message", {}))
+
+    def methods(self):
+        return [(method, message) for _, method, message in self.calls]
+
 
 class Worker:
-    def __init__(self, env):
+    """`shop.py worker` over pipes. With a `mesh`, its outbound calls are answered by it (from
+    the reader thread); without, their frames are delivered by recv() like any other."""
+
+    def __init__(self, env, mesh=None):
         self.proc = subprocess.Popen([sys.executable, "-u", SHOP, "worker"], env=env, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.mesh = mesh
         self.frames = queue.Queue()
         self.pending = []
         self.stderr = []
+        self.write_lock = threading.Lock()
         threading.Thread(target=self._read, daemon=True).start()
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
 
     def _read(self):
         for line in self.proc.stdout:
-            self.frames.put(json.loads(line))
+            frame = json.loads(line)
+            if "callId" in frame and self.mesh is not None:
+                for answer in self.mesh.answer(frame):
+                    self.send(dict({"callId": frame["callId"]}, **answer))
+                continue
+            self.frames.put(frame)
         self.frames.put(None)
 
     def send(self, frame):
-        self.proc.stdin.write(json.dumps(frame).encode() + b"\n")
-        self.proc.stdin.flush()
+        with self.write_lock:
+            self.proc.stdin.write(json.dumps(frame).encode() + b"\n")
+            self.proc.stdin.flush()
 
     def recv(self):
         try:
@@ -163,16 +231,19 @@ class Worker:
         return frame
 
     def collect(self, call_id):
-        frames = [f for f in self.pending if f["id"] == call_id]
-        self.pending = [f for f in self.pending if f["id"] != call_id]
+        frames = [f for f in self.pending if f.get("id") == call_id]
+        self.pending = [f for f in self.pending if f.get("id") != call_id]
         while not frames or not ({"end", "error"} & set(frames[-1])):
             frame = self.recv()
             (frames if frame.get("id") == call_id else self.pending).append(frame)
         return frames
 
-    def unary(self, call_id, method, message):
+    def start_unary(self, call_id, method, message):
         self.send({"id": call_id, "start": {"method": method, "kind": "unary", "message": message,
                                             "halfClose": True, "timeoutMs": 5000, "requestId": "t-%d" % call_id}})
+
+    def unary(self, call_id, method, message):
+        self.start_unary(call_id, method, message)
         return self.collect(call_id)
 
     def stop(self):
@@ -188,13 +259,30 @@ class Worker:
 
 
 @pytest.fixture
-def worker(shop_env):
-    w = Worker(shop_env)
-    ready = w.recv()
-    assert ready["ready"]["maxInFlight"] == 8
-    assert "shop.v1.UserService/GetUser" in ready["ready"]["methods"]
-    yield w
-    w.stop()
+def spawn_worker(shop_env):
+    workers = []
+
+    def _spawn(mesh=None):
+        w = Worker(shop_env, mesh)
+        workers.append(w)
+        ready = w.recv()
+        assert ready["ready"]["maxInFlight"] == 8
+        assert "shop.v1.UserService/GetUser" in ready["ready"]["methods"]
+        return w
+
+    yield _spawn
+    for w in workers:
+        assert w.stop() == 0
+
+
+@pytest.fixture
+def mesh():
+    return FakeMesh()
+
+
+@pytest.fixture
+def worker(spawn_worker, mesh):
+    return spawn_worker(mesh)
 
 
 def test_worker_get_user(worker):
@@ -206,23 +294,62 @@ def test_worker_get_user(worker):
         {"id": 2, "error": {"code": "NOT_FOUND", "message": "no user 'nobody'"}}]
     assert worker.unary(3, "shop.v1.UserService/GetUser", {}) == [
         {"id": 3, "error": {"code": "NOT_FOUND", "message": "no user ''"}}]
+    assert worker.mesh.calls == []  # GetUser itself reads the table
 
 
-def test_worker_place_and_get_order(worker):
-    [placed, end] = worker.unary(1, "shop.v1.OrderService/PlaceOrder",
-                                 {"userId": "u3", "lines": [{"productId": "p4", "quantity": 2}]})
-    assert end == {"id": 1, "end": {}}
+def test_worker_place_order_calls_user_and_product_services_through_the_mesh(spawn_worker):
+    w = spawn_worker()  # no automatic mesh: this test reads and answers each outbound call itself
+    w.start_unary(7, "shop.v1.OrderService/PlaceOrder",
+                  {"userId": "u3", "lines": [{"productId": "p4", "quantity": 2}, {"productId": "p1", "quantity": 1},
+                                             {"productId": "p4", "quantity": 1}]})
+    expected = [(GET_USER, {"id": "u3"}), (GET_PRODUCT, {"id": "p4"}), (GET_PRODUCT, {"id": "p1"})]
+    for method, message in expected:  # one call at a time; p4 is looked up once
+        frame = w.recv()
+        call_id = frame["callId"]
+        assert frame == {"callId": call_id, "call": {"method": method, "parentId": 7, "message": message}}
+        for answer in (get_user if method == GET_USER else get_product)(message):
+            w.send(dict({"callId": call_id}, **answer))
+    [placed, end] = w.collect(7)
+    assert end == {"id": 7, "end": {}}
     order = placed["message"]
     assert order["id"].startswith("o-")
-    assert order == {"id": order["id"], "userId": "u3", "lines": [{"productId": "p4", "quantity": 2}],
-                     "totalCents": "4900", "status": "ORDER_STATUS_PLACED"}
-    assert worker.unary(2, "shop.v1.OrderService/GetOrder", {"id": order["id"]}) == [
-        {"id": 2, "message": order}, {"id": 2, "end": {}}]
-    assert worker.unary(3, "shop.v1.OrderService/GetOrder", {"id": "o-unknown"}) == [
-        {"id": 3, "error": {"code": "NOT_FOUND", "message": "no order 'o-unknown'"}}]
+    assert order == {"id": order["id"], "userId": "u3",
+                     "lines": [{"productId": "p4", "quantity": 2}, {"productId": "p1", "quantity": 1},
+                               {"productId": "p4", "quantity": 1}],
+                     "totalCents": str(3 * 2450 + 8999), "status": "ORDER_STATUS_PLACED"}
+    # GetOrder reads the order store: no outbound call
+    assert w.unary(8, "shop.v1.OrderService/GetOrder", {"id": order["id"]}) == [
+        {"id": 8, "message": order}, {"id": 8, "end": {}}]
+    assert w.unary(9, "shop.v1.OrderService/GetOrder", {"id": "o-unknown"}) == [
+        {"id": 9, "error": {"code": "NOT_FOUND", "message": "no order 'o-unknown'"}}]
 
 
-def test_worker_place_order_errors(worker):
+def test_worker_place_order_uses_the_prices_and_stock_of_product_service(spawn_worker):
+    # ProductService's answers win over shop.py's own table: the order service really asks it.
+    def repriced(request):
+        product = dict(shop.PRODUCTS_BY_ID[request["id"]], priceCents="100", stock=3)
+        return reply(product)
+
+    w = spawn_worker(FakeMesh(product=repriced))
+    [placed, _] = w.unary(1, "shop.v1.OrderService/PlaceOrder",
+                          {"userId": "u1", "lines": [{"productId": "p5", "quantity": 3}]})  # p5: 0 in the table
+    assert placed["message"]["totalCents"] == "300"
+    assert w.unary(2, "shop.v1.OrderService/PlaceOrder",
+                   {"userId": "u1", "lines": [{"productId": "p1", "quantity": 4}]}) == [
+        {"id": 2, "error": {"code": "FAILED_PRECONDITION", "message": "line 1: only 3 of p1 in stock, 4 ordered"}}]
+
+
+def test_worker_place_order_user_not_found_by_user_service(spawn_worker):
+    # u1 exists in shop.py's table, but UserService says NOT_FOUND: that is what counts.
+    mesh = FakeMesh(user=lambda request: error("NOT_FOUND", "no user %r" % request["id"]))
+    w = spawn_worker(mesh)
+    assert w.unary(1, "shop.v1.OrderService/PlaceOrder",
+                   {"userId": "u1", "lines": [{"productId": "p1", "quantity": 1}]}) == [
+        {"id": 1, "error": {"code": "NOT_FOUND", "message": "no user 'u1'"}}]
+    assert mesh.calls == [(1, GET_USER, {"id": "u1"})]  # no product lookup for an unknown user
+
+
+def test_worker_place_order_errors(worker, mesh):
     cases = [
         ({"userId": "u1", "lines": [{"productId": "p1"}]}, "INVALID_ARGUMENT", "line 1: quantity must be > 0, got 0"),
         ({"userId": "u1", "lines": [{"productId": "p1", "quantity": -3}]}, "INVALID_ARGUMENT",
@@ -231,14 +358,30 @@ def test_worker_place_order_errors(worker):
         ({"lines": [{"productId": "p1", "quantity": 1}]}, "INVALID_ARGUMENT", "user_id is required"),
         ({"userId": "u1", "lines": [{"productId": "p99", "quantity": 1}]}, "FAILED_PRECONDITION",
          "line 1: product 'p99' is not in the catalogue"),
+        ({"userId": "u1", "lines": [{"productId": "p5", "quantity": 1}]}, "FAILED_PRECONDITION",
+         "line 1: only 0 of p5 in stock, 1 ordered"),  # stock 0 is absent from ProductService's JSON
         ({"userId": "u7", "lines": [{"productId": "p1", "quantity": 1}]}, "NOT_FOUND", "no user 'u7'"),
     ]
     for n, (request, code, message) in enumerate(cases, 1):
         assert worker.unary(n, "shop.v1.OrderService/PlaceOrder", request) == [
             {"id": n, "error": {"code": code, "message": message}}], request
+    # malformed requests are refused before any lookup
+    assert [parent for parent, _, _ in mesh.calls] == [5, 5, 6, 6, 7]
+    assert mesh.methods() == [(GET_USER, {"id": "u1"}), (GET_PRODUCT, {"id": "p99"}),
+                              (GET_USER, {"id": "u1"}), (GET_PRODUCT, {"id": "p5"}), (GET_USER, {"id": "u7"})]
 
 
-def test_orders_are_shared_between_cli_and_workers(shop_env, worker):
+@pytest.mark.parametrize("side", ["user", "product"])
+def test_worker_place_order_other_errors_propagate(spawn_worker, side):
+    mesh = FakeMesh(**{side: lambda request: error("UNAVAILABLE", "no replica is serving")})
+    w = spawn_worker(mesh)
+    method = GET_USER if side == "user" else GET_PRODUCT
+    assert w.unary(1, "shop.v1.OrderService/PlaceOrder",
+                   {"userId": "u1", "lines": [{"productId": "p1", "quantity": 1}]}) == [
+        {"id": 1, "error": {"code": "UNAVAILABLE", "message": "%s: no replica is serving" % method}}]
+
+
+def test_orders_are_shared_between_cli_and_workers(shop_env, worker, spawn_worker):
     # an order placed by the CLI process is visible to the worker process (same SQLite file)
     r = run(shop_env, "order", "place", "--user", "u2", "--line", "p6:4")
     assert r.returncode == 0, r.stderr
@@ -246,27 +389,28 @@ def test_orders_are_shared_between_cli_and_workers(shop_env, worker):
     assert worker.unary(1, "shop.v1.OrderService/GetOrder", {"id": order["id"]}) == [
         {"id": 1, "message": order}, {"id": 1, "end": {}}]
     # and the other way round, with a second worker process
-    other = Worker(shop_env)
-    try:
-        other.recv()  # ready
-        [placed, _] = other.unary(1, "shop.v1.OrderService/PlaceOrder",
-                                  {"user_id": "u1", "lines": [{"product_id": "p2", "quantity": 1}]})
-        r = run(shop_env, "order", "get", "--id", placed["message"]["id"])
-        assert (r.returncode, json.loads(r.stdout)) == (0, placed["message"])
-    finally:
-        assert other.stop() == 0
+    other = spawn_worker(FakeMesh())
+    [placed, _] = other.unary(1, "shop.v1.OrderService/PlaceOrder",
+                              {"user_id": "u1", "lines": [{"product_id": "p2", "quantity": 1}]})
+    assert other.mesh.methods() == [(GET_USER, {"id": "u1"}), (GET_PRODUCT, {"id": "p2"})]
+    r = run(shop_env, "order", "get", "--id", placed["message"]["id"])
+    assert (r.returncode, json.loads(r.stdout)) == (0, placed["message"])
 
 
-def test_worker_import_and_watch_orders(worker):
+def test_worker_import_and_watch_orders(worker, mesh):
     worker.send({"id": 1, "start": {"method": "shop.v1.OrderService/ImportOrders", "kind": "client_streaming"}})
     worker.send({"id": 1, "message": {"userId": "u1", "lines": [{"productId": "p1", "quantity": 1}]}})
     worker.send({"id": 1, "message": {"userId": "u1", "lines": [{"productId": "p1", "quantity": 0}]}})
+    worker.send({"id": 1, "message": {"userId": "u9", "lines": [{"productId": "p1", "quantity": 1}]}})
     worker.send({"id": 1, "message": {"userId": "u2", "lines": [{"productId": "p3", "quantity": 5}]}})
     worker.send({"id": 1, "halfClose": {}})
     [summary, end] = worker.collect(1)
     assert end == {"id": 1, "end": {}}
     ids = summary["message"]["orderIds"]
-    assert summary["message"] == {"accepted": 2, "rejected": 1, "orderIds": ids} and len(set(ids)) == 2
+    assert summary["message"] == {"accepted": 2, "rejected": 2, "orderIds": ids} and len(set(ids)) == 2
+    assert mesh.methods() == [(GET_USER, {"id": "u1"}), (GET_PRODUCT, {"id": "p1"}), (GET_USER, {"id": "u9"}),
+                              (GET_USER, {"id": "u2"}), (GET_PRODUCT, {"id": "p3"})]
+    assert {parent for parent, _, _ in mesh.calls} == {1}
 
     worker.send({"id": 2, "start": {"method": "shop.v1.OrderService/WatchOrders", "kind": "bidi_streaming"}})
     worker.send({"id": 2, "message": {"id": ids[1]}})
@@ -278,6 +422,15 @@ def test_worker_import_and_watch_orders(worker):
     assert second["id"] == 2 and second["message"]["id"] == ids[0]
     worker.send({"id": 2, "halfClose": {}})
     assert worker.recv() == {"id": 2, "end": {}}
+
+
+def test_worker_import_fails_when_a_service_is_unavailable(spawn_worker):
+    w = spawn_worker(FakeMesh(product=lambda request: error("UNAVAILABLE", "no replica is serving")))
+    w.send({"id": 1, "start": {"method": "shop.v1.OrderService/ImportOrders", "kind": "client_streaming"}})
+    w.send({"id": 1, "message": {"userId": "u1", "lines": [{"productId": "p1", "quantity": 1}]}})
+    w.send({"id": 1, "halfClose": {}})
+    assert w.collect(1) == [{"id": 1, "error": {"code": "UNAVAILABLE",
+                                                "message": "%s: no replica is serving" % GET_PRODUCT}}]
 
 
 def test_worker_exits_on_stdin_eof(shop_env):

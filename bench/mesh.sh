@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Mesh channel overhead, measured in one run with alternating rounds:
+#   direct   exemesh bench -> one server (a plain tonic channel, one connection)
+#   mesh     exemesh bench -> balanced mesh channel (p2c/peak-EWMA, ejection, retry budget) -> 2 replicas
+#   haproxy  exemesh bench -> haproxy (h2c, Debian package) -> 2 replicas
+# The method is grpc.health.v1.Health/Check, served natively by every exemesh server, so the numbers
+# measure the path, not an executable. Everything runs on 127.0.0.1.
+# Usage: bench/mesh.sh [ROUNDS=5] [SECONDS=3]   (writes bench/results/mesh.json and prints a table)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+secs=${2:-3}
+if ! command -v haproxy >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq haproxy >/dev/null
+fi
+cargo build --release --locked -q
+bin="$PWD/target/release/exemesh"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+addr_of() { for _ in $(seq 1 200); do [ -s "$1" ] && { sed 's/listening on //' "$1"; return; }; sleep 0.05; done; echo "no address in $1" >&2; exit 1; }
+
+"$bin" registry --listen 127.0.0.1:0 >"$work/reg" 2>/dev/null & pids+=($!)
+reg=$(addr_of "$work/reg")
+for i in 1 2; do
+  EXEMESH_LOG=warn "$bin" serve examples/shop/product.toml --listen 127.0.0.1:0 --discovery "$reg" --instance-id "replica-$i" >"$work/s$i" 2>/dev/null & pids+=($!)
+done
+a1=$(addr_of "$work/s1"); a2=$(addr_of "$work/s2")
+hport=$(free_port)
+cat >"$work/haproxy.cfg" <<CFG
+global
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend grpc
+  bind 127.0.0.1:$hport proto h2
+  default_backend replicas
+backend replicas
+  balance roundrobin
+  server r1 $a1 proto h2
+  server r2 $a2 proto h2
+CFG
+haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do "$bin" call "127.0.0.1:$hport" grpc.health.v1.Health/Check >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 1 100); do "$bin" call --discovery "$reg" grpc.health.v1.Health/Check >/dev/null 2>&1 || true; [ "$("$bin" status --discovery "$reg" --json | grep -c SERVING)" = 2 ] && break; sleep 0.05; done
+
+out=bench/results/mesh.jsonl
+mkdir -p bench/results
+: >"$out"
+method=grpc.health.v1.Health/Check
+for round in $(seq 1 "$rounds"); do
+  for c in 1 16 64; do
+    for variant in direct mesh haproxy; do
+      case $variant in
+        direct) args=("$a1" "$method") ;;
+        mesh) args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
+        haproxy) args=("127.0.0.1:$hport" "$method") ;;
+      esac
+      "$bin" bench "${args[@]}" -c "$c" -z "${secs}s" --warmup 500ms --json \
+        | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$variant', round=$round); print(json.dumps(r))" >>"$out"
+    done
+  done
+done
+python3 bench/report.py "$out"

@@ -1,0 +1,26 @@
+"""Summarises bench/mesh.sh results: medians over rounds, ratios against the direct channel."""
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+by = defaultdict(list)
+for r in runs:
+    by[(r["concurrency"], r["variant"])].append(r)
+
+print("| in flight | variant | calls/s (median) | vs direct | p50 ms | p99 ms | errors |")
+print("|---:|---|---:|---:|---:|---:|---:|")
+for c in sorted({k[0] for k in by}):
+    base = statistics.median(r["rps"] for r in by[(c, "direct")])
+    for variant in ["direct", "mesh", "haproxy"]:
+        rs = by.get((c, variant), [])
+        if not rs:
+            continue
+        rps = statistics.median(r["rps"] for r in rs)
+        p50 = statistics.median(r["latency_us"]["p50"] for r in rs) / 1000
+        p99 = statistics.median(r["latency_us"]["p99"] for r in rs) / 1000
+        errors = sum(sum(r["errors"].values()) for r in rs)
+        print(f"| {c} | {variant} | {rps:,.0f} | {rps / base:.2f}x | {p50:.3f} | {p99:.3f} | {errors} |")
+print()
+print(f"{len({r['round'] for r in runs})} rounds, variants alternating within each round.")
