@@ -349,3 +349,69 @@ async fn a_new_replica_gets_traffic_within_a_second() {
         seen.insert(reply.index);
     }
 }
+
+#[tokio::test]
+async fn an_executable_calls_the_mesh_and_the_outer_deadline_reaches_the_inner_call() {
+    let registry = Registry::start("127.0.0.1:0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let served = replica(dir.path(), &registry.addr, "outbound-a", "").await;
+    let _b = replica(dir.path(), &registry.addr, "outbound-b", "").await;
+    let client = EchoClient::new(served.channel().await);
+    // The worker calls test.v1.Echo/Unary (mode "deadline") through the mesh; the inner call reports
+    // the deadline it was given.
+    let reply = client
+        .unary_with(
+            "/test.v1.Echo/Unary",
+            req("nested", "call:test.v1.Echo/Unary"),
+            Some(Duration::from_secs(4)),
+        )
+        .await
+        .expect("outer call");
+    assert_eq!(reply.text, "nested");
+    assert!(
+        reply.timeout_ms > 1_000 && reply.timeout_ms <= 4_000,
+        "the inner call got {}ms, not the outer 4s deadline",
+        reply.timeout_ms
+    );
+
+    // Without a client deadline the server's default (20 s in the fixture manifest) is what propagates.
+    let reply = client
+        .unary_with(
+            "/test.v1.Echo/Unary",
+            req("nested", "call:test.v1.Echo/Unary"),
+            None,
+        )
+        .await
+        .expect("outer call");
+    assert!(
+        reply.timeout_ms > 15_000 && reply.timeout_ms <= 20_000,
+        "inner deadline {}ms",
+        reply.timeout_ms
+    );
+
+    // An error of the inner call comes back with its status.
+    let status = client
+        .unary(req("x", "call:test.v1.Echo/NoSuchMethod"))
+        .await
+        .expect_err("unknown method");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+}
+
+#[tokio::test]
+async fn outbound_calls_need_discovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = manifest(
+        dir.path(),
+        "w.toml",
+        include_str!("fixtures/echo/worker.toml"),
+        &marker("no-discovery"),
+    );
+    let served = Served::start(&path).await;
+    let client = EchoClient::new(served.channel().await);
+    let status = client
+        .unary(req("x", "call:test.v1.Echo/Unary"))
+        .await
+        .expect_err("no discovery");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("--discovery"), "{status:?}");
+}
