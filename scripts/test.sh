@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 
-cargo build --locked
+cargo build --locked --workspace
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked
 else
