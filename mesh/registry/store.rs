@@ -214,13 +214,20 @@ mod tests {
         store
             .keep_alive(a, t0 + Duration::from_millis(900))
             .expect("alive");
+        assert!(
+            store.expire(t0 + Duration::from_millis(1_500)).is_empty(),
+            "renewed at 0.9 s: alive until 1.9 s"
+        );
+        store
+            .keep_alive(a, t0 + Duration::from_millis(1_500))
+            .expect("alive");
         let gone = store.expire(t0 + Duration::from_millis(2_100));
         assert_eq!(
             gone.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
             vec!["b"]
         );
         assert_eq!(store.resolve("s").len(), 1);
-        let gone = store.expire(t0 + Duration::from_millis(3_000));
+        let gone = store.expire(t0 + Duration::from_millis(2_600));
         assert_eq!(gone.len(), 1);
         assert_eq!(store.keep_alive(a, t0), Err(UnknownLease(a)));
     }
