@@ -24,5 +24,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
+
+    // The etcd API subset for the etcd discovery backend: clients only, not part of exemesh's own
+    // contracts (so not in the descriptor set served by reflection).
+    let etcd = ["proto/etcd/rpc.proto"];
+    for proto in etcd {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(false)
+        .compile_fds(protox::compile(etcd, ["proto"])?)?;
     Ok(())
 }

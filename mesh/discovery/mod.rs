@@ -1,10 +1,11 @@
 //! Service discovery: where the instances of a service are.
 //!
-//! [`Discovery`] is the backend trait (the embedded registry today; etcd is planned behind the same
-//! trait). On top of it: [`registration`] keeps one instance registered for the life of a server, and
+//! [`Discovery`] is the backend trait: the embedded registry ([`registry_client`]) or an etcd cluster
+//! ([`etcd`]). On top of it: [`registration`] keeps one instance registered for the life of a server, and
 //! [`watcher`] follows a service's instances for callers, keeping the last known set when discovery
 //! is unreachable (static stability).
 
+pub mod etcd;
 pub mod registration;
 pub mod registry_client;
 pub mod watcher;
@@ -81,8 +82,12 @@ pub trait Discovery: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Connects to the backend named by `spec`: `HOST:PORT` or `registry://HOST:PORT` for the embedded
-/// registry. Connection is lazy: an unreachable backend shows up as errors on use.
+/// registry, `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]` for an etcd cluster. Connection is lazy: an
+/// unreachable backend shows up as errors on use.
 pub fn connect(spec: &str) -> Result<Arc<dyn Discovery>, DiscoveryError> {
+    if spec.starts_with("etcd://") {
+        return Ok(Arc::new(etcd::EtcdDiscovery::new(spec)?));
+    }
     let addr = spec.strip_prefix("registry://").unwrap_or(spec);
     if addr.contains("://") || addr.is_empty() {
         return Err(DiscoveryError::BadAddress(spec.to_string()));
