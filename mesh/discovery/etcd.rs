@@ -62,7 +62,12 @@ impl EtcdDiscovery {
         if members.is_empty() || prefix.is_empty() {
             return Err(bad());
         }
-        Ok(Self { members, next: AtomicUsize::new(0), prefix, leases: Mutex::new(HashMap::new()) })
+        Ok(Self {
+            members,
+            next: AtomicUsize::new(0),
+            prefix,
+            leases: Mutex::new(HashMap::new()),
+        })
     }
 
     fn key(&self, service: &str, id: &str) -> Vec<u8> {
@@ -70,7 +75,12 @@ impl EtcdDiscovery {
     }
 
     fn range_prefix(&self, service: &str) -> (Vec<u8>, Vec<u8>) {
-        let start = if service.is_empty() { format!("{}/", self.prefix) } else { format!("{}/{service}/", self.prefix) }.into_bytes();
+        let start = if service.is_empty() {
+            format!("{}/", self.prefix)
+        } else {
+            format!("{}/{service}/", self.prefix)
+        }
+        .into_bytes();
         let mut end = start.clone();
         // The smallest key after every key with this prefix: the last byte, plus one ('/' + 1 = '0').
         if let Some(last) = end.last_mut() {
@@ -96,12 +106,16 @@ impl EtcdDiscovery {
                     self.next.store(index, Ordering::Relaxed);
                     return Ok(value);
                 }
-                Ok(Err(status)) if status.code() == tonic::Code::NotFound => return Err(DiscoveryError::LeaseLost(status.message().to_string())),
+                Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                    return Err(DiscoveryError::LeaseLost(status.message().to_string()));
+                }
                 Ok(Err(status)) => last = format!("{host}: {}", status.message()),
                 Err(_) => last = format!("{host}: timed out"),
             }
         }
-        Err(DiscoveryError::Unavailable(format!("etcd {what} failed on every member (last: {last})")))
+        Err(DiscoveryError::Unavailable(format!(
+            "etcd {what} failed on every member (last: {last})"
+        )))
     }
 
     fn decode(kvs: &[KeyValue]) -> Vec<Instance> {
@@ -116,15 +130,26 @@ impl EtcdDiscovery {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Discovery for EtcdDiscovery {
-    fn register(&self, mut instance: Instance, ttl: Duration) -> BoxFuture<'_, Result<Lease, DiscoveryError>> {
+    fn register(
+        &self,
+        mut instance: Instance,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<Lease, DiscoveryError>> {
         Box::pin(async move {
             let secs = (ttl.as_millis().div_ceil(1000) as i64).max(MIN_TTL_SECS);
             let grant = self
-                .any_member("lease grant", |ch| async move { LeaseClient::new(ch).lease_grant(LeaseGrantRequest { ttl: secs, id: 0 }).await.map(|r| r.into_inner()) })
+                .any_member("lease grant", |ch| async move {
+                    LeaseClient::new(ch)
+                        .lease_grant(LeaseGrantRequest { ttl: secs, id: 0 })
+                        .await
+                        .map(|r| r.into_inner())
+                })
                 .await?;
             if !grant.error.is_empty() {
                 return Err(DiscoveryError::Invalid(grant.error));
@@ -138,16 +163,38 @@ impl Discovery for EtcdDiscovery {
                 let value = value.clone();
                 self.any_member("put", |ch| {
                     let (key, value) = (key.clone(), value.clone());
-                    async move { KvClient::new(ch).put(PutRequest { key, value, lease: grant.id, prev_kv: false }).await }
+                    async move {
+                        KvClient::new(ch)
+                            .put(PutRequest {
+                                key,
+                                value,
+                                lease: grant.id,
+                                prev_kv: false,
+                            })
+                            .await
+                    }
                 })
                 .await?;
             }
-            let old = self.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(instance.id.clone(), grant.id);
+            let old = self
+                .leases
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(instance.id.clone(), grant.id);
             if let Some(old) = old.filter(|old| *old != grant.id) {
                 // The previous registration of this id: its keys were just overwritten; drop its lease.
-                let _ = self.any_member("lease revoke", |ch| async move { LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id: old }).await }).await;
+                let _ = self
+                    .any_member("lease revoke", |ch| async move {
+                        LeaseClient::new(ch)
+                            .lease_revoke(LeaseRevokeRequest { id: old })
+                            .await
+                    })
+                    .await;
             }
-            Ok(Lease { id: grant.id as u64, ttl: Duration::from_secs(grant.ttl.max(1) as u64) })
+            Ok(Lease {
+                id: grant.id as u64,
+                ttl: Duration::from_secs(grant.ttl.max(1) as u64),
+            })
         })
     }
 
@@ -155,24 +202,43 @@ impl Discovery for EtcdDiscovery {
         Box::pin(async move {
             let ttl = self
                 .any_member("lease keep-alive", |ch| async move {
-                    let mut stream = LeaseClient::new(ch).lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest { id: lease as i64 })).await?.into_inner();
-                    let reply = stream.message().await?.ok_or_else(|| tonic::Status::unavailable("keep-alive stream closed"))?;
+                    let mut stream = LeaseClient::new(ch)
+                        .lease_keep_alive(tokio_stream::once(LeaseKeepAliveRequest {
+                            id: lease as i64,
+                        }))
+                        .await?
+                        .into_inner();
+                    let reply = stream
+                        .message()
+                        .await?
+                        .ok_or_else(|| tonic::Status::unavailable("keep-alive stream closed"))?;
                     Ok(reply.ttl)
                 })
                 .await?;
             if ttl <= 0 {
-                return Err(DiscoveryError::LeaseLost(format!("etcd lease {lease:x} expired")));
+                return Err(DiscoveryError::LeaseLost(format!(
+                    "etcd lease {lease:x} expired"
+                )));
             }
             Ok(())
         })
     }
 
     fn deregister(&self, instance_id: &str) -> BoxFuture<'_, Result<(), DiscoveryError>> {
-        let lease = self.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(instance_id);
+        let lease = self
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(instance_id);
         Box::pin(async move {
             let Some(lease) = lease else { return Ok(()) };
             // Revoking the lease deletes every key of the instance at once.
-            self.any_member("lease revoke", |ch| async move { LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id: lease }).await }).await?;
+            self.any_member("lease revoke", |ch| async move {
+                LeaseClient::new(ch)
+                    .lease_revoke(LeaseRevokeRequest { id: lease })
+                    .await
+            })
+            .await?;
             Ok(())
         })
     }
@@ -183,14 +249,30 @@ impl Discovery for EtcdDiscovery {
             let reply = self
                 .any_member("range", |ch| {
                     let (key, range_end) = (key.clone(), range_end.clone());
-                    async move { KvClient::new(ch).range(RangeRequest { key, range_end, limit: 0, revision: 0 }).await.map(|r| r.into_inner()) }
+                    async move {
+                        KvClient::new(ch)
+                            .range(RangeRequest {
+                                key,
+                                range_end,
+                                limit: 0,
+                                revision: 0,
+                            })
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 })
                 .await?;
             Ok(Self::decode(&reply.kvs))
         })
     }
 
-    fn watch(&self, service: &str) -> BoxFuture<'_, Result<BoxStream<'static, Result<WatchUpdate, DiscoveryError>>, DiscoveryError>> {
+    fn watch(
+        &self,
+        service: &str,
+    ) -> BoxFuture<
+        '_,
+        Result<BoxStream<'static, Result<WatchUpdate, DiscoveryError>>, DiscoveryError>,
+    > {
         let (key, range_end) = self.range_prefix(service);
         Box::pin(async move {
             // Snapshot and watch from the same member, so the revision is consistent.
@@ -198,19 +280,36 @@ impl Discovery for EtcdDiscovery {
                 .any_member("watch", |ch| {
                     let (key, range_end) = (key.clone(), range_end.clone());
                     async move {
-                        let range = KvClient::new(ch.clone()).range(RangeRequest { key: key.clone(), range_end: range_end.clone(), limit: 0, revision: 0 }).await?.into_inner();
+                        let range = KvClient::new(ch.clone())
+                            .range(RangeRequest {
+                                key: key.clone(),
+                                range_end: range_end.clone(),
+                                limit: 0,
+                                revision: 0,
+                            })
+                            .await?
+                            .into_inner();
                         let revision = range.header.map_or(0, |h| h.revision);
                         let create = WatchRequest {
-                            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest { key, range_end, start_revision: revision + 1, progress_notify: true, prev_kv: false })),
+                            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                                key,
+                                range_end,
+                                start_revision: revision + 1,
+                                progress_notify: true,
+                                prev_kv: false,
+                            })),
                         };
                         // Keep the request stream open: closing it would end the watch.
-                        let requests = tokio_stream::once(create).chain(futures_util::stream::pending());
+                        let requests =
+                            tokio_stream::once(create).chain(futures_util::stream::pending());
                         let events = WatchClient::new(ch).watch(requests).await?.into_inner();
                         Ok((range.kvs, events))
                     }
                 })
                 .await?;
-            let first = futures_util::stream::once(async move { Ok(WatchUpdate::Snapshot(Self::decode(&snapshot))) });
+            let first = futures_util::stream::once(async move {
+                Ok(WatchUpdate::Snapshot(Self::decode(&snapshot)))
+            });
             let changes = events.flat_map(|response| futures_util::stream::iter(updates(response)));
             Ok(first.chain(changes).boxed())
         })
@@ -218,13 +317,23 @@ impl Discovery for EtcdDiscovery {
 }
 
 /// One update per event, in order (a delete and a re-put of the same instance may share a response).
-fn updates(response: Result<WatchResponse, tonic::Status>) -> Vec<Result<WatchUpdate, DiscoveryError>> {
+fn updates(
+    response: Result<WatchResponse, tonic::Status>,
+) -> Vec<Result<WatchUpdate, DiscoveryError>> {
     let response = match response {
         Ok(r) => r,
-        Err(status) => return vec![Err(DiscoveryError::Unavailable(format!("etcd watch: {}", status.message())))],
+        Err(status) => {
+            return vec![Err(DiscoveryError::Unavailable(format!(
+                "etcd watch: {}",
+                status.message()
+            )))];
+        }
     };
     if response.canceled {
-        return vec![Err(DiscoveryError::Unavailable(format!("etcd cancelled the watch: {}", response.cancel_reason)))];
+        return vec![Err(DiscoveryError::Unavailable(format!(
+            "etcd cancelled the watch: {}",
+            response.cancel_reason
+        )))];
     }
     let mut out = Vec::new();
     for event in response.events {
@@ -233,7 +342,10 @@ fn updates(response: Result<WatchResponse, tonic::Status>) -> Vec<Result<WatchUp
             // The value is gone with the key: the id is the key's last segment.
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             let id = key.rsplit('/').next().unwrap_or_default().to_string();
-            out.push(Ok(WatchUpdate::Remove(vec![Instance { id, ..Default::default() }])));
+            out.push(Ok(WatchUpdate::Remove(vec![Instance {
+                id,
+                ..Default::default()
+            }])));
         } else if let Ok(instance) = Instance::decode(kv.value.as_slice()) {
             out.push(Ok(WatchUpdate::Upsert(vec![instance])));
         }

@@ -1,0 +1,311 @@
+//! The etcd discovery backend against a real etcd (Debian's `etcd-server`): a single member that
+//! restarts, and a 3-member cluster on loopback that loses a member mid-test.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use exemesh::mesh::channel::{CallPolicy, MeshChannel};
+use exemesh::mesh::discovery::{Discovery, connect};
+use support::echo::{EchoClient, req};
+use support::{Served, manifest, marker};
+
+const SERVICE: &str = "test.v1.Echo";
+
+fn free_port() -> u16 {
+    // Bind :0 and release it: etcd's peer URLs must be known before it starts.
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Member {
+    name: String,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+/// An etcd cluster of real processes in a temporary directory.
+struct Etcd {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+impl Etcd {
+    fn start(n: usize) -> Etcd {
+        let etcd = which("etcd");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("n{i}"),
+                client: free_port(),
+                peer: free_port(),
+                child: None,
+            })
+            .collect();
+        let cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.child = Some(spawn_member(&etcd, dir.path(), m, &cluster));
+        }
+        let etcd = Etcd { dir, members };
+        etcd.wait_ready(&etcd.spec());
+        etcd
+    }
+
+    fn spec(&self) -> String {
+        format!(
+            "etcd://{}/exemesh-test",
+            self.members
+                .iter()
+                .map(|m| format!("127.0.0.1:{}", m.client))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let cluster = self
+            .members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = spawn_member(&which("etcd"), self.dir.path(), &self.members[i], &cluster);
+        self.members[i].child = Some(child);
+        self.wait_ready(&format!(
+            "etcd://127.0.0.1:{}/exemesh-test",
+            self.members[i].client
+        ));
+    }
+
+    fn wait_ready(&self, spec: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let discovery = connect(spec).expect("spec");
+        let start = Instant::now();
+        runtime.block_on(async {
+            while discovery.resolve("").await.is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "etcd never became ready"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn which(program: &str) -> String {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let path = std::path::Path::new(dir).join(program);
+        if path.is_file() {
+            return path.display().to_string();
+        }
+    }
+    panic!("{program} not found in PATH: install Debian's etcd-server (scripts/test.sh does)");
+}
+
+fn spawn_member(etcd: &str, dir: &std::path::Path, m: &Member, cluster: &str) -> Child {
+    let client = format!("http://127.0.0.1:{}", m.client);
+    let peer = format!("http://127.0.0.1:{}", m.peer);
+    Command::new(etcd)
+        .args(["--name", &m.name, "--data-dir"])
+        .arg(dir.join(&m.name))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args([
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-state",
+            "new",
+            "--initial-cluster-token",
+            "exemesh-test",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd")
+}
+
+async fn replica(dir: &std::path::Path, spec: &str, name: &str) -> Served {
+    let template = include_str!("fixtures/echo/worker.toml").replace("workers = 2", "workers = 1");
+    let path = manifest(dir, &format!("{name}.toml"), &template, &marker(name));
+    Served::start_with_args(
+        &path,
+        &[
+            "--discovery",
+            spec,
+            "--lease-ttl",
+            "2s",
+            "--instance-id",
+            name,
+        ],
+    )
+    .await
+}
+
+async fn ids(discovery: &dyn Discovery) -> BTreeSet<String> {
+    discovery
+        .resolve(SERVICE)
+        .await
+        .map(|l| l.into_iter().map(|i| i.id).collect())
+        .unwrap_or_default()
+}
+
+async fn wait_ids(discovery: &dyn Discovery, want: &[&str], limit: Duration) {
+    let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    let start = Instant::now();
+    loop {
+        let got = ids(discovery).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "discovery has {got:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_endpoints(channel: &MeshChannel, n: usize, limit: Duration) {
+    let start = Instant::now();
+    while channel.active_endpoints() != n {
+        assert!(
+            start.elapsed() < limit,
+            "the channel has {} endpoints, expected {n}",
+            channel.active_endpoints()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn all_calls_succeed(client: &EchoClient<MeshChannel>, n: usize) -> BTreeSet<i32> {
+    let mut pids = BTreeSet::new();
+    for i in 0..n {
+        let reply = client
+            .unary(req(&i.to_string(), ""))
+            .await
+            .unwrap_or_else(|e| panic!("call {i} failed: {e}"));
+        pids.insert(reply.index);
+    }
+    pids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_discovery_registers_expires_and_survives_an_etcd_restart() {
+    let mut etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
+        .await
+        .expect("etcd");
+    let spec = etcd.spec();
+    let discovery = connect(&spec).expect("discovery");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = replica(dir.path(), &spec, "etcd-a").await;
+    let _b = replica(dir.path(), &spec, "etcd-b").await;
+    wait_ids(&*discovery, &["etcd-a", "etcd-b"], Duration::from_secs(10)).await;
+    let policy = CallPolicy {
+        idempotent: ["/test.v1.Echo/Unary".to_string()].into(),
+        ..CallPolicy::default()
+    };
+    let channel = MeshChannel::new(discovery.clone(), SERVICE, policy);
+    let client = EchoClient::new_with(channel.clone());
+    wait_endpoints(&channel, 2, Duration::from_secs(10)).await;
+    assert_eq!(
+        all_calls_succeed(&client, 40).await.len(),
+        2,
+        "both replicas served"
+    );
+
+    // kill -9 of a replica: its lease lapses and the key disappears; the channel follows the watch.
+    a.signal(libc::SIGKILL);
+    wait_ids(&*discovery, &["etcd-b"], Duration::from_secs(6)).await;
+    wait_endpoints(&channel, 1, Duration::from_secs(3)).await;
+
+    // etcd restarts (same data): callers keep their endpoint meanwhile, the watch reconnects, and a new
+    // replica registered afterwards reaches the existing channel.
+    etcd.kill(0);
+    all_calls_succeed(&client, 20).await;
+    let _etcd = tokio::task::spawn_blocking(move || {
+        etcd.restart(0);
+        etcd
+    })
+    .await
+    .expect("restart");
+    let _c = replica(dir.path(), &spec, "etcd-c").await;
+    wait_ids(&*discovery, &["etcd-b", "etcd-c"], Duration::from_secs(10)).await;
+    wait_endpoints(&channel, 2, Duration::from_secs(10)).await;
+    assert_eq!(all_calls_succeed(&client, 40).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_cluster_keeps_discovery_working_when_a_member_dies() {
+    let mut etcd = tokio::task::spawn_blocking(|| Etcd::start(3))
+        .await
+        .expect("etcd");
+    let spec = etcd.spec();
+    let discovery = connect(&spec).expect("discovery");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _a = replica(dir.path(), &spec, "cl-a").await;
+    let _b = replica(dir.path(), &spec, "cl-b").await;
+    wait_ids(&*discovery, &["cl-a", "cl-b"], Duration::from_secs(10)).await;
+    let channel = MeshChannel::new(discovery.clone(), SERVICE, CallPolicy::default());
+    let client = EchoClient::new_with(channel.clone());
+    wait_endpoints(&channel, 2, Duration::from_secs(10)).await;
+
+    // The first member listed (the one clients try first) dies.
+    etcd.kill(0);
+    all_calls_succeed(&client, 20).await;
+    // Discovery keeps working on the remaining quorum: leases are renewed (the instances stay well past
+    // their 2 s TTL), a new replica registers, and the existing watch (re-established on another
+    // member) delivers it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _c = replica(dir.path(), &spec, "cl-c").await;
+    wait_ids(
+        &*discovery,
+        &["cl-a", "cl-b", "cl-c"],
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_endpoints(&channel, 3, Duration::from_secs(10)).await;
+    assert_eq!(
+        all_calls_succeed(&client, 60).await.len(),
+        3,
+        "all three replicas served"
+    );
+}
