@@ -415,3 +415,65 @@ async fn outbound_calls_need_discovery() {
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
     assert!(status.message().contains("--discovery"), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_dead_endpoint_is_ejected_then_readmitted_when_it_comes_back() {
+    let registry = Registry::start("127.0.0.1:0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _live = replica(dir.path(), &registry.addr, "live", "").await;
+    // An instance that discovery lists but that does not answer (nothing listens on its port yet).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let discovery = connect(&registry.addr).expect("discovery");
+    let ghost = Instance {
+        id: "comeback".into(),
+        services: vec![SERVICE.into()],
+        address: format!("127.0.0.1:{port}"),
+        ..Default::default()
+    };
+    let lease = discovery
+        .register(ghost, Duration::from_secs(30))
+        .await
+        .expect("register");
+    let channel = channel(&registry.addr);
+    let client = EchoClient::new_with(channel.clone());
+    wait_until("2 endpoints", Duration::from_secs(10), || {
+        channel.active_endpoints() == 2
+    })
+    .await;
+
+    // Idempotent calls keep succeeding (retried away from the dead endpoint), which gets benched.
+    let (counts, _, failures) = load(&client, 100, 4).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(counts.len(), 1);
+    assert!(
+        channel.ejections() >= 1,
+        "the dead endpoint was never ejected"
+    );
+    assert_eq!(
+        channel.active_endpoints(),
+        1,
+        "benched endpoints leave the balancer"
+    );
+
+    // The instance comes back on its address: after its backoff it is probed and used again.
+    let template = include_str!("fixtures/echo/worker.toml").replace("workers = 2", "workers = 1");
+    let path = manifest(dir.path(), "comeback.toml", &template, &marker("comeback"));
+    let _back = Served::spawn_with(&path, &[], &["--listen", &format!("127.0.0.1:{port}")]);
+    _back.wait_serving().await;
+    let start = Instant::now();
+    let mut pids: BTreeSet<i32> = BTreeSet::new();
+    while pids.len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the endpoint was never readmitted ({pids:?})"
+        );
+        let (counts, _, failures) = load(&client, 20, 4).await;
+        assert!(failures.is_empty(), "{failures:?}");
+        pids.extend(counts.keys().copied());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = discovery.keep_alive(lease.id).await;
+}

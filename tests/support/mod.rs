@@ -72,7 +72,11 @@ impl Served {
         let mut child = Command::new(exemesh())
             .arg("serve")
             .arg(manifest)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(if args.contains(&"--listen") {
+                &[][..]
+            } else {
+                &["--listen", "127.0.0.1:0"][..]
+            })
             .args(args)
             .envs(env.iter().copied())
             .env("EXEMESH_LOG", "debug,h2=warn,hyper=warn,tower=warn")
