@@ -187,12 +187,23 @@ async fn a_worker_crash_fails_its_call_with_unavailable_and_the_worker_is_restar
         }
     };
     assert_ne!(before, after, "a new process serves after the crash");
-    let log = served.log();
-    assert!(
-        log.contains("crashing on purpose") && log.contains("echo#1"),
-        "stderr is logged with the worker id"
-    );
-    assert!(log.contains("restarting in"), "{log}");
+    // stderr is logged with the worker id (by a task of its own: wait for it, bounded).
+    let start = Instant::now();
+    loop {
+        let log = served.log();
+        if log
+            .lines()
+            .any(|l| l.contains("crashing on purpose") && l.contains("echo#1"))
+            && log.contains("restarting in")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "stderr was not logged with the worker id:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
