@@ -44,7 +44,6 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
-    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -56,7 +55,11 @@ pub fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command {
+        let telemetry = match init_telemetry(&cli.command) {
+            Ok(telemetry) => telemetry,
+            Err(e) => return Err(e),
+        };
+        let result = match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Check(args) => check::run(args),
             Command::Init(args) => init::run(args),
@@ -65,7 +68,12 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+        };
+        if let Some(telemetry) = telemetry {
+            // Flushing blocks: off the async threads, while the runtime still drives the exporter.
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         }
+        result
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
@@ -77,13 +85,57 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
+/// The service name spans carry when `OTEL_SERVICE_NAME` is unset: the served contract for `serve`,
+/// `exemesh-<command>` otherwise.
+fn default_service_name(command: &Command) -> String {
+    match command {
+        Command::Serve(args) => args.service_name().unwrap_or_else(|| "exemesh".into()),
+        Command::Call(_) => "exemesh-call".into(),
+        Command::Bench(_) => "exemesh-bench".into(),
+        Command::Up(_) => "exemesh-up".into(),
+        Command::Registry(_) => "exemesh-registry".into(),
+        _ => "exemesh".into(),
+    }
+}
+
+/// Logging (stderr, `EXEMESH_LOG`) and, when configured by the OTEL_* variables, span export.
+fn init_telemetry(
+    command: &Command,
+) -> anyhow::Result<Option<exemesh::mesh::telemetry::tracer::Telemetry>> {
+    use exemesh::mesh::telemetry::config::TelemetryConfig;
+    use exemesh::mesh::telemetry::tracer::{Telemetry, install_propagator};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
+    install_propagator();
+    let config = TelemetryConfig::from_env(
+        |k| std::env::var(k).ok(),
+        &default_service_name(command),
+        None,
+    )?;
+    let telemetry = Telemetry::start(&config)?;
     let filter = EnvFilter::try_from_env("EXEMESH_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_filter(filter);
+    // Only exemesh's own spans are exported: h2, hyper and tonic (including the exporter's own
+    // calls) would otherwise produce thousands of spans per call.
+    let spans = telemetry.as_ref().map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer())
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("exemesh", tracing::Level::INFO),
+            )
+    });
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
         .try_init();
+    if let Some(endpoint) = &config.endpoint {
+        tracing::info!("exporting spans to {endpoint} as {}", config.service_name);
+    }
+    Ok(telemetry)
 }

@@ -25,6 +25,13 @@ pub struct Args {
     mesh: MeshArgs,
 }
 
+impl Args {
+    /// The service the manifest serves, if it can be read (for naming spans before serving starts).
+    pub fn service_name(&self) -> Option<String> {
+        Manifest::load(&self.manifest).ok().map(|m| m.service)
+    }
+}
+
 /// How a server joins the mesh.
 #[derive(Debug, clap::Args)]
 pub struct MeshArgs {

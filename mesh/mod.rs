@@ -8,7 +8,8 @@
 //! * [`dynamic_client`]: calling any method of any server with JSON in and JSON out;
 //! * [`transport`]: the HTTP/2 accept loop every exemesh server uses;
 //! * [`introspection`]: health and reflection, served next to every service;
-//! * [`registry`]: the embedded discovery registry (`exemesh registry`).
+//! * [`registry`]: the embedded discovery registry (`exemesh registry`);
+//! * [`telemetry`]: OpenTelemetry tracing and trace-context propagation.
 //!
 //! `mesh` never depends on `services`.
 
@@ -21,4 +22,5 @@ pub mod introspection;
 pub mod reflection;
 pub mod registry;
 pub mod status_code;
+pub mod telemetry;
 pub mod transport;

@@ -12,6 +12,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower::{Layer as _, ServiceExt as _};
+
+use crate::mesh::telemetry::rpc_span::{LocalAddr, PeerAddr, RpcSpanLayer};
 use tokio::task::JoinSet;
 
 /// HTTP/2 settings for served connections.
@@ -64,7 +67,17 @@ pub async fn serve_h2c(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let service = TowerToHyperService::new(router.clone());
+                    let local = stream.local_addr().ok();
+                    // Every request learns the connection's addresses (for spans), then runs in its
+                    // server span (the one tower layer for tracing).
+                    let router = router.clone().map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(PeerAddr(peer));
+                        if let Some(local) = local {
+                            request.extensions_mut().insert(LocalAddr(local));
+                        }
+                        request
+                    });
+                    let service = TowerToHyperService::new(RpcSpanLayer.layer(router));
                     let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                     connections.spawn(async move {
                         if let Err(e) = conn.await {

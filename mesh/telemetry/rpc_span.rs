@@ -1,0 +1,176 @@
+//! The server span of every gRPC call, as one tower layer: the caller's context is extracted from the
+//! headers, the span follows the OpenTelemetry RPC semantic conventions, and the gRPC status is
+//! recorded when the response ends (trailers-only errors at once, others from the trailers).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::propagation;
+
+/// The peer's address, set as a request extension by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The local address the connection was accepted on.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub SocketAddr);
+
+/// Adds [`RpcSpan`] around a service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RpcSpanLayer;
+
+impl<S> tower::Layer<S> for RpcSpanLayer {
+    type Service = RpcSpan<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcSpan { inner }
+    }
+}
+
+/// Opens a `rpc.server` span per call.
+#[derive(Debug, Clone)]
+pub struct RpcSpan<S> {
+    inner: S,
+}
+
+/// Splits `/pkg.Service/Method`.
+pub fn service_and_method(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""))
+}
+
+/// Health checks and reflection are infrastructure, not traffic: they get no span.
+fn traced(path: &str) -> bool {
+    !(path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection."))
+}
+
+/// The server span for a request (a child of the caller's context, if any).
+pub fn server_span<B>(request: &Request<B>) -> Span {
+    if !traced(request.uri().path()) {
+        return Span::none();
+    }
+    let (service, method) = service_and_method(request.uri().path());
+    let local = request.extensions().get::<LocalAddr>().map(|a| a.0);
+    let peer = request
+        .extensions()
+        .get::<PeerAddr>()
+        .map(|a| a.0.ip().to_string())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "rpc.server",
+        otel.name = %format!("{service}/{method}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = %local.map(|a| a.ip().to_string()).unwrap_or_default(),
+        server.port = local.map_or(0, |a| i64::from(a.port())),
+        network.peer.address = %peer,
+    );
+    let parent = propagation::extract(request.headers());
+    // A span only fails to take a parent when tracing is off; nothing to do then.
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Records a gRPC status code on `span` (and marks the span as an error unless it is OK).
+pub fn record_status(span: &Span, code: i32, message: Option<&str>) {
+    span.record("rpc.grpc.status_code", i64::from(code));
+    if code != 0 {
+        span.record("otel.status_code", "error");
+        if let Some(message) = message {
+            span.record("otel.status_description", message);
+        }
+    }
+}
+
+fn status_from(headers: &http::HeaderMap) -> Option<(i32, Option<String>)> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let message = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .map(str::to_string);
+    Some((code, message))
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for RpcSpan<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Body,
+{
+    type Response = Response<StatusBody<RB>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let span = server_span(&request);
+        let future = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(async move {
+            let response = tracing::Instrument::instrument(future, span.clone()).await?;
+            // A trailers-only response (an error with no messages) carries its status in the headers.
+            let status = status_from(response.headers());
+            if let Some((code, message)) = &status {
+                record_status(&span, *code, message.as_deref());
+            }
+            let span = if status.is_some() { None } else { Some(span) };
+            Ok(response.map(|body| StatusBody { body, span }))
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the gRPC status from the trailers on the span, which closes when
+    /// the body is dropped.
+    pub struct StatusBody<B> {
+        #[pin]
+        body: B,
+        span: Option<Span>,
+    }
+}
+
+impl<B: Body> Body for StatusBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let (Some(trailers), Some(span)) = (frame.trailers_ref(), this.span.as_ref())
+            && let Some((code, message)) = status_from(trailers)
+        {
+            record_status(span, code, message.as_deref());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,91 @@
+//! The OpenTelemetry tracer provider: batched OTLP export (gRPC or HTTP/protobuf) that never blocks a
+//! call, and a flush at shutdown. Off (no exporter at all) unless an endpoint is configured.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+
+use super::config::{Protocol, TelemetryConfig};
+
+/// Why telemetry could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the OTLP exporter for {endpoint}: {detail}")]
+pub struct TelemetryError {
+    endpoint: String,
+    detail: String,
+}
+
+/// A running tracer provider; [`Telemetry::shutdown`] flushes the spans still queued.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+}
+
+/// Installs the W3C trace-context and baggage propagators (always: context is propagated even when
+/// this process exports nothing).
+pub fn install_propagator() {
+    let propagator = opentelemetry::propagation::TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]);
+    opentelemetry::global::set_text_map_propagator(propagator);
+}
+
+impl Telemetry {
+    /// Starts exporting per `config`; `None` when tracing is off. Must run inside a tokio runtime.
+    pub fn start(config: &TelemetryConfig) -> Result<Option<Telemetry>, TelemetryError> {
+        let Some(endpoint) = config.endpoint.clone() else {
+            return Ok(None);
+        };
+        let error = |detail: String| TelemetryError {
+            endpoint: endpoint.clone(),
+            detail,
+        };
+        let exporter = match config.protocol {
+            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build(),
+            Protocol::HttpProtobuf => {
+                // The base endpoint gets the signal path; a traces-specific endpoint is used as is.
+                let url = if std::env::var_os(super::config::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+                    .is_some()
+                    || endpoint.ends_with("/v1/traces")
+                {
+                    endpoint.clone()
+                } else {
+                    format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+                };
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(url)
+                    .build()
+            }
+        }
+        .map_err(|e| error(e.to_string()))?;
+        let resource = Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("exemesh");
+        Ok(Some(Telemetry { provider, tracer }))
+    }
+
+    /// The tracer for the `tracing-opentelemetry` layer.
+    pub fn tracer(&self) -> SdkTracer {
+        self.tracer.clone()
+    }
+
+    /// Flushes queued spans and stops the exporter. Blocking: call it off the async threads.
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("exemesh: flushing spans failed: {e}");
+        }
+    }
+}
