@@ -10,11 +10,15 @@ use exemesh::mesh::channel::{CallPolicy, MeshChannel};
 use exemesh::mesh::dynamic_client;
 use exemesh::mesh::reflection::fetch_pool;
 use exemesh::mesh::status_code::code_name;
+use exemesh::mesh::telemetry::propagation;
+use exemesh::mesh::telemetry::rpc_span::{client_span, record_status};
 use exemesh::services::contract::compile;
+use opentelemetry::trace::TraceContextExt as _;
 use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, MethodDescriptor, SerializeOptions,
 };
 use tonic::transport::Endpoint;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Call a method: JSON in, JSON out.
 ///
@@ -150,6 +154,23 @@ where
     let method = find_method(&pool, service, method_name)?;
     let requests = read_requests(args, target, &method)?;
     let mut request = tonic::Request::new(tokio_stream::iter(requests));
+    // The call's own span (exported when tracing is on); without tracing, a fresh trace context so
+    // that the servers' spans still share one printed trace id.
+    let span = client_span(&format!("/{}/{}", service, method.name()));
+    let context = span.context();
+    let traceparent = if context.span().span_context().is_valid() {
+        propagation::to_strings(&context).0
+    } else {
+        Some(fresh_traceparent())
+    };
+    if let Some(value) = traceparent.as_deref().and_then(|t| t.parse().ok()) {
+        request.metadata_mut().insert("traceparent", value);
+    }
+    let trace_id = traceparent
+        .as_deref()
+        .and_then(|t| t.split('-').nth(1))
+        .unwrap_or_default()
+        .to_string();
     if let Some(timeout) = args.timeout {
         request.set_timeout(timeout);
     }
@@ -170,34 +191,42 @@ where
                 .with_context(|| format!("invalid header value in {header:?}"))?,
         );
     }
-    let outcome = async {
-        let mut replies = dynamic_client::call(channel, &method, request)
-            .await?
-            .into_inner();
-        let mut stdout = std::io::stdout().lock();
-        while let Some(reply) = replies.message().await? {
-            let mut line = Vec::new();
-            let mut ser = serde_json::Serializer::new(&mut line);
-            if reply
-                .serialize_with_options(&mut ser, &SerializeOptions::new())
-                .is_ok()
-            {
-                line.push(b'\n');
-                let _ = stdout.write_all(&line);
-                let _ = stdout.flush();
+    let outcome = tracing::Instrument::instrument(
+        async {
+            let mut replies = dynamic_client::call(channel, &method, request)
+                .await?
+                .into_inner();
+            let mut stdout = std::io::stdout().lock();
+            while let Some(reply) = replies.message().await? {
+                let mut line = Vec::new();
+                let mut ser = serde_json::Serializer::new(&mut line);
+                if reply
+                    .serialize_with_options(&mut ser, &SerializeOptions::new())
+                    .is_ok()
+                {
+                    line.push(b'\n');
+                    let _ = stdout.write_all(&line);
+                    let _ = stdout.flush();
+                }
             }
-        }
-        Ok::<_, tonic::Status>(())
-    }
+            Ok::<_, tonic::Status>(())
+        },
+        span.clone(),
+    )
     .await;
-    match outcome {
+    if let Err(status) = &outcome {
+        record_status(&span, status.code() as i32, Some(status.message()));
+    }
+    let result = match outcome {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(status) => {
             let status = client_deadline(status);
             eprintln!("{}: {}", code_name(status.code()), status.message());
             Ok(ExitCode::from(100 + status.code() as u8))
         }
-    }
+    };
+    eprintln!("trace {trace_id}");
+    result
 }
 
 fn find_method(
@@ -268,6 +297,27 @@ fn read_stdin() -> anyhow::Result<String> {
         .read_to_string(&mut text)
         .context("cannot read stdin")?;
     Ok(text)
+}
+
+/// A new W3C traceparent with random ids (sampled).
+fn fresh_traceparent() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = |salt: u64| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(salt);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish().max(1)
+    };
+    format!(
+        "00-{:016x}{:016x}-{:016x}-01",
+        random(1),
+        random(2),
+        random(3)
+    )
 }
 
 /// tonic's client enforces the deadline itself and reports it as CANCELLED "Timeout expired"; gRPC

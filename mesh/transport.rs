@@ -70,14 +70,14 @@ pub async fn serve_h2c(
                     let local = stream.local_addr().ok();
                     // Every request learns the connection's addresses (for spans), then runs in its
                     // server span (the one tower layer for tracing).
-                    let router = router.clone().map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                    let traced = RpcSpanLayer.layer(router.clone()).map_request(move |mut request: http::Request<hyper::body::Incoming>| {
                         request.extensions_mut().insert(PeerAddr(peer));
                         if let Some(local) = local {
                             request.extensions_mut().insert(LocalAddr(local));
                         }
                         request
                     });
-                    let service = TowerToHyperService::new(RpcSpanLayer.layer(router));
+                    let service = TowerToHyperService::new(traced);
                     let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                     connections.spawn(async move {
                         if let Err(e) = conn.await {

@@ -22,6 +22,9 @@ pub type ReplySink = mpsc::Sender<Result<DynamicMessage, CallError>>;
 
 /// Something that carries out calls of one method: spawn mode or a worker pool.
 pub trait Executor: Send + Sync + std::fmt::Debug + 'static {
+    /// `spawn` or `worker`, for spans and metrics.
+    fn mode(&self) -> &'static str;
+
     /// Runs one call to completion, sending reply messages to `replies`. An `Err` ends the call
     /// with that status (after the replies already sent).
     fn execute<'a>(

@@ -28,6 +28,9 @@ use super::limiter::Limiter;
 use super::rpc_kind::RpcKind;
 use crate::mesh::codec::DynamicCodec;
 use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout, with_call_deadline};
+use crate::mesh::telemetry::propagation;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// A method ready to serve.
 #[derive(Debug)]
@@ -116,6 +119,26 @@ where
     }
 }
 
+/// The span of one execution: queue wait, then what the executor records (pid, exit code, bytes, the
+/// worker, spawn time, stderr lines as events).
+fn exec_span(method: &str, mode: &'static str, queued: Duration) -> tracing::Span {
+    tracing::info_span!(
+        "exec",
+        otel.name = %format!("exec {method}"),
+        otel.kind = "internal",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        exemesh.mode = mode,
+        exemesh.queue_ms = queued.as_secs_f64() * 1000.0,
+        exemesh.spawn_ms = tracing::field::Empty,
+        exemesh.worker = tracing::field::Empty,
+        exemesh.bytes_in = tracing::field::Empty,
+        exemesh.bytes_out = tracing::field::Empty,
+        process.pid = tracing::field::Empty,
+        process.exit_code = tracing::field::Empty,
+    )
+}
+
 /// Adapts one method to tonic's four handler traits.
 struct Handler(Arc<MethodRuntime>);
 
@@ -164,25 +187,41 @@ impl MethodRuntime {
     /// Starts the call on its backend and returns its replies, bounded by the deadline.
     async fn start(
         self: Arc<Self>,
-        ctx: CallContext,
+        mut ctx: CallContext,
         input: RequestStream,
     ) -> Result<ReplyStream, Status> {
+        let queued_at = Instant::now();
         let slot = tokio::time::timeout_at(ctx.deadline, self.limiter.acquire())
             .await
             .map_err(|_| Status::from(ctx.deadline_exceeded()))??;
+        // The execution's span, a child of the call's server span (current here).
+        let exec = exec_span(&self.name, self.executor.mode(), queued_at.elapsed());
+        if let (Some(traceparent), tracestate) = propagation::to_strings(&exec.context()) {
+            // The executable continues this span's trace (when tracing is off, the caller's context
+            // is passed on unchanged).
+            ctx.traceparent = Some(traceparent);
+            ctx.tracestate = tracestate;
+        }
         let (tx, rx) = mpsc::channel(16);
         let deadline_error = ctx.deadline_exceeded();
         let deadline = ctx.deadline;
         let executor = self.executor.clone();
-        let task = tokio::spawn(async move {
-            // Outbound calls made while running this call are capped by its deadline.
-            let deadline = ctx.deadline;
-            if let Err(err) = with_call_deadline(deadline, executor.execute(&ctx, input, &tx)).await
-            {
-                let _ = tx.send(Err(err)).await;
+        let task = tokio::spawn(
+            async move {
+                // Outbound calls made while running this call are capped by its deadline.
+                let deadline = ctx.deadline;
+                if let Err(err) =
+                    with_call_deadline(deadline, executor.execute(&ctx, input, &tx)).await
+                {
+                    let span = tracing::Span::current();
+                    span.record("otel.status_code", "error");
+                    span.record("otel.status_description", err.to_string());
+                    let _ = tx.send(Err(err)).await;
+                }
+                drop(slot);
             }
-            drop(slot);
-        });
+            .instrument(exec),
+        );
         Ok(ReplyStream {
             rx,
             task: Some(AbortOnDrop(task)),

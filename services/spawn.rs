@@ -19,10 +19,14 @@ use super::line_reader::{Line, read_line};
 use super::manifest::{Output, SpawnSpec};
 use super::process::{self, Launch};
 use crate::mesh::status_code::parse_code;
+use crate::mesh::telemetry::SPAN_EVENTS;
 
 /// How long output may keep flowing after the process exited, before whatever it left running
 /// (and holding stdout) is killed.
 const LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// stderr lines recorded as span events, at most.
+const MAX_STDERR_EVENTS: usize = 32;
 
 /// How much of stderr is kept to explain a failure.
 const STDERR_TAIL: usize = 2048;
@@ -127,11 +131,18 @@ impl SpawnRunner {
             cwd: &self.spec.cwd,
             env: &self.spec.env,
         };
+        let spawn_started = std::time::Instant::now();
         let mut started = process::start(&launch, &extra).map_err(|e| CallError::SpawnFailed {
             method: ctx.method.to_string(),
             program: self.spec.program.display().to_string(),
             detail: e.to_string(),
         })?;
+        let span = tracing::Span::current();
+        span.record("process.pid", i64::from(started.group.pgid()));
+        span.record(
+            "exemesh.spawn_ms",
+            spawn_started.elapsed().as_secs_f64() * 1000.0,
+        );
         let stdin = started.child.stdin.take();
         let stdout = started.child.stdout.take();
         let stderr = started.child.stderr.take();
@@ -156,7 +167,11 @@ impl SpawnRunner {
                 };
                 let (document, status) = match waited {
                     // The usual order: output ends, then the process exits.
-                    Err(done) => (done?.1, child.wait().await),
+                    Err(done) => {
+                        let (bytes_in, document) = done?;
+                        tracing::Span::current().record("exemesh.bytes_in", bytes_in as i64);
+                        (document, child.wait().await)
+                    }
                     // The process exited but something it started still holds stdout open (a daemon):
                     // give the pipe a moment to drain, then end the leftovers.
                     Ok(status) => {
@@ -167,7 +182,9 @@ impl SpawnRunner {
                                 io.await
                             }
                         };
-                        (done?.1, status)
+                        let (bytes_in, document) = done?;
+                        tracing::Span::current().record("exemesh.bytes_in", bytes_in as i64);
+                        (document, status)
                     }
                 };
                 let status = status.map_err(|e| CallError::Protocol {
@@ -184,6 +201,12 @@ impl SpawnRunner {
         };
         let (outcome, stderr_text) = tokio::join!(main, read_tail(stderr, &ctx.request_id));
         let (document, status) = outcome?;
+        if let Some(code) = status.code() {
+            span.record("process.exit_code", i64::from(code));
+        }
+        if let Some(doc) = &document {
+            span.record("exemesh.bytes_out", doc.len() as i64);
+        }
         if let Some(doc) = &document
             && let Some(err) = reported_error(doc)
         {
@@ -292,24 +315,24 @@ impl SpawnRunner {
     }
 }
 
-/// Writes the request messages to stdin as JSON lines, then closes it. A process that exits without
-/// reading its input is not an error.
+/// Writes the request messages to stdin as JSON lines, then closes it; returns the bytes written. A
+/// process that exits without reading its input is not an error.
 async fn feed(
     stdin: Option<tokio::process::ChildStdin>,
     first: Option<DynamicMessage>,
     mut input: RequestStream,
-) -> Result<(), CallError> {
+) -> Result<u64, CallError> {
     let Some(mut stdin) = stdin else {
-        return Ok(());
+        return Ok(0);
     };
     let mut buf = Vec::new();
     if let Some(message) = first {
         write_json(&message, &mut buf);
         buf.push(b'\n');
-        // A process that exits without reading its input is not an error.
         let _ = stdin.write_all(&buf).await;
-        return Ok(());
+        return Ok(buf.len() as u64);
     }
+    let mut written = 0;
     while let Some(next) = input.next().await {
         let message = next.map_err(|status| CallError::Reported {
             code: status.code(),
@@ -319,10 +342,11 @@ async fn feed(
         write_json(&message, &mut buf);
         buf.push(b'\n');
         if stdin.write_all(&buf).await.is_err() {
-            return Ok(());
+            break;
         }
+        written += buf.len() as u64;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Logs stderr lines (debug level) and keeps the last bytes to explain a failure.
@@ -333,11 +357,17 @@ async fn read_tail<R: AsyncRead + Unpin>(stderr: Option<R>, request_id: &str) ->
     let mut reader = BufReader::new(stderr);
     let mut kept = String::new();
     let mut line = Vec::new();
+    let mut events = 0;
     while let Ok(Line::Complete | Line::TooLong) =
         read_line(&mut reader, &mut line, 64 * 1024).await
     {
         let text = String::from_utf8_lossy(&line);
         tracing::debug!(request_id, "stderr: {text}");
+        if events < MAX_STDERR_EVENTS {
+            // Becomes an event on the execution's span (bounded).
+            tracing::debug!(target: SPAN_EVENTS, stderr = %text, "stderr");
+            events += 1;
+        }
         kept.push_str(&text);
         kept.push('\n');
         if kept.len() > 2 * STDERR_TAIL {
@@ -348,6 +378,10 @@ async fn read_tail<R: AsyncRead + Unpin>(stderr: Option<R>, request_id: &str) ->
 }
 
 impl Executor for SpawnRunner {
+    fn mode(&self) -> &'static str {
+        "spawn"
+    }
+
     fn execute<'a>(
         &'a self,
         ctx: &'a CallContext,

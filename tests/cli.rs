@@ -234,7 +234,19 @@ async fn call_speaks_json_in_and_out_with_exit_codes_from_the_status() {
             None,
         );
         assert_eq!(out.status.code(), Some(105));
-        assert_eq!(text(&out.stderr), "NOT_FOUND: reported by the executable\n");
+        let stderr = text(&out.stderr);
+        assert_eq!(
+            stderr.lines().next(),
+            Some("NOT_FOUND: reported by the executable"),
+            "{stderr}"
+        );
+        assert!(
+            stderr
+                .lines()
+                .nth(1)
+                .is_some_and(|l| l.starts_with("trace ") && l.len() == 38),
+            "the trace id is printed: {stderr}"
+        );
 
         // the deadline
         let out = run(

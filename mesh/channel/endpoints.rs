@@ -95,6 +95,8 @@ impl Reporting {
             EJECT_AFTER
         };
         if self.failures.fetch_add(1, Ordering::Relaxed) + 1 == threshold {
+            // An event on the span of the call whose failure benched the endpoint.
+            tracing::debug!(target: crate::mesh::telemetry::SPAN_EVENTS, endpoint = %self.key, "endpoint ejected");
             let _ = self.verdicts.send(Verdict::Eject(self.key.clone()));
         }
     }

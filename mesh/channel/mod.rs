@@ -39,6 +39,12 @@ use crate::mesh::deadline::{
 };
 use crate::mesh::discovery::Discovery;
 use crate::mesh::discovery::watcher::Watcher;
+use crate::mesh::telemetry::SPAN_EVENTS;
+use crate::mesh::telemetry::propagation;
+use crate::mesh::telemetry::rpc_span::{client_span, record_status};
+use opentelemetry::trace::TraceContextExt as _;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Inner =
@@ -175,10 +181,17 @@ impl Service<Request<Body>> for MeshChannel {
         if let Ok(value) = format_grpc_timeout(remaining).parse() {
             request.headers_mut().insert(GRPC_TIMEOUT_HEADER, value);
         }
+        let span = client_span(request.uri().path());
+        span.record("exemesh.target", &*self.service);
+        let context = span.context();
+        if context.span().span_context().is_valid() {
+            // With tracing on, the callee continues this span; otherwise headers pass unchanged.
+            propagation::inject(&context, request.headers_mut());
+        }
         let this = self.clone();
-        Box::pin(async move {
+        let call = async move {
             let outcome = tokio::time::timeout_at(deadline, this.call_with_retries(request)).await;
-            match outcome {
+            let result = match outcome {
                 Ok(result) => result,
                 Err(_) => {
                     let active = this.active_endpoints();
@@ -192,8 +205,24 @@ impl Service<Request<Body>> for MeshChannel {
                         remaining.as_millis()
                     ))) as BoxError)
                 }
+            };
+            let span = tracing::Span::current();
+            match &result {
+                Ok(response) => {
+                    if let Some(code) = retry::status_of(response) {
+                        record_status(&span, code as i32, None);
+                    }
+                }
+                Err(e) => match e.downcast_ref::<Status>() {
+                    Some(status) => {
+                        record_status(&span, status.code() as i32, Some(status.message()))
+                    }
+                    None => record_status(&span, Code::Unavailable as i32, Some(&e.to_string())),
+                },
             }
-        })
+            result
+        };
+        Box::pin(call.instrument(span))
     }
 }
 
@@ -235,6 +264,7 @@ impl MeshChannel {
             if !retryable || attempt >= self.policy.max_attempts || !self.budget.withdraw() {
                 return result;
             }
+            tracing::debug!(target: SPAN_EVENTS, attempt, "retry");
             tracing::debug!(service = %self.service, path = %parts.uri.path(), attempt, "retrying");
             attempt += 1;
         }

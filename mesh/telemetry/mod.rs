@@ -12,3 +12,7 @@ pub mod config;
 pub mod propagation;
 pub mod rpc_span;
 pub mod tracer;
+
+/// The `tracing` target of events that belong on spans only (exported, not printed in the log):
+/// stderr lines of executions, retries, ejections.
+pub const SPAN_EVENTS: &str = "exemesh::span_events";

@@ -84,6 +84,23 @@ pub fn server_span<B>(request: &Request<B>) -> Span {
     span
 }
 
+/// The client span of one outbound call (a child of the current span).
+pub fn client_span(path: &str) -> Span {
+    let (service, method) = service_and_method(path);
+    tracing::info_span!(
+        "rpc.client",
+        otel.name = %format!("{service}/{method}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        exemesh.target = tracing::field::Empty,
+    )
+}
+
 /// Records a gRPC status code on `span` (and marks the span as an error unless it is OK).
 pub fn record_status(span: &Span, code: i32, message: Option<&str>) {
     span.record("rpc.grpc.status_code", i64::from(code));

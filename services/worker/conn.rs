@@ -46,6 +46,7 @@ pub struct ParentInfo {
 /// A live, ready worker.
 pub struct Conn {
     id: String,
+    pid: i32,
     writer: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     calls: Mutex<HashMap<u32, Entry>>,
     outbound: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
@@ -73,12 +74,14 @@ impl Conn {
     /// A worker `id` writing frames through `writer`; `released` is notified whenever a slot frees.
     pub fn new(
         id: String,
+        pid: i32,
         writer: mpsc::Sender<Vec<u8>>,
         max_in_flight: usize,
         released: Arc<Notify>,
     ) -> Self {
         Self {
             id,
+            pid,
             writer: Mutex::new(Some(writer)),
             calls: Mutex::new(HashMap::new()),
             outbound: Mutex::new(HashMap::new()),
@@ -92,6 +95,11 @@ impl Conn {
     /// The worker's id, e.g. `orders#1`.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The worker's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid
     }
 
     /// Calls in flight.

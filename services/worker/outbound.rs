@@ -19,7 +19,10 @@ use crate::mesh::discovery::Discovery;
 use crate::mesh::dynamic_client;
 use crate::mesh::reflection::fetch_pool;
 use crate::mesh::status_code::code_name;
+use crate::mesh::telemetry::propagation;
 use crate::services::json::from_json;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Timeout of an outbound call with no parent deadline.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,8 +107,26 @@ impl Outbound {
                 .min()
                 .unwrap_or_else(|| Instant::now() + DEFAULT_TIMEOUT)
         };
-        let outcome =
-            with_call_deadline(deadline, self.execute(&conn, call_id, call, parent)).await;
+        // The call is a child of the execution that made it (carried as the parent's traceparent).
+        let span = tracing::info_span!("outbound", otel.name = %format!("call {}", call.method), otel.kind = "internal", exemesh.call_id = call_id);
+        if let Some(parent) = &parent {
+            let mut headers = http::HeaderMap::new();
+            for (key, value) in [
+                ("traceparent", &parent.traceparent),
+                ("tracestate", &parent.tracestate),
+            ] {
+                if let Some(value) = value
+                    .as_deref()
+                    .and_then(|v| http::HeaderValue::from_str(v).ok())
+                {
+                    headers.insert(key, value);
+                }
+            }
+            let _ = span.set_parent(propagation::extract(&headers));
+        }
+        let outcome = with_call_deadline(deadline, self.execute(&conn, call_id, call, parent))
+            .instrument(span)
+            .await;
         let last = match outcome {
             Ok(()) => frame::reply_end_line(call_id),
             Err(status) => {

@@ -236,7 +236,13 @@ async fn run_once(
         0 => spec.max_in_flight,
         n => n.min(spec.max_in_flight),
     };
-    let conn = Arc::new(Conn::new(id.to_string(), tx, max, pool.released.clone()));
+    let conn = Arc::new(Conn::new(
+        id.to_string(),
+        group.pgid(),
+        tx,
+        max,
+        pool.released.clone(),
+    ));
     tracing::info!(worker = %id, pid = group.pgid(), max_in_flight = max, sdk = %ready.sdk, "worker ready");
     if !ready.methods.is_empty() {
         for method in pool.routed.iter().filter(|m| !ready.methods.contains(m)) {

@@ -68,6 +68,9 @@ impl WorkerRunner {
             tracestate: ctx.tracestate.clone(),
         };
         let mut lease = self.pool.acquire(&ctx.method, &parent).await?;
+        let span = tracing::Span::current();
+        span.record("exemesh.worker", lease.conn.id());
+        span.record("process.pid", i64::from(lease.conn.pid()));
         let mut guard = CancelOnDrop {
             conn: lease.conn.clone(),
             id: lease.id,
@@ -155,6 +158,10 @@ impl WorkerRunner {
 }
 
 impl Executor for WorkerRunner {
+    fn mode(&self) -> &'static str {
+        "worker"
+    }
+
     fn execute<'a>(
         &'a self,
         ctx: &'a CallContext,

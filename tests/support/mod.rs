@@ -2,6 +2,7 @@
 //! report SERVING over gRPC health, and kills its whole process group when dropped.
 #![allow(dead_code)]
 
+pub mod collector;
 pub mod echo;
 pub mod raw_grpc;
 
@@ -58,7 +59,16 @@ impl Served {
 
     /// Starts `exemesh serve MANIFEST --listen 127.0.0.1:0 ARGS...` and waits until it is SERVING.
     pub async fn start_with_args(manifest: &Path, args: &[&str]) -> Served {
-        let served = Self::spawn_with(manifest, &[], args);
+        Self::start_with_env_args(manifest, &[], args).await
+    }
+
+    /// Like [`Served::start_with_args`] with extra environment variables.
+    pub async fn start_with_env_args(
+        manifest: &Path,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Served {
+        let served = Self::spawn_with(manifest, env, args);
         served.wait_serving().await;
         served
     }
