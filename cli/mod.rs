@@ -1,5 +1,6 @@
 //! The subcommands, one file each.
 
+mod admin;
 mod bench;
 mod call;
 mod check;

@@ -16,6 +16,9 @@ pub struct Args {
     /// Listen address (127.0.0.1:0 picks a free port).
     #[arg(long, default_value = DEFAULT_REGISTRY, value_name = "ADDR")]
     listen: SocketAddr,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -24,7 +27,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let bound = listener.local_addr()?;
     tracing::info!("registry serving on {bound}");
-    println!("listening on {bound}");
+    let admin = super::admin::start(args.admin, true).await?;
+    println!("listening on {bound}{}", admin.banner());
     serve_registry(listener, super::signal::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

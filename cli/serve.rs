@@ -21,6 +21,9 @@ pub struct Args {
     /// Listen address, overriding the manifest's `service.listen` (use 127.0.0.1:0 for any free port).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     #[command(flatten)]
     mesh: MeshArgs,
 }
@@ -117,11 +120,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "cannot start the orphan guard ({e}); grandchildren may outlive a kill -9 of exemesh"
         );
     }
-    println!("listening on {bound}");
+    let admin = match args.admin {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--admin)"))?,
+        ),
+        None => None,
+    };
+    // One write for both lines: a reader that stops after the first must not break the second.
+    let mut banner = format!("listening on {bound}\n");
+    if let Some(admin) = &admin {
+        banner.push_str(&format!("admin listening on {}\n", admin.local_addr()?));
+    }
+    print!("{banner}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     let announce = args
         .mesh
         .announce(plan.contract.service.full_name(), bound)?;
-    let served = serve(plan, listener, super::signal::shutdown_signal(), announce).await;
+    let served = serve(
+        plan,
+        listener,
+        super::signal::shutdown_signal(),
+        announce,
+        admin,
+    )
+    .await;
     exemesh::services::reaper::stop();
     served?;
     Ok(ExitCode::SUCCESS)

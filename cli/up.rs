@@ -24,6 +24,10 @@ pub struct Args {
     /// The registry's listen address, overriding the mesh file's (127.0.0.1:0 for any port).
     #[arg(long, value_name = "ADDR")]
     registry_listen: Option<SocketAddr>,
+    /// Serve /metrics (Prometheus), /healthz and /readyz over HTTP on this address (the registry's
+    /// and `up`'s own metrics; each instance can have its own through its manifest's process).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
     /// How long instances get to drain at shutdown before they are killed.
     #[arg(long, default_value = "35s", value_parser = humantime::parse_duration)]
     grace: Duration,
@@ -43,7 +47,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let registry = tokio::spawn(serve_registry(listener, async move {
         let _ = registry_stopped.wait_for(|s| *s).await;
     }));
-    println!("registry listening on {registry_addr}");
+    let admin = super::admin::start(args.admin, false).await?;
+    println!("registry listening on {registry_addr}{}", admin.banner());
 
     let exe = std::env::current_exe().context("cannot find the exemesh binary")?;
     let mut children = Vec::new();
@@ -76,6 +81,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         () = &mut shutdown => false,
     };
     if ready {
+        admin.set_ready(true);
         let rows = super::status::gather(&registry_addr, None).await?;
         println!();
         super::status::print_table(&rows);

@@ -28,6 +28,7 @@ use super::limiter::Limiter;
 use super::rpc_kind::RpcKind;
 use crate::mesh::codec::DynamicCodec;
 use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout, with_call_deadline};
+use crate::mesh::telemetry::metrics::{ExecLabels, metrics};
 use crate::mesh::telemetry::propagation;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -206,8 +207,13 @@ impl MethodRuntime {
         let deadline_error = ctx.deadline_exceeded();
         let deadline = ctx.deadline;
         let executor = self.executor.clone();
+        let exec_labels = ExecLabels {
+            method: self.name.to_string(),
+            mode: self.executor.mode().to_string(),
+        };
         let task = tokio::spawn(
             async move {
+                let started = std::time::Instant::now();
                 // Outbound calls made while running this call are capped by its deadline.
                 let deadline = ctx.deadline;
                 if let Err(err) =
@@ -218,6 +224,10 @@ impl MethodRuntime {
                     span.record("otel.status_description", err.to_string());
                     let _ = tx.send(Err(err)).await;
                 }
+                metrics()
+                    .exec_duration
+                    .get_or_create(&exec_labels)
+                    .observe(started.elapsed().as_secs_f64());
                 drop(slot);
             }
             .instrument(exec),

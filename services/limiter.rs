@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::CallError;
+use crate::mesh::telemetry::metrics::{metrics, name};
 
 /// The limiter of one method.
 #[derive(Debug)]
@@ -47,7 +48,12 @@ impl Limiter {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(self.overloaded());
         }
+        let depth = metrics()
+            .queue_depth
+            .get_or_create_owned(&name(&self.method));
+        depth.inc();
         let _queued = QueuedGuard(&self.waiting);
+        let _depth = DepthGuard(depth);
         match self.slots.clone().acquire_owned().await {
             Ok(permit) => Ok(Slot { _permit: permit }),
             Err(_) => Err(CallError::ShuttingDown),
@@ -69,6 +75,14 @@ impl Limiter {
 }
 
 struct QueuedGuard<'a>(&'a AtomicUsize);
+
+struct DepthGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for DepthGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 impl Drop for QueuedGuard<'_> {
     fn drop(&mut self) {

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -28,6 +29,7 @@ use super::worker::runner::WorkerRunner;
 use crate::mesh::discovery::registration::Registration;
 use crate::mesh::discovery::{Discovery, Instance};
 use crate::mesh::introspection::{ReflectionSetupError, set_status, with_introspection};
+use crate::mesh::telemetry::admin::serve_admin;
 use crate::mesh::transport::{Http2Settings, serve_h2c};
 
 /// Why a server could not start or run.
@@ -89,8 +91,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     announce: Option<Announce>,
+    admin: Option<TcpListener>,
 ) -> Result<(), ServeError> {
     let service_name = plan.contract.service.full_name().to_string();
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_task = admin
+        .map(|listener| tokio::spawn(serve_admin(listener, ready.clone(), std::future::pending())));
     let outbound = announce
         .as_ref()
         .map(|a| Outbound::new(a.discovery.clone()));
@@ -109,6 +115,7 @@ pub async fn serve(
         reporter.clone(),
         service_name.clone(),
         pools.values().cloned().collect(),
+        ready.clone(),
     ));
     let drain = plan.manifest.drain_timeout;
     let registration = tokio::spawn({
@@ -130,6 +137,7 @@ pub async fn serve(
         async move {
             shutdown.await;
             health_task.abort();
+            ready.store(false, Ordering::Relaxed);
             set_status(&reporter, &service_name, ServingStatus::NotServing).await;
             // Deregister first, and keep serving while callers drop this instance from their sets.
             registration.abort();
@@ -151,6 +159,9 @@ pub async fn serve(
     }
     for pool in pools.values() {
         pool.stop().await;
+    }
+    if let Some(task) = admin_task {
+        task.abort();
     }
     tracing::info!("stopped");
     Ok(())
@@ -245,7 +256,12 @@ async fn all_pools_ready(pools: &[Arc<Pool>]) {
 }
 
 /// SERVING while every pool has at least one ready worker (immediately, for spawn-only services).
-async fn follow_pools(reporter: HealthReporter, service: String, pools: Vec<Arc<Pool>>) {
+async fn follow_pools(
+    reporter: HealthReporter,
+    service: String,
+    pools: Vec<Arc<Pool>>,
+    ready: Arc<AtomicBool>,
+) {
     let mut watchers: Vec<_> = pools.iter().map(|p| p.ready_workers()).collect();
     let mut last = None;
     loop {
@@ -258,6 +274,7 @@ async fn follow_pools(reporter: HealthReporter, service: String, pools: Vec<Arc<
             };
             tracing::info!(service = %service, "health: {status:?}");
             set_status(&reporter, &service, status).await;
+            ready.store(serving, Ordering::Relaxed);
             last = Some(serving);
         }
         if watchers.is_empty() {

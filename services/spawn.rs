@@ -137,6 +137,10 @@ impl SpawnRunner {
             program: self.spec.program.display().to_string(),
             detail: e.to_string(),
         })?;
+        crate::mesh::telemetry::metrics::metrics()
+            .spawns
+            .get_or_create(&crate::mesh::telemetry::metrics::name(&ctx.method))
+            .inc();
         let span = tracing::Span::current();
         span.record("process.pid", i64::from(started.group.pgid()));
         span.record(

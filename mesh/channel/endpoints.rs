@@ -25,6 +25,7 @@ use tower::discover::Change;
 use tower::load::{CompleteOnResponse, PeakEwma};
 
 use crate::mesh::discovery::watcher::InstanceSet;
+use crate::mesh::telemetry::metrics::{metrics, name};
 
 /// Consecutive failures that bench an endpoint.
 pub const EJECT_AFTER: u32 = 3;
@@ -206,7 +207,7 @@ pub async fn manage(
                     );
                 }
             }
-            publish(&members, &stats);
+            publish(&members, &stats, &service);
             sync = false;
         }
         let next_readmit = members
@@ -244,7 +245,7 @@ pub async fn manage(
                         let _ = changes.send(Ok(Change::Insert(key.clone(), svc)));
                     }
                 }
-                publish(&members, &stats);
+                publish(&members, &stats, &service);
             }
         }
         if changes.is_closed() {
@@ -272,8 +273,12 @@ fn eject(
     };
     member.backoff = (member.backoff * 2).min(BACKOFF_MAX);
     stats.ejections.fetch_add(1, Ordering::Relaxed);
+    metrics()
+        .client_ejections
+        .get_or_create(&name(service))
+        .inc();
     let _ = changes.send(Ok(Change::Remove(key.to_string())));
-    publish(members, stats);
+    publish(members, stats, service);
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -283,7 +288,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-fn publish(members: &HashMap<String, Member>, stats: &EndpointStats) {
+fn publish(members: &HashMap<String, Member>, stats: &EndpointStats, service: &str) {
     let benched = members
         .values()
         .filter(|m| matches!(m.state, MemberState::Benched { .. }))
@@ -292,4 +297,8 @@ fn publish(members: &HashMap<String, Member>, stats: &EndpointStats) {
     stats
         .active
         .store(members.len() - benched, Ordering::Relaxed);
+    metrics()
+        .client_endpoints
+        .get_or_create(&name(service))
+        .set((members.len() - benched) as i64);
 }

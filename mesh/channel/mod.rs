@@ -41,7 +41,7 @@ use crate::mesh::discovery::Discovery;
 use crate::mesh::discovery::watcher::Watcher;
 use crate::mesh::telemetry::SPAN_EVENTS;
 use crate::mesh::telemetry::propagation;
-use crate::mesh::telemetry::rpc_span::{client_span, record_status};
+use crate::mesh::telemetry::rpc_span::{CallRecord, Side, client_span, with_status_record};
 use opentelemetry::trace::TraceContextExt as _;
 use tracing::Instrument as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -189,6 +189,7 @@ impl Service<Request<Body>> for MeshChannel {
             propagation::inject(&context, request.headers_mut());
         }
         let this = self.clone();
+        let mut record = CallRecord::start(span.clone(), Side::Client, request.uri().path());
         let call = async move {
             let outcome = tokio::time::timeout_at(deadline, this.call_with_retries(request)).await;
             let result = match outcome {
@@ -206,21 +207,17 @@ impl Service<Request<Body>> for MeshChannel {
                     ))) as BoxError)
                 }
             };
-            let span = tracing::Span::current();
-            match &result {
-                Ok(response) => {
-                    if let Some(code) = retry::status_of(response) {
-                        record_status(&span, code as i32, None);
+            match result {
+                // The status comes with the response headers (errors) or its trailers.
+                Ok(response) => Ok(with_status_record(response, Some(record)).map(Body::new)),
+                Err(e) => {
+                    match e.downcast_ref::<Status>() {
+                        Some(status) => record.finish(status.code() as i32, Some(status.message())),
+                        None => record.finish(Code::Unavailable as i32, Some(&e.to_string())),
                     }
+                    Err(e)
                 }
-                Err(e) => match e.downcast_ref::<Status>() {
-                    Some(status) => {
-                        record_status(&span, status.code() as i32, Some(status.message()))
-                    }
-                    None => record_status(&span, Code::Unavailable as i32, Some(&e.to_string())),
-                },
             }
-            result
         };
         Box::pin(call.instrument(span))
     }
@@ -265,6 +262,10 @@ impl MeshChannel {
                 return result;
             }
             tracing::debug!(target: SPAN_EVENTS, attempt, "retry");
+            crate::mesh::telemetry::metrics::metrics()
+                .client_retries
+                .get_or_create(&crate::mesh::telemetry::metrics::name(&self.service))
+                .inc();
             tracing::debug!(service = %self.service, path = %parts.uri.path(), attempt, "retrying");
             attempt += 1;
         }

@@ -85,6 +85,12 @@ impl Store {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn count(state: &State) {
+        crate::mesh::telemetry::metrics::metrics()
+            .registry_instances
+            .set(state.instances.len() as i64);
+    }
+
     /// Adds or replaces (by id) an instance with a new lease; returns the lease and its TTL.
     pub fn register(&self, mut instance: Instance, ttl: Duration, now: Instant) -> (u64, Duration) {
         let ttl = ttl.max(MIN_TTL);
@@ -107,6 +113,7 @@ impl Store {
                 expires: now + ttl,
             },
         );
+        Self::count(&state);
         // Sent under the lock so that watchers see changes in the order they happened.
         let _ = self.changes.send(Change::Upsert(instance));
         (lease, ttl)
@@ -133,6 +140,7 @@ impl Store {
             return false;
         };
         state.leases.remove(&entry.lease);
+        Self::count(&state);
         let _ = self.changes.send(Change::Remove(entry.instance));
         true
     }
@@ -154,6 +162,7 @@ impl Store {
                 removed.push(entry.instance);
             }
         }
+        Self::count(&state);
         removed
     }
 

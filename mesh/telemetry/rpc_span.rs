@@ -112,7 +112,84 @@ pub fn record_status(span: &Span, code: i32, message: Option<&str>) {
     }
 }
 
-fn status_from(headers: &http::HeaderMap) -> Option<(i32, Option<String>)> {
+/// Which side of a call a record measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// A call this process serves.
+    Server,
+    /// A call this process makes through the mesh channel.
+    Client,
+}
+
+/// Finishes a call once: records its status on its span and its count, latency (and, for served
+/// calls, in-flight gauge) in the metrics.
+#[derive(Debug)]
+pub struct CallRecord {
+    span: Span,
+    side: Side,
+    labels: super::metrics::CallLabels,
+    started: std::time::Instant,
+    finished: bool,
+}
+
+impl CallRecord {
+    /// Starts recording a call of `path`.
+    pub fn start(span: Span, side: Side, path: &str) -> CallRecord {
+        let labels = super::metrics::call_labels(path);
+        if side == Side::Server {
+            super::metrics::metrics()
+                .server_in_flight
+                .get_or_create(&labels)
+                .inc();
+        }
+        CallRecord {
+            span,
+            side,
+            labels,
+            started: std::time::Instant::now(),
+            finished: false,
+        }
+    }
+
+    /// Records the call's outcome (only the first time).
+    pub fn finish(&mut self, code: i32, message: Option<&str>) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        record_status(&self.span, code, message);
+        let m = super::metrics::metrics();
+        let seconds = self.started.elapsed().as_secs_f64();
+        let with_code = super::metrics::code_labels(&self.labels, code);
+        match self.side {
+            Side::Server => {
+                m.server_in_flight.get_or_create(&self.labels).dec();
+                m.server_requests.get_or_create(&with_code).inc();
+                m.server_duration
+                    .get_or_create(&self.labels)
+                    .observe(seconds);
+            }
+            Side::Client => {
+                m.client_requests.get_or_create(&with_code).inc();
+                m.client_duration
+                    .get_or_create(&self.labels)
+                    .observe(seconds);
+            }
+        }
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        // A response dropped before its trailers: the call was cancelled.
+        self.finish(
+            tonic::Code::Cancelled as i32,
+            Some("the call ended before its status"),
+        );
+    }
+}
+
+/// The status of a response that carries it in its headers (trailers-only), if any.
+pub fn status_from(headers: &http::HeaderMap) -> Option<(i32, Option<String>)> {
     let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
     let message = headers
         .get("grpc-message")
@@ -137,30 +214,37 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let span = server_span(&request);
+        let record = traced(request.uri().path())
+            .then(|| CallRecord::start(span.clone(), Side::Server, request.uri().path()));
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
         };
         Box::pin(async move {
-            let response = tracing::Instrument::instrument(future, span.clone()).await?;
-            // A trailers-only response (an error with no messages) carries its status in the headers.
-            let status = status_from(response.headers());
-            if let Some((code, message)) = &status {
-                record_status(&span, *code, message.as_deref());
-            }
-            let span = if status.is_some() { None } else { Some(span) };
-            Ok(response.map(|body| StatusBody { body, span }))
+            let response = tracing::Instrument::instrument(future, span).await?;
+            Ok(with_status_record(response, record))
         })
     }
 }
 
+/// Finishes `record` from a trailers-only status now, or from the trailers when the body ends.
+pub fn with_status_record<RB: Body>(
+    response: Response<RB>,
+    mut record: Option<CallRecord>,
+) -> Response<StatusBody<RB>> {
+    if let (Some((code, message)), Some(r)) = (status_from(response.headers()), record.as_mut()) {
+        r.finish(code, message.as_deref());
+    }
+    response.map(|body| StatusBody { body, record })
+}
+
 pin_project_lite::pin_project! {
-    /// A response body that records the gRPC status from the trailers on the span, which closes when
-    /// the body is dropped.
+    /// A response body that finishes its call's record (span status, metrics) from the trailers; the
+    /// span closes when the body is dropped.
     pub struct StatusBody<B> {
         #[pin]
         body: B,
-        span: Option<Span>,
+        record: Option<CallRecord>,
     }
 }
 
@@ -174,11 +258,21 @@ impl<B: Body> Body for StatusBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.body.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let (Some(trailers), Some(span)) = (frame.trailers_ref(), this.span.as_ref())
-            && let Some((code, message)) = status_from(trailers)
-        {
-            record_status(span, code, message.as_deref());
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(record)) = (frame.trailers_ref(), this.record.as_mut())
+                    && let Some((code, message)) = status_from(trailers)
+                {
+                    record.finish(code, message.as_deref());
+                }
+            }
+            // The body ended without trailers: nothing more will tell the status.
+            Poll::Ready(None) => {
+                if let Some(record) = this.record.as_mut() {
+                    record.finish(tonic::Code::Ok as i32, None);
+                }
+            }
+            _ => {}
         }
         polled
     }

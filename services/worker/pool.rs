@@ -13,6 +13,7 @@ use super::conn::ParentInfo;
 use super::conn::{Conn, Event};
 use super::frame::{self, Inbound, parse_inbound};
 use super::outbound::Outbound;
+use crate::mesh::telemetry::metrics::{metrics, name};
 use crate::services::error::CallError;
 use crate::services::exit_status::describe_exit;
 use crate::services::line_reader::{Line, read_line};
@@ -139,6 +140,10 @@ impl Pool {
         }
         let ready = slots.iter().flatten().count();
         drop(slots);
+        metrics()
+            .pool_ready
+            .get_or_create(&name(&self.spec.name))
+            .set(ready as i64);
         self.ready.send_replace(ready);
         self.released.notify_waiters();
     }
@@ -172,6 +177,10 @@ async fn supervise(pool: Arc<Pool>, index: usize) {
             backoff = BACKOFF_START;
         }
         tracing::info!(worker = %id, "restarting in {}ms", backoff.as_millis());
+        metrics()
+            .pool_restarts
+            .get_or_create(&name(&pool.spec.name))
+            .inc();
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = stopping.changed() => {}

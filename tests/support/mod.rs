@@ -35,6 +35,8 @@ pub fn fixture(rel: &str) -> PathBuf {
 pub struct Served {
     pub child: Child,
     pub addr: String,
+    /// The admin address, when started with `--admin`.
+    pub admin: Option<String>,
     pub stderr_path: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -97,9 +99,20 @@ impl Served {
             .expect("start exemesh");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout)
+        let mut reader = BufReader::new(stdout);
+        reader
             .read_line(&mut line)
             .expect("read the listening line");
+        let admin = if args.contains(&"--admin") {
+            let mut second = String::new();
+            reader.read_line(&mut second).expect("read the admin line");
+            second
+                .trim()
+                .strip_prefix("admin listening on ")
+                .map(str::to_string)
+        } else {
+            None
+        };
         let Some(addr) = line.trim().strip_prefix("listening on ") else {
             let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
             let _ = child.kill();
@@ -107,6 +120,7 @@ impl Served {
         };
         Served {
             addr: addr.to_string(),
+            admin,
             child,
             stderr_path,
             _dir: dir,
@@ -331,4 +345,24 @@ pub fn manifest(dir: &Path, name: &str, template: &str, marker: &str) -> PathBuf
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write manifest");
     path
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
 }
