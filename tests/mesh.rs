@@ -137,7 +137,7 @@ async fn the_registry_expires_lapsed_leases_and_tells_watchers() {
         "removed before the lease lapsed"
     );
     assert!(
-        discovery.keep_alive(lease.id).await.is_err(),
+        discovery.keep_alive(lease.id, "i1").await.is_err(),
         "an expired lease cannot be renewed"
     );
 }
@@ -320,7 +320,29 @@ async fn a_registry_restart_loses_no_endpoint_and_instances_come_back() {
     let _registry = Registry::start(&addr);
     let discovery = connect(&addr).expect("discovery");
     // Bounded loosely: the servers notice at their next keep-alive, and a loaded CI machine is slow.
-    wait_instances(&discovery, 2, Duration::from_secs(20)).await;
+    let start = Instant::now();
+    while discovery
+        .resolve(SERVICE)
+        .await
+        .map(|l| l.len())
+        .unwrap_or(0)
+        != 2
+    {
+        let registration_log = |s: &Served| {
+            s.log()
+                .lines()
+                .filter(|l| l.contains("regist") || l.contains("lease"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the instances did not re-register:\nA:\n{}\nB:\n{}",
+            registration_log(&_a),
+            registration_log(&_b)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (counts, _, failures) = load(&client, 200, 4).await;
     assert!(
         failures.is_empty() && counts.len() == 2,
@@ -482,5 +504,5 @@ async fn a_dead_endpoint_is_ejected_then_readmitted_when_it_comes_back() {
         pids.extend(counts.keys().copied());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = discovery.keep_alive(lease.id).await;
+    let _ = discovery.keep_alive(lease.id, "comeback").await;
 }

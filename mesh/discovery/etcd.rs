@@ -198,7 +198,12 @@ impl Discovery for EtcdDiscovery {
         })
     }
 
-    fn keep_alive(&self, lease: u64) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+    fn keep_alive(
+        &self,
+        lease: u64,
+        _instance_id: &str,
+    ) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+        // etcd lease ids are unique cluster-wide and survive restarts: the id alone is enough.
         Box::pin(async move {
             let ttl = self
                 .any_member("lease keep-alive", |ch| async move {

@@ -65,8 +65,12 @@ pub trait Discovery: Send + Sync + std::fmt::Debug + 'static {
         instance: Instance,
         ttl: Duration,
     ) -> BoxFuture<'_, Result<Lease, DiscoveryError>>;
-    /// Renews a lease.
-    fn keep_alive(&self, lease: u64) -> BoxFuture<'_, Result<(), DiscoveryError>>;
+    /// Renews the lease of `instance_id`.
+    fn keep_alive(
+        &self,
+        lease: u64,
+        instance_id: &str,
+    ) -> BoxFuture<'_, Result<(), DiscoveryError>>;
     /// Removes an instance.
     fn deregister(&self, instance_id: &str) -> BoxFuture<'_, Result<(), DiscoveryError>>;
     /// The instances of `service` ("" for all).

@@ -98,7 +98,7 @@ async fn keep_registered(
             if sleep_or_stop(interval, &mut stopped).await {
                 return;
             }
-            match discovery.keep_alive(lease.id).await {
+            match discovery.keep_alive(lease.id, &instance.id).await {
                 Ok(()) => last_ok = tokio::time::Instant::now(),
                 Err(DiscoveryError::LeaseLost(_)) => {
                     tracing::info!(id = %instance.id, "lease lost; registering again");

@@ -82,10 +82,18 @@ impl Discovery for RegistryDiscovery {
         })
     }
 
-    fn keep_alive(&self, lease: u64) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+    fn keep_alive(
+        &self,
+        lease: u64,
+        instance_id: &str,
+    ) -> BoxFuture<'_, Result<(), DiscoveryError>> {
+        let instance_id = instance_id.to_string();
         Box::pin(async move {
             self.client()
-                .keep_alive(request(KeepAliveRequest { lease_id: lease }))
+                .keep_alive(request(KeepAliveRequest {
+                    lease_id: lease,
+                    instance_id,
+                }))
                 .await
                 .map_err(map_status)?;
             Ok(())

@@ -60,9 +60,11 @@ impl Registry for RegistryService {
         &self,
         request: Request<KeepAliveRequest>,
     ) -> Result<Response<KeepAliveResponse>, Status> {
+        let request = request.into_inner();
+        let instance = Some(request.instance_id.as_str()).filter(|i| !i.is_empty());
         let ttl = self
             .store
-            .keep_alive(request.get_ref().lease_id, Instant::now())
+            .keep_alive(request.lease_id, instance, Instant::now())
             .map_err(|e| Status::not_found(e.to_string()))?;
         Ok(Response::new(KeepAliveResponse {
             ttl_ms: ttl.as_millis() as u32,

@@ -57,6 +57,18 @@ pub struct Store {
     changes: broadcast::Sender<Change>,
 }
 
+fn random_start() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    // Leave room to count up; never 0.
+    (h.finish() >> 16).max(1)
+}
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -74,7 +86,9 @@ impl Store {
     pub fn new(backlog: usize) -> Self {
         Self {
             state: Mutex::new(State {
-                next_lease: 1,
+                // Lease ids start at a random point so that a restarted registry does not hand out
+                // its predecessor's ids (a server still holding one would renew a stranger's lease).
+                next_lease: random_start(),
                 ..State::default()
             }),
             changes: broadcast::channel(backlog.max(16)).0,
@@ -119,14 +133,22 @@ impl Store {
         (lease, ttl)
     }
 
-    /// Renews a lease.
-    pub fn keep_alive(&self, lease: u64, now: Instant) -> Result<Duration, UnknownLease> {
+    /// Renews a lease (of `instance`, when given).
+    pub fn keep_alive(
+        &self,
+        lease: u64,
+        instance: Option<&str>,
+        now: Instant,
+    ) -> Result<Duration, UnknownLease> {
         let mut state = self.state();
         let id = state
             .leases
             .get(&lease)
             .cloned()
             .ok_or(UnknownLease(lease))?;
+        if instance.is_some_and(|i| i != id) {
+            return Err(UnknownLease(lease));
+        }
         let entry = state.instances.get_mut(&id).ok_or(UnknownLease(lease))?;
         entry.expires = now + entry.ttl;
         entry.instance.renewed_unix_ms = unix_ms();
@@ -221,14 +243,14 @@ mod tests {
         let (_b, _) = store.register(instance("b", "s"), Duration::from_secs(2), t0);
         assert!(store.expire(t0 + Duration::from_millis(900)).is_empty());
         store
-            .keep_alive(a, t0 + Duration::from_millis(900))
+            .keep_alive(a, Some("a"), t0 + Duration::from_millis(900))
             .expect("alive");
         assert!(
             store.expire(t0 + Duration::from_millis(1_500)).is_empty(),
             "renewed at 0.9 s: alive until 1.9 s"
         );
         store
-            .keep_alive(a, t0 + Duration::from_millis(1_500))
+            .keep_alive(a, Some("a"), t0 + Duration::from_millis(1_500))
             .expect("alive");
         let gone = store.expire(t0 + Duration::from_millis(2_100));
         assert_eq!(
@@ -238,7 +260,7 @@ mod tests {
         assert_eq!(store.resolve("s").len(), 1);
         let gone = store.expire(t0 + Duration::from_millis(2_600));
         assert_eq!(gone.len(), 1);
-        assert_eq!(store.keep_alive(a, t0), Err(UnknownLease(a)));
+        assert_eq!(store.keep_alive(a, None, t0), Err(UnknownLease(a)));
     }
 
     #[test]
@@ -263,7 +285,11 @@ mod tests {
         let (new, _) = store.register(instance("a", "s"), Duration::from_secs(5), now);
         assert_ne!(old, new);
         assert_eq!(store.resolve("").len(), 1);
-        assert!(store.keep_alive(old, now).is_err());
-        assert!(store.keep_alive(new, now).is_ok());
+        assert!(store.keep_alive(old, None, now).is_err());
+        assert!(store.keep_alive(new, Some("a"), now).is_ok());
+        assert!(
+            store.keep_alive(new, Some("b"), now).is_err(),
+            "a lease of another instance"
+        );
     }
 }
