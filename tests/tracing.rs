@@ -23,9 +23,13 @@ struct Mesh {
 }
 
 async fn mesh(collector: &Collector) -> Mesh {
+    mesh_with(collector, &[]).await
+}
+
+async fn mesh_with(collector: &Collector, extra: &[(String, String)]) -> Mesh {
     let registry = Registry::start("127.0.0.1:0");
     let dir = tempfile::tempdir().expect("tempdir");
-    let env = vec![
+    let mut env = vec![
         (
             "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
             collector.endpoint.clone(),
@@ -36,6 +40,7 @@ async fn mesh(collector: &Collector) -> Mesh {
             dir.path().join("orders.db").display().to_string(),
         ),
     ];
+    env.extend(extra.iter().cloned());
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut servers = Vec::new();
     for name in ["product", "user", "order"] {
@@ -271,5 +276,57 @@ async fn a_failed_call_is_recorded_as_an_error_along_the_trace() {
         .find(|s| s.span.parent_span_id.is_empty())
         .expect("a root span from the CLI");
     assert_eq!(cli.status(), ERROR);
+    drop(mesh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_python_spans_nest_under_the_exec_span() {
+    // The shop workers run with the test venv's python, which has the OpenTelemetry SDK.
+    let venv = root().join(".venv/bin");
+    assert!(
+        venv.join("python3").exists(),
+        "{} is missing: scripts/test.sh creates it",
+        venv.display()
+    );
+    let path = format!(
+        "{}:{}",
+        venv.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let collector = Collector::start().await;
+    let mesh = mesh_with(&collector, &[("PATH".to_string(), path)]).await;
+    let (trace, code) = call(
+        &mesh,
+        r#"{"userId":"u2","lines":[{"productId":"p2","quantity":1}]}"#,
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    let spans = collector
+        .wait_trace(&trace, Duration::from_secs(20), |s| {
+            let python: Vec<&Received> = s.iter().filter(|x| x.service == "shop.py").collect();
+            python.len() >= 2
+                && python
+                    .iter()
+                    .all(|p| s.iter().any(|x| x.span_id() == p.parent_id()))
+        })
+        .await;
+    for (python, server) in [
+        ("shop.place_order", "shop.v1.OrderService"),
+        ("shop.get_user", "shop.v1.UserService"),
+    ] {
+        let span = one(&spans, "shop.py", python);
+        assert_eq!(
+            span.trace_id(),
+            trace,
+            "the Python span shares the trace id"
+        );
+        let exec = parent_of(&spans, span);
+        assert!(
+            is_exec(exec) && exec.service == server,
+            "{python}'s parent is {} from {}",
+            exec.span.name,
+            exec.service
+        );
+    }
     drop(mesh);
 }

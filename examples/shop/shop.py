@@ -272,9 +272,40 @@ GET_USER = "shop.v1.UserService/GetUser"
 GET_PRODUCT = "shop.v1.ProductService/GetProduct"
 
 
+def _setup_tracing():
+    """Optional: with the OpenTelemetry SDK installed (pip install opentelemetry-sdk
+    opentelemetry-exporter-otlp-proto-grpc) and OTEL_EXPORTER_OTLP_ENDPOINT set, the worker's own
+    spans are exported and nest under exemesh's execution span (ctx.otel_context()). Returns a
+    tracer, or None when tracing is off."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return None
+    try:
+        import atexit
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        return None
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop.py"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    atexit.register(provider.shutdown)
+    return provider.get_tracer("shop.py")
+
+
 def build_worker(max_in_flight=8):
     """The exemesh worker serving UserService, OrderService and ProductService."""
     sdk = _load_worker_sdk()
+    tracer = _setup_tracing()
+
+    def traced(name, ctx):
+        """A span of this process under exemesh's execution span, when tracing is on."""
+        if tracer is None:
+            import contextlib
+            return contextlib.nullcontext()
+        return tracer.start_as_current_span(name, context=ctx.otel_context())
+
     Error = sdk.Error
     worker = sdk.Worker(max_in_flight=max_in_flight, sdk="shop.py/1.0 (" + sdk.SDK_NAME + ")")
 
@@ -307,17 +338,19 @@ def build_worker(max_in_flight=8):
 
     @worker.unary("shop.v1.UserService/GetUser")
     def _get_user(req, ctx):
-        try:
-            return get_user(req.get("id", ""))
-        except ShopError as exc:
-            raise status(exc)
+        with traced("shop.get_user", ctx):
+            try:
+                return get_user(req.get("id", ""))
+            except ShopError as exc:
+                raise status(exc)
 
     @worker.unary("shop.v1.OrderService/PlaceOrder")
     def _place_order(req, ctx):
-        try:
-            order = place_order(req, **through_the_mesh(ctx))
-        except ShopError as exc:
-            raise status(exc)
+        with traced("shop.place_order", ctx):
+            try:
+                order = place_order(req, **through_the_mesh(ctx))
+            except ShopError as exc:
+                raise status(exc)
         ctx.log("placed %s for %s (%s cents)" % (order["id"], order["userId"], order["totalCents"]))
         return order
 
