@@ -9,6 +9,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/exemesh/v1/registry.proto",
+        "proto/exemesh/v1/traces.proto",
         "proto/exemesh/v1/worker.proto",
     ];
     for proto in protos {

@@ -9,6 +9,7 @@ mod registry;
 mod serve;
 mod signal;
 mod status;
+mod trace;
 mod up;
 
 use std::process::ExitCode;
@@ -33,6 +34,7 @@ enum Command {
     Status(status::Args),
     Up(up::Args),
     Bench(bench::Args),
+    Trace(trace::Args),
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into an exit code.
@@ -69,6 +71,7 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Trace(args) => trace::run(args).await,
         };
         if let Some(telemetry) = telemetry {
             // Flushing blocks: off the async threads, while the runtime still drives the exporter.

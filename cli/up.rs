@@ -50,6 +50,26 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let admin = super::admin::start(args.admin, false).await?;
     println!("registry listening on {registry_addr}{}", admin.banner());
 
+    // The embedded trace view: unless spans already go to a backend, collect them here.
+    let collecting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_none()
+        && std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_none();
+    let (trace_env, _trace_view) = if collecting {
+        let view = start_trace_view(&registry_addr).await?;
+        println!(
+            "traces collected on {} (exemesh trace --discovery {registry_addr})",
+            view.addr
+        );
+        let env = vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+                format!("http://{}", view.addr),
+            ),
+            ("OTEL_BSP_SCHEDULE_DELAY".to_string(), "200".to_string()),
+        ];
+        (env, Some(view))
+    } else {
+        (Vec::new(), None)
+    };
     let exe = std::env::current_exe().context("cannot find the exemesh binary")?;
     let mut children = Vec::new();
     for service in &mesh.services {
@@ -68,7 +88,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     "--instance-id".into(),
                     name,
                 ],
-                env: service.env.clone(),
+                env: service
+                    .env
+                    .iter()
+                    .cloned()
+                    .chain(trace_env.iter().cloned())
+                    .collect(),
             });
         }
     }
@@ -122,4 +147,70 @@ async fn wait_all_serving(supervisor: &Supervisor, registry: &str, total: usize)
     }
     eprintln!("exemesh up: not every instance became SERVING within 120 s; see the logs above");
     true
+}
+
+/// The running trace view: an OTLP receiver and the `exemesh.v1.Traces` query service on one port,
+/// registered in the mesh's registry.
+struct TraceView {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+    registration: Option<exemesh::mesh::discovery::registration::Registration>,
+}
+
+impl Drop for TraceView {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(registration) = self.registration.take() {
+            tokio::spawn(registration.stop());
+        }
+    }
+}
+
+async fn start_trace_view(registry: &str) -> anyhow::Result<TraceView> {
+    use exemesh::mesh::trace_view::service::{Query, Receiver};
+    use exemesh::mesh::trace_view::store::TraceStore;
+    use exemesh::pb::v1::traces_server::TracesServer;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+    let store = std::sync::Arc::new(TraceStore::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let routes = tonic::service::Routes::new(
+        TraceServiceServer::new(Receiver(store.clone())).max_decoding_message_size(64 << 20),
+    )
+    .add_service(TracesServer::new(Query(store)));
+    let own = prost::Message::decode(exemesh::pb::FILE_DESCRIPTOR_SET)?;
+    let (routes, health) = exemesh::mesh::introspection::with_introspection(routes, vec![own])?;
+    exemesh::mesh::introspection::set_status(
+        &health,
+        "exemesh.v1.Traces",
+        tonic_health::ServingStatus::Serving,
+    )
+    .await;
+    let task = tokio::spawn(async move {
+        exemesh::mesh::transport::serve_h2c(
+            listener,
+            routes.prepare().into_axum_router(),
+            Default::default(),
+            std::future::pending(),
+            Duration::from_secs(1),
+        )
+        .await;
+    });
+    let discovery = exemesh::mesh::discovery::connect(registry)?;
+    let instance = exemesh::mesh::discovery::Instance {
+        id: "exemesh-up-traces".into(),
+        services: vec!["exemesh.v1.Traces".into()],
+        address: addr.to_string(),
+        ..Default::default()
+    };
+    let registration = exemesh::mesh::discovery::registration::Registration::start(
+        discovery,
+        instance,
+        Duration::from_secs(5),
+    );
+    Ok(TraceView {
+        addr,
+        task,
+        registration: Some(registration),
+    })
 }

@@ -23,4 +23,5 @@ pub mod reflection;
 pub mod registry;
 pub mod status_code;
 pub mod telemetry;
+pub mod trace_view;
 pub mod transport;

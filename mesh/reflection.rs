@@ -152,6 +152,9 @@ where
     let Some(response) = inbound.message().await? else {
         return Err(ReflectionError::Invalid("empty reflection response".into()));
     };
+    // Read to the end (our request stream is already closed, so the server ends the call): the call
+    // then finishes with its status instead of being cut off.
+    while inbound.message().await?.is_some() {}
     match response.message_response {
         Some(MessageResponse::FileDescriptorResponse(files)) => files
             .file_descriptor_proto

@@ -217,15 +217,22 @@ async fn wait_endpoints(channel: &MeshChannel, n: usize, limit: Duration) {
 }
 
 async fn all_calls_succeed(client: &EchoClient<MeshChannel>, n: usize) -> BTreeSet<i32> {
-    let mut pids = BTreeSet::new();
-    for i in 0..n {
-        let reply = client
-            .unary(req(&i.to_string(), ""))
-            .await
-            .unwrap_or_else(|e| panic!("call {i} failed: {e}"));
-        pids.insert(reply.index);
-    }
-    pids
+    use futures_util::StreamExt;
+    // A few calls in flight at a time, as real traffic would be.
+    let replies = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                client
+                    .unary(req(&i.to_string(), ""))
+                    .await
+                    .unwrap_or_else(|e| panic!("call {i} failed: {e}"))
+            }
+        })
+        .buffer_unordered(4)
+        .collect::<Vec<_>>()
+        .await;
+    replies.into_iter().map(|r| r.index).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

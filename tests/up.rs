@@ -20,6 +20,18 @@ fn write_mesh(dir: &std::path::Path, mark: &str) -> std::path::PathBuf {
     path
 }
 
+/// Kills `exemesh up` if a test fails before stopping it (its children die with it).
+struct UpGuard(Option<std::process::Child>);
+
+impl Drop for UpGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn call(registry: &str, json: &str) -> std::process::Output {
     Command::new(exemesh())
         .args(["call", "--discovery", registry, "test.v1.Echo/Legacy", json])
@@ -27,7 +39,8 @@ fn call(registry: &str, json: &str) -> std::process::Output {
         .expect("call")
 }
 
-fn serve_pids() -> Vec<i32> {
+fn serve_pids(dir: &std::path::Path) -> Vec<i32> {
+    let dir = dir.display().to_string();
     // The `exemesh serve` children of this test's `up` carry its instance names on their command line.
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -41,7 +54,7 @@ fn serve_pids() -> Vec<i32> {
             .rsplit(')')
             .next()
             .is_some_and(|r| r.trim_start().starts_with('Z'));
-        if !zombie && text.contains(" serve ") && text.contains("exemesh-up-test") {
+        if !zombie && text.contains(" serve ") && text.contains(&dir) {
             pids.push(pid);
         }
     }
@@ -64,6 +77,8 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
         .spawn()
         .expect("exemesh up");
     let mut out = BufReader::new(up.stdout.take().expect("stdout"));
+    let up_pid = up.id() as i32;
+    let mut guard = UpGuard(Some(up));
     let mut first = String::new();
     out.read_line(&mut first).expect("read");
     let registry = first
@@ -107,14 +122,14 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
     );
 
     // kill -9 one instance: up restarts it and it registers again.
-    let pids = serve_pids();
+    let pids = serve_pids(dir.path());
     assert_eq!(pids.len(), 3, "{pids:?}");
     unsafe {
         libc::kill(pids[0], libc::SIGKILL);
     }
     let start = Instant::now();
     loop {
-        let now = serve_pids();
+        let now = serve_pids(dir.path());
         if now.len() == 3 && !now.contains(&pids[0]) {
             break;
         }
@@ -132,14 +147,16 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
             .expect("status");
         let rows: serde_json::Value =
             serde_json::from_slice(&status.stdout).expect("status --json");
-        let serving = rows
-            .as_array()
-            .map(|a| a.iter().filter(|r| r["health"] == "SERVING").count())
-            .unwrap_or(0);
-        let ids: std::collections::BTreeSet<String> = rows
+        // The echo instances (up also registers its trace view).
+        let echo: Vec<&serde_json::Value> = rows
             .as_array()
             .into_iter()
             .flatten()
+            .filter(|r| r["service"] == "test.v1.Echo")
+            .collect();
+        let serving = echo.iter().filter(|r| r["health"] == "SERVING").count();
+        let ids: std::collections::BTreeSet<String> = echo
+            .iter()
             .filter_map(|r| r["instance"].as_str().map(str::to_string))
             .collect();
         if serving == 3 && ids.len() == 3 {
@@ -155,18 +172,119 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
     // Ctrl-C: everything stops, nothing is left behind.
     assert!(!processes_named(&mark, "python3").is_empty());
     unsafe {
-        libc::kill(up.id() as i32, libc::SIGINT);
+        libc::kill(up_pid, libc::SIGINT);
     }
+    let mut up = guard.0.take().expect("up");
     let status = tokio::task::spawn_blocking(move || up.wait())
         .await
         .expect("join")
         .expect("wait");
     assert!(status.success(), "{status:?}");
     assert!(
-        serve_pids().is_empty(),
+        serve_pids(dir.path()).is_empty(),
         "serve processes survived: {:?}",
-        serve_pids()
+        serve_pids(dir.path())
     );
     let left = wait_no_processes(&mark, Duration::from_secs(5)).await;
     assert!(left.is_empty(), "workers survived: {left:?}");
+}
+
+#[tokio::test]
+async fn up_collects_traces_and_exemesh_trace_shows_the_waterfall() {
+    let dir = tempfile::Builder::new()
+        .prefix("exemesh-up-trace")
+        .tempdir()
+        .expect("tempdir");
+    let mark = marker("up-trace");
+    let mesh = write_mesh(dir.path(), &mark);
+    let mut up = Command::new(exemesh())
+        .arg("up")
+        .arg(&mesh)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("exemesh up");
+    let mut out = BufReader::new(up.stdout.take().expect("stdout"));
+    let up_pid = up.id() as i32;
+    let mut guard = UpGuard(Some(up));
+    let mut text = String::new();
+    while !text.contains("mesh up:") {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "up exited early:\n{text}"
+        );
+        text.push_str(&line);
+    }
+    let registry = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("registry listening on "))
+        .expect("registry line")
+        .to_string();
+    assert!(text.contains("traces collected on"), "{text}");
+
+    let called = call(&registry, r#"{"text":"traced"}"#);
+    assert!(called.status.success());
+    let stderr = String::from_utf8_lossy(&called.stderr).into_owned();
+    let trace = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("trace "))
+        .expect("trace id printed")
+        .to_string();
+
+    // The servers export in batches: wait (bounded) for the trace to appear.
+    let start = Instant::now();
+    let view = loop {
+        let shown = Command::new(exemesh())
+            .args(["trace", "--discovery", &registry, &trace[..12]])
+            .output()
+            .expect("exemesh trace");
+        let view = String::from_utf8_lossy(&shown.stdout).into_owned();
+        if shown.status.success() && view.contains("exec test.v1.Echo/Legacy") {
+            break view;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the trace never showed up: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lines: Vec<&str> = view.lines().collect();
+    assert!(
+        lines[0].starts_with("SPAN") && lines[0].contains("TIME LINE"),
+        "{view}"
+    );
+    let server = lines
+        .iter()
+        .position(|l| l.starts_with("test.v1.Echo/Legacy"))
+        .expect("the server span, at the root");
+    assert!(
+        lines[server + 1].starts_with("  exec test.v1.Echo/Legacy"),
+        "the exec span is indented under it:\n{view}"
+    );
+    assert!(
+        lines[server].contains("code 0") && lines[server].contains('█'),
+        "{view}"
+    );
+
+    let list = Command::new(exemesh())
+        .args(["trace", "--discovery", &registry])
+        .output()
+        .expect("exemesh trace");
+    assert!(
+        String::from_utf8_lossy(&list.stdout).contains(&trace),
+        "the recent traces list it"
+    );
+
+    unsafe {
+        libc::kill(up_pid, libc::SIGINT);
+    }
+    let mut up = guard.0.take().expect("up");
+    let status = tokio::task::spawn_blocking(move || up.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(status.success());
 }
