@@ -112,11 +112,17 @@ fn init_telemetry(
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
     install_propagator();
-    let config = TelemetryConfig::from_env(
-        |k| std::env::var(k).ok(),
-        &default_service_name(command),
-        None,
-    )?;
+    // The manifest's [telemetry] keys are defaults for the standard variables, which win when set.
+    let manifest_telemetry = match command {
+        Command::Serve(args) => args.telemetry(),
+        _ => None,
+    };
+    let get = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .or_else(|| manifest_telemetry.as_ref().and_then(|t| t.value_for(k)))
+    };
+    let config = TelemetryConfig::from_env(get, &default_service_name(command), None)?;
     let telemetry = Telemetry::start(&config)?;
     let filter = EnvFilter::try_from_env("EXEMESH_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"));

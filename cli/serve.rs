@@ -33,6 +33,11 @@ impl Args {
     pub fn service_name(&self) -> Option<String> {
         Manifest::load(&self.manifest).ok().map(|m| m.service)
     }
+
+    /// The manifest's `[telemetry]` section, if it can be read.
+    pub fn telemetry(&self) -> Option<exemesh::services::manifest::TelemetrySection> {
+        Manifest::load(&self.manifest).ok().map(|m| m.telemetry)
+    }
 }
 
 /// How a server joins the mesh.

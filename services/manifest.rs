@@ -72,6 +72,38 @@ struct ManifestFile {
     methods: BTreeMap<String, MethodSection>,
     #[serde(default)]
     pools: BTreeMap<String, PoolSection>,
+    #[serde(default)]
+    telemetry: TelemetrySection,
+}
+
+/// `[telemetry]`: defaults for the standard OpenTelemetry variables (which win when set).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// Like `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub otlp_endpoint: Option<String>,
+    /// Like `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` or `http/protobuf`.
+    pub otlp_protocol: Option<String>,
+    /// Like `OTEL_SERVICE_NAME`.
+    pub service_name: Option<String>,
+    /// Like `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+    pub sampler: Option<String>,
+    /// The sampler's argument, e.g. "0.1".
+    pub sampler_arg: Option<String>,
+}
+
+impl TelemetrySection {
+    /// The manifest's value for a standard variable, if it sets one.
+    pub fn value_for(&self, variable: &str) -> Option<String> {
+        match variable {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => self.otlp_endpoint.clone(),
+            "OTEL_EXPORTER_OTLP_PROTOCOL" => self.otlp_protocol.clone(),
+            "OTEL_SERVICE_NAME" => self.service_name.clone(),
+            "OTEL_TRACES_SAMPLER" => self.sampler.clone(),
+            "OTEL_TRACES_SAMPLER_ARG" => self.sampler_arg.clone(),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +190,8 @@ struct PoolSection {
 pub struct Manifest {
     /// The manifest file.
     pub file: PathBuf,
+    /// OpenTelemetry defaults.
+    pub telemetry: TelemetrySection,
     /// The fully-qualified service name.
     pub service: String,
     /// `.proto` files to compile.
@@ -376,6 +410,7 @@ impl Validator {
             .collect();
         Manifest {
             file: self.file.clone(),
+            telemetry: raw.telemetry,
             service: service.name,
             protos: service.protos.iter().map(|p| self.dir.join(p)).collect(),
             include,

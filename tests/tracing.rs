@@ -330,3 +330,90 @@ async fn the_workers_python_spans_nest_under_the_exec_span() {
     }
     drop(mesh);
 }
+
+async fn served_echo(
+    dir: &std::path::Path,
+    name: &str,
+    telemetry: &str,
+    env: &[(&str, &str)],
+) -> Served {
+    let template = format!(
+        "{}\n{telemetry}\n",
+        include_str!("fixtures/echo/worker.toml")
+    );
+    let path = support::manifest(
+        dir,
+        &format!("{name}.toml"),
+        &template,
+        &support::marker(name),
+    );
+    Served::start_with_env_args(&path, env, &[]).await
+}
+
+async fn call_and_stop(mut served: Served) -> String {
+    let client = support::echo::EchoClient::new(served.channel().await);
+    for _ in 0..3 {
+        client
+            .unary(support::echo::req("x", ""))
+            .await
+            .expect("call");
+    }
+    served.signal(libc::SIGTERM);
+    tokio::task::spawn_blocking(move || {
+        served.wait_exit(Duration::from_secs(20));
+        served.log()
+    })
+    .await
+    .expect("join")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_keys_configure_export_and_otel_sdk_disabled_turns_it_off() {
+    let collector = Collector::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"echo-from-manifest\"",
+        collector.endpoint
+    );
+
+    // The manifest's [telemetry] keys alone turn export on (and name the service)...
+    let on = served_echo(
+        dir.path(),
+        "on",
+        &telemetry,
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+    )
+    .await;
+    let log = call_and_stop(on).await;
+    assert!(log.contains("exporting spans to"), "{log}");
+    let spans = collector.spans();
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.service == "echo-from-manifest" && s.kind() == SERVER)
+            .count()
+            >= 3,
+        "{} spans",
+        spans.len()
+    );
+
+    // ...and OTEL_SDK_DISABLED=true switches everything off: no exporter, not a single span.
+    let before = collector.spans().len();
+    let off = served_echo(
+        dir.path(),
+        "off",
+        &telemetry,
+        &[
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let log = call_and_stop(off).await;
+    assert!(!log.contains("exporting spans"), "{log}");
+    assert_eq!(
+        collector.spans().len(),
+        before,
+        "spans were exported with OTEL_SDK_DISABLED=true"
+    );
+}

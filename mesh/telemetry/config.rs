@@ -35,6 +35,9 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// How long to wait for the last spans at shutdown.
     pub flush_timeout: Duration,
+    /// The sampler (`OTEL_TRACES_SAMPLER`) and its argument; `None` keeps the SDK's default
+    /// (parent-based, always on).
+    pub sampler: Option<(String, Option<String>)>,
 }
 
 /// A setting that cannot be used.
@@ -87,6 +90,7 @@ impl TelemetryConfig {
             protocol,
             service_name: get(OTEL_SERVICE_NAME).unwrap_or_else(|| default_service.to_string()),
             flush_timeout: Duration::from_secs(5),
+            sampler: get("OTEL_TRACES_SAMPLER").map(|s| (s, get("OTEL_TRACES_SAMPLER_ARG"))),
         })
     }
 

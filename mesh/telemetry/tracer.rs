@@ -69,10 +69,13 @@ impl Telemetry {
         let resource = Resource::builder()
             .with_service_name(config.service_name.clone())
             .build();
-        let provider = SdkTracerProvider::builder()
+        let mut builder = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(resource)
-            .build();
+            .with_resource(resource);
+        if let Some((name, arg)) = &config.sampler {
+            builder = builder.with_sampler(sampler(name, arg.as_deref()).map_err(error)?);
+        }
+        let provider = builder.build();
         let tracer = provider.tracer("exemesh");
         Ok(Some(Telemetry { provider, tracer }))
     }
@@ -88,4 +91,32 @@ impl Telemetry {
             eprintln!("exemesh: flushing spans failed: {e}");
         }
     }
+}
+
+/// The sampler named like `OTEL_TRACES_SAMPLER` (with its `..._ARG`).
+fn sampler(name: &str, arg: Option<&str>) -> Result<opentelemetry_sdk::trace::Sampler, String> {
+    use opentelemetry_sdk::trace::Sampler;
+    let ratio = || -> Result<f64, String> {
+        arg.unwrap_or("1.0")
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| format!("sampler argument {arg:?} must be a ratio between 0 and 1"))
+    };
+    Ok(match name.trim() {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?)))
+        }
+        other => {
+            return Err(format!(
+                "unknown sampler {other:?} (always_on, always_off, traceidratio, parentbased_*)"
+            ));
+        }
+    })
 }
