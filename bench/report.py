@@ -1,19 +1,21 @@
-"""Summarises bench/mesh.sh results: medians over rounds, ratios against the direct channel."""
+"""Summarises bench results (bench/mesh.sh, bench/tracing.sh): medians over rounds, ratios against the
+first variant (the baseline). Usage: report.py RESULTS.jsonl [VARIANT...] (default: direct mesh haproxy)"""
 import json
 import statistics
 import sys
 from collections import defaultdict
 
 runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+variants = sys.argv[2:] or ["direct", "mesh", "haproxy"]
 by = defaultdict(list)
 for r in runs:
     by[(r["concurrency"], r["variant"])].append(r)
 
-print("| in flight | variant | calls/s (median) | vs direct | p50 ms | p99 ms | errors |")
+print(f"| in flight | variant | calls/s (median) | vs {variants[0]} | p50 ms | p99 ms | errors |")
 print("|---:|---|---:|---:|---:|---:|---:|")
 for c in sorted({k[0] for k in by}):
-    base = statistics.median(r["rps"] for r in by[(c, "direct")])
-    for variant in ["direct", "mesh", "haproxy"]:
+    base = statistics.median(r["rps"] for r in by[(c, variants[0])])
+    for variant in variants:
         rs = by.get((c, variant), [])
         if not rs:
             continue

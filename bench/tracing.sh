@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Tracing overhead on the mesh path, measured in one run with alternating rounds:
+#   off     tracing off (OTEL_SDK_DISABLED=true)
+#   on100   every call traced and exported (to `exemesh up`'s own OTLP receiver)
+#   on10    10 % sampled (OTEL_TRACES_SAMPLER=traceidratio, OTEL_TRACES_SAMPLER_ARG=0.1)
+# Each variant is its own `exemesh up` (registry + 1 replica with a pool of 2 Python workers serving
+# test.v1.Echo/Unary); `exemesh bench` calls it through discovery and the mesh channel.
+# Usage: bench/tracing.sh [ROUNDS=5] [SECONDS=3]   (writes bench/results/tracing.jsonl)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+secs=${2:-3}
+cargo build --release --locked -q
+bin="$PWD/target/release/exemesh"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+
+sed -e "s|@FIXTURES@|$PWD/tests/fixtures/echo|g" -e "s|@MARKER@|bench|" tests/fixtures/echo/worker.toml >"$work/echo.toml"
+printf '[registry]\nlisten = "127.0.0.1:0"\n\n[services.echo]\nmanifest = "echo.toml"\nreplicas = 1\n' >"$work/mesh.toml"
+
+declare -A registry
+start() { # variant, env...
+  local variant=$1; shift
+  env "$@" "$bin" up "$work/mesh.toml" >"$work/$variant.out" 2>"$work/$variant.log" &
+  pids+=($!)
+}
+start off OTEL_SDK_DISABLED=true
+start on100
+start on10 OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1
+for variant in off on100 on10; do
+  for _ in $(seq 1 600); do grep -q "^mesh up:" "$work/$variant.out" 2>/dev/null && break; sleep 0.1; done
+  registry[$variant]=$(sed -n 's/^registry listening on //p' "$work/$variant.out")
+done
+
+out=bench/results/tracing.jsonl
+mkdir -p bench/results
+: >"$out"
+for round in $(seq 1 "$rounds"); do
+  for c in 1 16; do
+    for variant in off on100 on10; do
+      "$bin" bench --discovery "${registry[$variant]}" test.v1.Echo/Unary '{"text":"bench"}' -c "$c" -z "${secs}s" --warmup 500ms --json \
+        | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$variant', round=$round); print(json.dumps(r))" >>"$out"
+    done
+  done
+done
+python3 bench/report.py "$out" off on100 on10
