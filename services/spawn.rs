@@ -19,7 +19,6 @@ use super::line_reader::{Line, read_line};
 use super::manifest::{Output, SpawnSpec};
 use super::process::{self, Launch};
 use crate::mesh::status_code::parse_code;
-use crate::mesh::telemetry::SPAN_EVENTS;
 
 /// How long output may keep flowing after the process exited, before whatever it left running
 /// (and holding stdout) is killed.
@@ -369,7 +368,10 @@ async fn read_tail<R: AsyncRead + Unpin>(stderr: Option<R>, request_id: &str) ->
         tracing::debug!(request_id, "stderr: {text}");
         if events < MAX_STDERR_EVENTS {
             // Becomes an event on the execution's span (bounded).
-            tracing::debug!(target: SPAN_EVENTS, stderr = %text, "stderr");
+            crate::mesh::telemetry::span_event(
+                "stderr",
+                vec![opentelemetry::KeyValue::new("line", text.to_string())],
+            );
             events += 1;
         }
         kept.push_str(&text);

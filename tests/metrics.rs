@@ -99,10 +99,22 @@ async fn the_admin_port_serves_metrics_that_move_with_the_calls() {
         4.0,
         "every execution observed"
     );
-    assert_eq!(
-        value(&after, r#"exemesh_worker_pool_ready{name="echo"}"#),
-        2.0
-    );
+    // SERVING needs one ready worker per pool; the second may still be starting: wait for it.
+    let start = std::time::Instant::now();
+    loop {
+        let ready = value(
+            &parse(&http_get(&admin, "/metrics").1),
+            r#"exemesh_worker_pool_ready{name="echo"}"#,
+        );
+        if ready == 2.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "worker_pool_ready stayed at {ready}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(
         value(
             &after,

@@ -417,3 +417,100 @@ async fn manifest_keys_configure_export_and_otel_sdk_disabled_turns_it_off() {
         "spans were exported with OTEL_SDK_DISABLED=true"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_ejections_are_events_on_the_client_span() {
+    let collector = Collector::start().await;
+    let registry = Registry::start("127.0.0.1:0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+    ];
+    let template = include_str!("fixtures/echo/worker.toml").replace("workers = 2", "workers = 1");
+    let callee = support::manifest(
+        dir.path(),
+        "callee.toml",
+        &template,
+        &support::marker("callee"),
+    );
+    let _callee = Served::start_with_env_args(
+        &callee,
+        &env,
+        &["--discovery", &registry.addr, "--instance-id", "callee"],
+    )
+    .await;
+    // A registered instance nothing answers for: calls routed to it fail to connect.
+    let discovery = exemesh::mesh::discovery::connect(&registry.addr).expect("discovery");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let ghost = exemesh::mesh::discovery::Instance {
+        id: "ghost".into(),
+        services: vec!["test.v1.Echo".into()],
+        address: dead.to_string(),
+        ..Default::default()
+    };
+    discovery
+        .register(ghost, Duration::from_secs(60))
+        .await
+        .expect("register the ghost");
+    // The caller's worker calls test.v1.Echo/Unary through the mesh; the contract marks it
+    // idempotent (NO_SIDE_EFFECTS), so failed attempts are retried on the live replica.
+    let caller = support::manifest(
+        dir.path(),
+        "caller.toml",
+        &template,
+        &support::marker("caller"),
+    );
+    let caller = Served::start_with_env_args(
+        &caller,
+        &env,
+        &["--discovery", &registry.addr, "--instance-id", "caller"],
+    )
+    .await;
+    let client = support::echo::EchoClient::new(caller.channel().await);
+    for i in 0..12 {
+        let reply = client
+            .unary(support::echo::req(
+                &i.to_string(),
+                "call:test.v1.Echo/Unary",
+            ))
+            .await
+            .expect("the retries hide the dead instance");
+        assert_eq!(reply.text, i.to_string());
+    }
+    let has_event = |spans: &[Received], name: &str| {
+        spans
+            .iter()
+            .any(|s| s.kind() == CLIENT && s.span.events.iter().any(|e| e.name == name))
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let spans = collector.spans();
+        if has_event(&spans, "retry") && has_event(&spans, "endpoint ejected") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no retry/ejection events among {} spans; caller log:\n{}",
+            spans.len(),
+            spans
+                .iter()
+                .filter(|s| s.kind() == CLIENT)
+                .map(|s| format!(
+                    "{} {} {:?}",
+                    s.service,
+                    s.span.name,
+                    s.span
+                        .events
+                        .iter()
+                        .map(|e| e.name.clone())
+                        .collect::<Vec<_>>()
+                ))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -61,6 +61,8 @@ pub struct Reporting {
     key: Arc<str>,
     failures: Arc<AtomicU32>,
     probation: Arc<AtomicBool>,
+    /// Set once this incarnation has been benched (a readmission creates a new one).
+    ejected: Arc<AtomicBool>,
     verdicts: mpsc::UnboundedSender<Verdict>,
 }
 
@@ -82,7 +84,9 @@ pub fn is_unavailable<B>(response: &Response<B>) -> bool {
 }
 
 impl Reporting {
-    fn record(&self, ok: bool) {
+    /// Records an outcome. `unreachable` (the connection failed) benches the endpoint at once: nothing
+    /// listens there, and a fast failure would otherwise make it look like the best endpoint.
+    fn record(&self, ok: bool, unreachable: bool) {
         if ok {
             self.failures.store(0, Ordering::Relaxed);
             if self.probation.swap(false, Ordering::Relaxed) {
@@ -90,14 +94,22 @@ impl Reporting {
             }
             return;
         }
-        let threshold = if self.probation.load(Ordering::Relaxed) {
+        let threshold = if unreachable || self.probation.load(Ordering::Relaxed) {
             1
         } else {
             EJECT_AFTER
         };
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 == threshold {
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= threshold
+            && !self.ejected.swap(true, Ordering::Relaxed)
+        {
             // An event on the span of the call whose failure benched the endpoint.
-            tracing::debug!(target: crate::mesh::telemetry::SPAN_EVENTS, endpoint = %self.key, "endpoint ejected");
+            crate::mesh::telemetry::span_event(
+                "endpoint ejected",
+                vec![opentelemetry::KeyValue::new(
+                    "endpoint",
+                    self.key.to_string(),
+                )],
+            );
             let _ = self.verdicts.send(Verdict::Eject(self.key.clone()));
         }
     }
@@ -111,7 +123,7 @@ impl tower::Service<Request<Body>> for Reporting {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let ready = self.channel.poll_ready(cx);
         if let Poll::Ready(Err(_)) = &ready {
-            self.record(false);
+            self.record(false, true);
         }
         ready
     }
@@ -121,7 +133,10 @@ impl tower::Service<Request<Body>> for Reporting {
         let call = self.channel.call(request);
         Box::pin(async move {
             let result = call.await;
-            this.record(matches!(&result, Ok(r) if !is_unavailable(r)));
+            this.record(
+                matches!(&result, Ok(r) if !is_unavailable(r)),
+                result.is_err(),
+            );
             result
         })
     }
@@ -160,6 +175,7 @@ pub async fn manage(
             key: key.into(),
             failures: Arc::new(AtomicU32::new(0)),
             probation: Arc::new(AtomicBool::new(probation)),
+            ejected: Arc::new(AtomicBool::new(false)),
             verdicts: verdict_tx.clone(),
         };
         Some(PeakEwma::new(

@@ -39,7 +39,6 @@ use crate::mesh::deadline::{
 };
 use crate::mesh::discovery::Discovery;
 use crate::mesh::discovery::watcher::Watcher;
-use crate::mesh::telemetry::SPAN_EVENTS;
 use crate::mesh::telemetry::propagation;
 use crate::mesh::telemetry::rpc_span::{CallRecord, Side, client_span, with_status_record};
 use opentelemetry::trace::TraceContextExt as _;
@@ -49,6 +48,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Inner =
     Buffer<Request<Body>, Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>>;
+
+/// The pause before the first retry (then 2×, 3×...).
+const RETRY_BACKOFF: Duration = Duration::from_millis(5);
 
 /// How calls through a mesh channel behave.
 #[derive(Debug, Clone)]
@@ -261,12 +263,18 @@ impl MeshChannel {
             if !retryable || attempt >= self.policy.max_attempts || !self.budget.withdraw() {
                 return result;
             }
-            tracing::debug!(target: SPAN_EVENTS, attempt, "retry");
+            crate::mesh::telemetry::span_event(
+                "retry",
+                vec![opentelemetry::KeyValue::new("attempt", attempt as i64)],
+            );
             crate::mesh::telemetry::metrics::metrics()
                 .client_retries
                 .get_or_create(&crate::mesh::telemetry::metrics::name(&self.service))
                 .inc();
             tracing::debug!(service = %self.service, path = %parts.uri.path(), attempt, "retrying");
+            // A short, growing pause: it lets the endpoint manager bench the endpoint that just
+            // failed before the next pick, and spreads retries out under a burst of failures.
+            tokio::time::sleep(RETRY_BACKOFF * attempt as u32).await;
             attempt += 1;
         }
     }

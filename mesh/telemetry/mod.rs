@@ -16,6 +16,9 @@ pub mod propagation;
 pub mod rpc_span;
 pub mod tracer;
 
-/// The `tracing` target of events that belong on spans only (exported, not printed in the log):
-/// stderr lines of executions, retries, ejections.
-pub const SPAN_EVENTS: &str = "exemesh::span_events";
+/// Adds an event to the current span's OpenTelemetry span (retries, ejections, stderr lines): these
+/// belong on the trace, not in the log. A no-op when tracing is off.
+pub fn span_event(name: &'static str, attributes: Vec<opentelemetry::KeyValue>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    tracing::Span::current().add_event(name, attributes);
+}
