@@ -216,7 +216,8 @@ async fn run_once(
         return Err("missing pipes".into());
     };
     let mut io = JoinSet::new();
-    io.spawn(log_stderr(stderr, id.to_string()));
+    let mut stderr_task = tokio::spawn(log_stderr(stderr, id.to_string()));
+    let _stderr_guard = AbortGuard(stderr_task.abort_handle());
     let (tx, rx) = mpsc::channel(1024);
     io.spawn(write_frames(stdin, rx));
     let mut reader = BufReader::with_capacity(64 * 1024, stdout);
@@ -281,8 +282,20 @@ async fn run_once(
     let note = exit_note(&mut child).await;
     conn.fail_all(&format!("{how}{note}"));
     drop(group);
+    // Let the stderr logger drain what the worker wrote last (its crash message, say): its pipe
+    // closes with the process (bounded, in case a grandchild keeps it open).
+    let _ = tokio::time::timeout(Duration::from_secs(1), &mut stderr_task).await;
     io.abort_all();
     Ok(format!("{how}{note}"))
+}
+
+/// Aborts a task when dropped (every exit path of a worker's incarnation).
+struct AbortGuard(tokio::task::AbortHandle);
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Waits briefly for the process to end and describes how it did.
