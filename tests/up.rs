@@ -32,6 +32,66 @@ impl Drop for UpGuard {
     }
 }
 
+/// A running `exemesh up` and everything it printed up to its "mesh up:" line.
+struct Up {
+    guard: UpGuard,
+    pid: i32,
+    registry: String,
+    banner: String,
+    // Kept open: `up` prints again when it stops.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+fn start_up(mesh: &std::path::Path) -> Up {
+    let mut child = Command::new(exemesh())
+        .arg("up")
+        .arg(mesh)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("exemesh up");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let pid = child.id() as i32;
+    let guard = UpGuard(Some(child));
+    let mut banner = String::new();
+    while !banner.contains("mesh up:") {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "up exited early:\n{banner}"
+        );
+        banner.push_str(&line);
+    }
+    let registry = banner
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("registry listening on "))
+        .unwrap_or_else(|| panic!("{banner:?}"))
+        .to_string();
+    Up {
+        guard,
+        pid,
+        registry,
+        banner,
+        _stdout: out,
+    }
+}
+
+impl Up {
+    /// Ctrl-C, then the exit status.
+    async fn interrupt(mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.pid, libc::SIGINT);
+        }
+        let mut child = self.guard.0.take().expect("up");
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .expect("join")
+            .expect("wait")
+    }
+}
+
 fn call(registry: &str, json: &str) -> std::process::Output {
     Command::new(exemesh())
         .args(["call", "--discovery", registry, "test.v1.Echo/Legacy", json])
@@ -69,33 +129,10 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
         .expect("tempdir");
     let mark = marker("up");
     let mesh = write_mesh(dir.path(), &mark);
-    let mut up = Command::new(exemesh())
-        .arg("up")
-        .arg(&mesh)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("exemesh up");
-    let mut out = BufReader::new(up.stdout.take().expect("stdout"));
-    let up_pid = up.id() as i32;
-    let mut guard = UpGuard(Some(up));
-    let mut first = String::new();
-    out.read_line(&mut first).expect("read");
-    let registry = first
-        .trim()
-        .strip_prefix("registry listening on ")
-        .unwrap_or_else(|| panic!("{first:?}"))
-        .to_string();
+    let up = start_up(&mesh);
+    let registry = up.registry.clone();
     // The table: one SERVING row per replica, printed once all are up.
-    let mut table = String::new();
-    while !table.contains("mesh up:") {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).expect("read") > 0,
-            "up exited early:\n{table}"
-        );
-        table.push_str(&line);
-    }
+    let table = up.banner.clone();
     let rows: Vec<&str> = table
         .lines()
         .filter(|l| l.starts_with("test.v1.Echo"))
@@ -171,14 +208,7 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
 
     // Ctrl-C: everything stops, nothing is left behind.
     assert!(!processes_named(&mark, "python3").is_empty());
-    unsafe {
-        libc::kill(up_pid, libc::SIGINT);
-    }
-    let mut up = guard.0.take().expect("up");
-    let status = tokio::task::spawn_blocking(move || up.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let status = up.interrupt().await;
     assert!(status.success(), "{status:?}");
     assert!(
         serve_pids(dir.path()).is_empty(),
@@ -197,32 +227,9 @@ async fn up_collects_traces_and_exemesh_trace_shows_the_waterfall() {
         .expect("tempdir");
     let mark = marker("up-trace");
     let mesh = write_mesh(dir.path(), &mark);
-    let mut up = Command::new(exemesh())
-        .arg("up")
-        .arg(&mesh)
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("exemesh up");
-    let mut out = BufReader::new(up.stdout.take().expect("stdout"));
-    let up_pid = up.id() as i32;
-    let mut guard = UpGuard(Some(up));
-    let mut text = String::new();
-    while !text.contains("mesh up:") {
-        let mut line = String::new();
-        assert!(
-            out.read_line(&mut line).expect("read") > 0,
-            "up exited early:\n{text}"
-        );
-        text.push_str(&line);
-    }
-    let registry = text
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("registry listening on "))
-        .expect("registry line")
-        .to_string();
+    let up = start_up(&mesh);
+    let registry = up.registry.clone();
+    let text = up.banner.clone();
     assert!(text.contains("traces collected on"), "{text}");
 
     let called = call(&registry, r#"{"text":"traced"}"#);
@@ -278,13 +285,6 @@ async fn up_collects_traces_and_exemesh_trace_shows_the_waterfall() {
         "the recent traces list it"
     );
 
-    unsafe {
-        libc::kill(up_pid, libc::SIGINT);
-    }
-    let mut up = guard.0.take().expect("up");
-    let status = tokio::task::spawn_blocking(move || up.wait())
-        .await
-        .expect("join")
-        .expect("wait");
-    assert!(status.success());
+    let status = up.interrupt().await;
+    assert!(status.success(), "{status:?}");
 }
