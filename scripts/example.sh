@@ -44,6 +44,7 @@ if [ "$once" = 1 ]; then exit 0; fi
 echo
 echo "The mesh is running (logs: $state/up.log). Try:"
 echo "  $bin status --discovery $registry"
+echo "  $bin trace --discovery $registry            # recent traces; add a trace id for its waterfall"
 echo "  $bin bench --discovery $registry shop.v1.UserService/GetUser '{\"id\":\"u2\"}' -c 8 -z 5s"
 echo "Ctrl-C stops everything (workers included)."
 wait "$up_pid"
