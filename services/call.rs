@@ -80,6 +80,19 @@ impl CallContext {
     }
 }
 
+/// The request of a unary or server-streaming call (taken from `input`); `None` for the streaming
+/// kinds, whose messages stay in `input`.
+pub async fn first_request(
+    ctx: &CallContext,
+    input: &mut RequestStream,
+) -> Result<Option<DynamicMessage>, CallError> {
+    if ctx.kind.single_request() {
+        single_request(&ctx.method, input).await.map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// Takes the single request of a unary or server-streaming call.
 pub async fn single_request(
     method: &str,

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tonic::Code;
 
-use super::call::{CallContext, Executor, ReplySink, RequestStream, single_request};
+use super::call::{CallContext, Executor, ReplySink, RequestStream, first_request};
 use super::error::{CallError, tail};
 use super::exit_status::describe_exit;
 use super::json::{from_json, write_json};
@@ -96,11 +96,7 @@ impl SpawnRunner {
         mut input: RequestStream,
         replies: &ReplySink,
     ) -> Result<(), CallError> {
-        let first = if ctx.kind.single_request() {
-            Some(single_request(&ctx.method, &mut input).await?)
-        } else {
-            None
-        };
+        let first = first_request(ctx, &mut input).await?;
         let mut args = Vec::with_capacity(self.spec.args.len());
         for template in &self.spec.args {
             // Streaming-request methods have no placeholders (checked at bind time).

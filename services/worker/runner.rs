@@ -8,7 +8,7 @@ use prost_reflect::MessageDescriptor;
 use super::conn::{Conn, Event, ParentInfo};
 use super::frame::{self, Metadata, Start};
 use super::pool::{Lease, Pool};
-use crate::services::call::{CallContext, Executor, ReplySink, RequestStream, single_request};
+use crate::services::call::{CallContext, Executor, ReplySink, RequestStream, first_request};
 use crate::services::error::CallError;
 use crate::services::json::{JsonMessage, from_json};
 
@@ -57,11 +57,7 @@ impl WorkerRunner {
         mut input: RequestStream,
         replies: &ReplySink,
     ) -> Result<(), CallError> {
-        let first = if ctx.kind.single_request() {
-            Some(single_request(&ctx.method, &mut input).await?)
-        } else {
-            None
-        };
+        let first = first_request(ctx, &mut input).await?;
         let parent = ParentInfo {
             deadline: ctx.deadline,
             traceparent: ctx.traceparent.clone(),
