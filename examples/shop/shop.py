@@ -312,6 +312,13 @@ def build_worker(max_in_flight=8):
     def status(exc):
         return Error(exc.code, exc.message)
 
+    def by_id(lookup, req):
+        """One record by the request's id; a business error becomes its gRPC status."""
+        try:
+            return lookup(req.get("id", ""))
+        except ShopError as exc:
+            raise status(exc)
+
     def through_the_mesh(ctx):
         """place_order's lookups for the call ``ctx``: UserService and
         ProductService, called through exemesh (with ctx's deadline). NOT_FOUND
@@ -339,10 +346,7 @@ def build_worker(max_in_flight=8):
     @worker.unary("shop.v1.UserService/GetUser")
     def _get_user(req, ctx):
         with traced("shop.get_user", ctx):
-            try:
-                return get_user(req.get("id", ""))
-            except ShopError as exc:
-                raise status(exc)
+            return by_id(get_user, req)
 
     @worker.unary("shop.v1.OrderService/PlaceOrder")
     def _place_order(req, ctx):
@@ -356,10 +360,7 @@ def build_worker(max_in_flight=8):
 
     @worker.unary("shop.v1.OrderService/GetOrder")
     def _get_order(req, ctx):
-        try:
-            return get_order(req.get("id", ""))
-        except ShopError as exc:
-            raise status(exc)
+        return by_id(get_order, req)
 
     @worker.client_streaming("shop.v1.OrderService/ImportOrders")
     def _import_orders(requests, ctx):
@@ -385,10 +386,7 @@ def build_worker(max_in_flight=8):
 
     @worker.unary("shop.v1.ProductService/GetProduct")
     def _get_product(req, ctx):
-        try:
-            return get_product(req.get("id", ""))
-        except ShopError as exc:
-            raise status(exc)
+        return by_id(get_product, req)
 
     @worker.server_streaming("shop.v1.ProductService/ListProducts")
     def _list_products(req, ctx):
