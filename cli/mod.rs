@@ -108,6 +108,7 @@ fn init_telemetry(
 ) -> anyhow::Result<Option<exemesh::mesh::telemetry::tracer::Telemetry>> {
     use exemesh::mesh::telemetry::config::TelemetryConfig;
     use exemesh::mesh::telemetry::tracer::{Telemetry, install_propagator};
+    use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, Layer};
@@ -126,15 +127,24 @@ fn init_telemetry(
     let telemetry = Telemetry::start(&config)?;
     let filter = EnvFilter::try_from_env("EXEMESH_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"));
+    // Log lines are events only: a log layer that saw spans would format every call's span fields
+    // (most of tracing's cost per call) for lines that never show them.
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_filter(filter);
+        .with_filter(filter.and(tracing_subscriber::filter::filter_fn(|m| m.is_event())));
     // Only exemesh's own spans are exported: h2, hyper and tonic (including the exporter's own
-    // calls) would otherwise produce thousands of spans per call.
+    // calls) would otherwise produce thousands of spans per call. The spans carry the RPC
+    // conventions' attributes only: no source location, thread, target or busy/idle timers, and no
+    // OpenTelemetry context activated on every poll (exemesh hands span contexts on explicitly).
     let spans = telemetry.as_ref().map(|t| {
         tracing_opentelemetry::layer()
             .with_tracer(t.tracer())
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(
                 tracing_subscriber::filter::Targets::new()
                     .with_target("exemesh", tracing::Level::INFO),
