@@ -15,6 +15,7 @@ use serde::Deserialize;
 use tonic::Code;
 
 use super::placeholder::ArgTemplate;
+use super::sandbox::{ResourceLimits, Sandbox, check_program_path, lookup_user};
 use crate::mesh::status_code::parse_code;
 
 /// One problem in a manifest, located by file and key.
@@ -145,6 +146,19 @@ struct MethodSection {
     max_concurrency: Option<usize>,
     max_queue: Option<usize>,
     max_output_bytes: Option<usize>,
+    allow_option_values: Option<bool>,
+    user: Option<String>,
+    rlimits: Option<RlimitsSection>,
+}
+
+/// `rlimits` of a spawn method or a pool.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RlimitsSection {
+    cpu_seconds: Option<u64>,
+    address_space_mb: Option<u64>,
+    open_files: Option<u64>,
+    processes: Option<u64>,
 }
 
 impl MethodSection {
@@ -183,6 +197,8 @@ struct PoolSection {
     cwd: Option<PathBuf>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    user: Option<String>,
+    rlimits: Option<RlimitsSection>,
 }
 
 /// A validated manifest with paths resolved and defaults applied.
@@ -247,7 +263,7 @@ pub struct MethodSpec {
 #[derive(Debug, Clone)]
 pub enum Execution {
     /// One process per call.
-    Spawn(SpawnSpec),
+    Spawn(Box<SpawnSpec>),
     /// A call on a worker of the named pool.
     Worker {
         /// The pool's name.
@@ -282,6 +298,10 @@ pub struct SpawnSpec {
     pub env: Vec<(String, String)>,
     /// Extra exit code mappings, taking precedence over the built-in table.
     pub exit_codes: BTreeMap<i32, Code>,
+    /// Whether a placeholder may render an argument that starts with `-` without a `--` before it.
+    pub allow_option_values: bool,
+    /// Resource limits and the user to run as.
+    pub sandbox: Sandbox,
 }
 
 /// A pool of workers.
@@ -305,6 +325,8 @@ pub struct PoolSpec {
     pub cwd: PathBuf,
     /// The complete environment.
     pub env: Vec<(String, String)>,
+    /// Resource limits and the user to run as.
+    pub sandbox: Sandbox,
 }
 
 /// The default listen address.
@@ -457,7 +479,7 @@ impl Validator {
         let key = format!("methods.{name}");
         let limits = self.limits(&key, &raw.limits(), defaults);
         let execution = match raw.mode {
-            Mode::Spawn => Execution::Spawn(self.spawn(&key, raw, base_env)),
+            Mode::Spawn => Execution::Spawn(Box::new(self.spawn(&key, raw, base_env))),
             Mode::Worker => {
                 for (field, set) in [
                     ("argv", raw.argv.is_some()),
@@ -466,6 +488,9 @@ impl Validator {
                     ("cwd", raw.cwd.is_some()),
                     ("env", !raw.env.is_empty()),
                     ("exit_codes", !raw.exit_codes.is_empty()),
+                    ("allow_option_values", raw.allow_option_values.is_some()),
+                    ("user", raw.user.is_some()),
+                    ("rlimits", raw.rlimits.is_some()),
                 ] {
                     if set {
                         self.issue(format!("{key}.{field}"), "only applies to mode = \"spawn\"; a worker method takes its program from its pool");
@@ -581,6 +606,8 @@ impl Validator {
             cwd: self.cwd(&format!("{key}.cwd"), raw.cwd),
             env,
             exit_codes,
+            allow_option_values: raw.allow_option_values.unwrap_or(false),
+            sandbox: self.sandbox(key, raw.user.as_deref(), raw.rlimits),
         }
     }
 
@@ -619,6 +646,44 @@ impl Validator {
             stop_timeout: raw.stop_timeout.map_or(Duration::from_secs(5), |d| d.0),
             cwd: self.cwd(&format!("{key}.cwd"), raw.cwd),
             env,
+            sandbox: self.sandbox(&key, raw.user.as_deref(), raw.rlimits),
+        }
+    }
+
+    fn sandbox(
+        &mut self,
+        key: &str,
+        user: Option<&str>,
+        rlimits: Option<RlimitsSection>,
+    ) -> Sandbox {
+        let raw = rlimits.unwrap_or_default();
+        for (field, value) in [
+            ("cpu_seconds", raw.cpu_seconds),
+            ("address_space_mb", raw.address_space_mb),
+            ("open_files", raw.open_files),
+            ("processes", raw.processes),
+        ] {
+            if value == Some(0) {
+                self.issue(format!("{key}.rlimits.{field}"), "must be at least 1");
+            }
+        }
+        let run_as = user.and_then(|name| match lookup_user(name) {
+            Ok(run_as) => Some(run_as),
+            Err(message) => {
+                self.issue(format!("{key}.user"), message);
+                None
+            }
+        });
+        Sandbox {
+            limits: ResourceLimits {
+                cpu: raw.cpu_seconds.map(Duration::from_secs),
+                address_space: raw
+                    .address_space_mb
+                    .map(|mb| mb.saturating_mul(1024 * 1024)),
+                open_files: raw.open_files,
+                processes: raw.processes,
+            },
+            run_as,
         }
     }
 
@@ -632,7 +697,9 @@ impl Validator {
 
     /// Resolves a program: a path (relative to the manifest) or a name looked up in `PATH`.
     fn program(&mut self, key: &str, program: &str) -> PathBuf {
-        match resolve_program(&self.dir, program) {
+        match resolve_program(&self.dir, program)
+            .and_then(|path| check_program_path(&path).map(|()| path))
+        {
             Ok(path) => path,
             Err(message) => {
                 self.issue(key, message);

@@ -22,6 +22,7 @@ pub mod placeholder;
 pub mod process;
 pub mod reaper;
 pub mod rpc_kind;
+pub mod sandbox;
 pub mod server;
 pub mod spawn;
 pub mod supervisor;

@@ -52,10 +52,54 @@ pub enum TemplateError {
 
 /// A request value that cannot become an argument.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field {path} contains a NUL byte, which cannot be passed as a program argument")]
-pub struct NulInArgument {
-    /// The placeholder's path.
-    pub path: String,
+pub enum ArgumentError {
+    /// The value holds a NUL byte, which no argument can carry.
+    #[error("field {path} contains a NUL byte, which cannot be passed as a program argument")]
+    Nul {
+        /// The placeholder's path.
+        path: String,
+    },
+    /// The value would start an argument with `-`, so the program would read it as an option.
+    #[error(
+        "field {path} starts with '-' and would be read as an option by the program; \
+         the manifest must put \"--\" before it or set allow_option_values = true"
+    )]
+    LooksLikeOption {
+        /// The placeholder's path.
+        path: String,
+    },
+}
+
+/// Renders a whole argv from a request (`None`: a streaming request, literals only).
+///
+/// An argument that *starts* with a placeholder and renders to a value starting with `-` is refused
+/// (option injection: `{name}` = `--exec=...`), unless an argument `--` comes before it or
+/// `allow_option_values` is set. A placeholder after a literal prefix (`--id={id}`) is always safe.
+pub fn render_argv(
+    templates: &[ArgTemplate],
+    request: Option<&DynamicMessage>,
+    allow_option_values: bool,
+) -> Result<Vec<String>, ArgumentError> {
+    let mut options_ended = allow_option_values;
+    let mut argv = Vec::with_capacity(templates.len());
+    for template in templates {
+        let Some(request) = request else {
+            argv.push(template.literal());
+            continue;
+        };
+        let arg = template.render(request)?;
+        if !options_ended
+            && arg.starts_with('-')
+            && let Some(Part::Field(path)) = template.parts.first()
+        {
+            return Err(ArgumentError::LooksLikeOption {
+                path: path.join("."),
+            });
+        }
+        options_ended |= template.parts == [Part::Text("--".to_string())];
+        argv.push(arg);
+    }
+    Ok(argv)
 }
 
 impl ArgTemplate {
@@ -134,7 +178,7 @@ impl ArgTemplate {
     }
 
     /// Renders the argument from a request. Unset fields give their default value.
-    pub fn render(&self, request: &DynamicMessage) -> Result<String, NulInArgument> {
+    pub fn render(&self, request: &DynamicMessage) -> Result<String, ArgumentError> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -142,7 +186,7 @@ impl ArgTemplate {
                 Part::Field(path) => {
                     let value = lookup(request, path);
                     if value.contains('\0') {
-                        return Err(NulInArgument {
+                        return Err(ArgumentError::Nul {
                             path: path.join("."),
                         });
                     }

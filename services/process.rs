@@ -11,6 +11,8 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
+use super::sandbox::Sandbox;
+
 /// A description of what to start.
 #[derive(Debug)]
 pub struct Launch<'a> {
@@ -22,6 +24,8 @@ pub struct Launch<'a> {
     pub cwd: &'a Path,
     /// The complete environment (nothing is inherited).
     pub env: &'a [(String, String)],
+    /// Resource limits and the user to run as.
+    pub sandbox: &'a Sandbox,
 }
 
 /// A started child and the guard of its process group.
@@ -47,8 +51,10 @@ pub fn start(launch: &Launch<'_>, extra_env: &[(&str, &str)]) -> std::io::Result
         .process_group(0)
         .kill_on_drop(true);
     let parent = std::process::id() as libc::pid_t;
+    let rlimits = launch.sandbox.rlimits();
+    let run_as = launch.sandbox.run_as.as_ref().map(|u| (u.uid, u.gid));
     // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (prctl, getppid, _exit).
+    // functions (prctl, getppid, _exit, setrlimit, setgroups, setgid, setuid).
     unsafe {
         cmd.pre_exec(move || {
             #[cfg(target_os = "linux")]
@@ -68,7 +74,7 @@ pub fn start(launch: &Launch<'_>, extra_env: &[(&str, &str)]) -> std::io::Result
             if libc::getppid() != parent {
                 libc::_exit(1);
             }
-            Ok(())
+            super::sandbox::apply_in_child(&rlimits, run_as)
         });
     }
     let child = cmd.spawn()?;

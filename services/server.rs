@@ -217,7 +217,7 @@ fn runtime(
     let limits = method.spec.limits;
     let executor: Arc<dyn Executor> = match &method.spec.execution {
         Execution::Spawn(spec) => Arc::new(SpawnRunner::new(
-            spec.clone(),
+            (**spec).clone(),
             method.desc.output(),
             limits.max_output_bytes,
         )),

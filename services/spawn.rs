@@ -17,6 +17,7 @@ use super::exit_status::describe_exit;
 use super::json::{from_json, write_json};
 use super::line_reader::{Line, read_line};
 use super::manifest::{Output, SpawnSpec};
+use super::placeholder::render_argv;
 use super::process::{self, Launch};
 use crate::mesh::status_code::parse_code;
 
@@ -97,15 +98,13 @@ impl SpawnRunner {
         replies: &ReplySink,
     ) -> Result<(), CallError> {
         let first = first_request(ctx, &mut input).await?;
-        let mut args = Vec::with_capacity(self.spec.args.len());
-        for template in &self.spec.args {
-            // Streaming-request methods have no placeholders (checked at bind time).
-            let arg = match &first {
-                Some(message) => template.render(message),
-                None => Ok(template.literal()),
-            };
-            args.push(arg.map_err(|e| CallError::BadRequest(format!("{}: {e}", ctx.method)))?);
-        }
+        // Streaming-request methods have no placeholders (checked at bind time).
+        let args = render_argv(
+            &self.spec.args,
+            first.as_ref(),
+            self.spec.allow_option_values,
+        )
+        .map_err(|e| CallError::BadRequest(format!("{}: {e}", ctx.method)))?;
         let timeout_ms = ctx.remaining().as_millis().max(1).to_string();
         let deadline_ms = ctx.deadline_unix_ms().to_string();
         let mut extra: Vec<(&str, &str)> = vec![
@@ -125,6 +124,7 @@ impl SpawnRunner {
             args: &args,
             cwd: &self.spec.cwd,
             env: &self.spec.env,
+            sandbox: &self.spec.sandbox,
         };
         let spawn_started = std::time::Instant::now();
         let mut started = process::start(&launch, &extra).map_err(|e| CallError::SpawnFailed {

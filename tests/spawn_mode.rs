@@ -104,8 +104,8 @@ async fn hostile_field_values_reach_the_program_verbatim_as_one_argument() {
         format!("\" && touch {c} && \""),
         format!("a\nb\ntouch {c}"),
         format!("| touch {c}"),
-        "-rf".to_string(),
-        "--help".to_string(),
+        // Values starting with '-' are refused as option injection: tests/hardening.rs.
+        "x -rf --help".to_string(),
         "*".to_string(),
         "~".to_string(),
         "$HOME ${PATH}".to_string(),

@@ -202,6 +202,7 @@ async fn run_once(
         args: &spec.args,
         cwd: &spec.cwd,
         env: &spec.env,
+        sandbox: &spec.sandbox,
     };
     let extra = [
         ("EXEMESH_WORKER_ID", id),

@@ -1,0 +1,204 @@
+//! Hardened execution, end to end: option injection through placeholders, resource limits, run-as
+//! user, and programs anyone could replace. The real binary runs real programs.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use support::echo::{EchoClient, EchoRequest, req};
+use support::{Served, exemesh, manifest, marker};
+use tonic::Code;
+
+const LEGACY: &str = "/test.v1.Echo/Legacy";
+
+/// A spawn manifest whose `Unary` method runs the echo fixture with `unary_argv` after the program,
+/// and whose `Legacy` method is `legacy` (TOML lines).
+fn write_manifest(dir: &Path, unary_argv: &str, legacy: &str) -> std::path::PathBuf {
+    let template = format!(
+        r#"[service]
+name = "test.v1.Echo"
+protos = ["@FIXTURES@/echo.proto"]
+include = ["@FIXTURES@"]
+inherit_env = ["PATH"]
+
+[env]
+TEST_MARKER = "@MARKER@"
+
+[methods.Unary]
+mode = "spawn"
+argv = ["@FIXTURES@/echo_spawn.py", {unary_argv}]
+
+[methods.Expand]
+mode = "spawn"
+argv = ["@FIXTURES@/echo_spawn.py"]
+
+[methods.Collect]
+mode = "spawn"
+argv = ["@FIXTURES@/echo_spawn.py"]
+
+[methods.Chat]
+mode = "spawn"
+argv = ["@FIXTURES@/echo_spawn.py"]
+
+[methods.Legacy]
+mode = "spawn"
+output = "text"
+text_field = "text"
+{legacy}
+"#
+    );
+    manifest(dir, "hardened.toml", &template, &marker("hardening"))
+}
+
+async fn serve(unary_argv: &str, legacy: &str) -> (Served, EchoClient, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_manifest(dir.path(), unary_argv, legacy);
+    let served = Served::start(&path).await;
+    let client = EchoClient::new(served.channel().await);
+    (served, client, dir)
+}
+
+async fn legacy(client: &EchoClient, text: &str) -> Result<String, tonic::Status> {
+    client
+        .unary_with(LEGACY, req(text, ""), None)
+        .await
+        .map(|r| r.text)
+}
+
+#[tokio::test]
+async fn a_value_that_looks_like_an_option_is_refused_unless_the_manifest_ends_options() {
+    let (_served, client, _dir) = serve(
+        r#""{text}", "--big={big}""#,
+        r#"argv = ["/bin/echo", "{text}"]"#,
+    )
+    .await;
+    for value in ["-n", "--help", "-rf", "-"] {
+        let status = legacy(&client, value)
+            .await
+            .expect_err("an option-looking value is refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{value}");
+        assert!(
+            status.message().contains("field text starts with '-'")
+                && status.message().contains("\"--\""),
+            "{value}: {}",
+            status.message()
+        );
+        assert!(
+            client.unary(req(value, "")).await.is_err(),
+            "{value} refused in the python method too"
+        );
+    }
+    // Not at the start of the argument, or not starting with '-': passed on as is.
+    assert_eq!(legacy(&client, "a -n").await.expect("call"), "a -n");
+    let reply = client
+        .unary(EchoRequest {
+            text: "x".into(),
+            big: -5,
+            ..Default::default()
+        })
+        .await
+        .expect("a negative number after a literal prefix is fine");
+    assert_eq!(reply.argv, vec!["x", "--big=-5"]);
+}
+
+#[tokio::test]
+async fn after_a_double_dash_or_with_allow_option_values_the_value_passes_verbatim() {
+    let (_served, client, _dir) = serve(
+        r#""--", "{text}""#,
+        r#"argv = ["/bin/echo", "{text}"]
+allow_option_values = true"#,
+    )
+    .await;
+    let reply = client.unary(req("--help", "")).await.expect("after --");
+    assert_eq!(reply.argv, vec!["--", "--help"]);
+    // /bin/echo reads "-n" as its option: the manifest allowed exactly that.
+    assert_eq!(legacy(&client, "-n").await.expect("allowed"), "");
+    assert_eq!(legacy(&client, "-x").await.expect("allowed"), "-x");
+}
+
+#[tokio::test]
+async fn resource_limits_bind_the_program() {
+    let (_served, client, _dir) = serve(
+        r#""{text}""#,
+        r#"argv = ["/bin/sh", "-c", "echo $(ulimit -n) $(ulimit -t) $(ulimit -v)"]
+rlimits = { open_files = 64, cpu_seconds = 7, address_space_mb = 512 }"#,
+    )
+    .await;
+    assert_eq!(legacy(&client, "").await.expect("call"), "64 7 524288");
+}
+
+#[tokio::test]
+async fn a_cpu_limit_stops_a_runaway_program() {
+    let (_served, client, _dir) = serve(
+        r#""{text}""#,
+        r#"argv = ["/bin/sh", "-c", "while :; do :; done"]
+rlimits = { cpu_seconds = 1 }"#,
+    )
+    .await;
+    let status = legacy(&client, "").await.expect_err("killed by the limit");
+    assert!(
+        status.message().contains("SIGXCPU") || status.message().contains("SIGKILL"),
+        "{:?}: {}",
+        status.code(),
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn programs_run_as_the_configured_user() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_manifest(
+        dir.path(),
+        r#""{text}""#,
+        r#"argv = ["/usr/bin/id", "-u"]
+user = "nobody""#,
+    );
+    if !root {
+        // Without root there is no switching users: the manifest is refused, naming the key.
+        let out = Command::new(exemesh())
+            .args(["check", path.to_str().expect("utf-8")])
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("methods.Legacy.user"), "{stderr}");
+        return;
+    }
+    let served = Served::start(&path).await;
+    let client = EchoClient::new(served.channel().await);
+    let uid = legacy(&client, "").await.expect("call");
+    assert_eq!(uid.trim(), "65534", "nobody's uid");
+}
+
+#[test]
+fn a_program_anyone_could_replace_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = dir.path().join("tool.sh");
+    std::fs::write(&program, "#!/bin/sh\necho hi\n").expect("write");
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let path = write_manifest(
+        dir.path(),
+        r#""{text}""#,
+        &format!(r#"argv = ["{}"]"#, program.display()),
+    );
+    for command in ["check", "serve"] {
+        let out = Command::new(exemesh())
+            .args([command, path.to_str().expect("utf-8")])
+            .args(if command == "serve" {
+                &["--listen", "127.0.0.1:0"][..]
+            } else {
+                &[][..]
+            })
+            .output()
+            .expect("run");
+        assert!(!out.status.success(), "{command} must refuse");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("methods.Legacy.argv[0]") && stderr.contains("world-writable"),
+            "{command}: {stderr}"
+        );
+    }
+}
