@@ -98,9 +98,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(addr) => {
             let mut channels = Vec::new();
             for _ in 0..args.connections.max(1) {
-                let channel = Endpoint::from_shared(format!("http://{addr}"))?
-                    .tcp_nodelay(true)
-                    .connect()
+                let endpoint = Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
+                let channel = exemesh::mesh::tls::client::connect(endpoint, None)
                     .await
                     .with_context(|| format!("cannot connect to {addr}"))?;
                 channels.push(channel);

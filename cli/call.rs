@@ -109,8 +109,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let channel = Endpoint::from_shared(uri.clone())
                 .with_context(|| format!("invalid address {addr:?}"))?
                 .connect_timeout(Duration::from_secs(5))
-                .tcp_nodelay(true)
-                .connect()
+                .tcp_nodelay(true);
+            let channel = exemesh::mesh::tls::client::connect(channel, None)
                 .await
                 .with_context(|| format!("cannot connect to {uri}"))?;
             call_with(channel, &args, &target).await

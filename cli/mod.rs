@@ -3,6 +3,7 @@
 mod admin;
 mod bench;
 mod call;
+mod certs;
 mod check;
 mod init;
 mod registry;
@@ -22,6 +23,11 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// mTLS identity directory (ca.pem, cert.pem, key.pem from `exemesh certs issue`): every
+    /// connection this command makes or serves is then mutually authenticated. Without it,
+    /// connections are plaintext (`exemesh up` manages its own unless --insecure).
+    #[arg(long, global = true, env = "EXEMESH_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,6 +41,7 @@ enum Command {
     Up(up::Args),
     Bench(bench::Args),
     Trace(trace::Args),
+    Certs(certs::Args),
 }
 
 /// Parses the command line, runs the subcommand and turns its outcome into an exit code.
@@ -62,6 +69,11 @@ pub fn main() -> ExitCode {
             Ok(telemetry) => telemetry,
             Err(e) => return Err(e),
         };
+        if let Some(dir) = &cli.tls_dir
+            && !matches!(cli.command, Command::Up(_) | Command::Certs(_))
+        {
+            install_identity(dir)?;
+        }
         let result = match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Check(args) => check::run(args),
@@ -72,6 +84,7 @@ pub fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Trace(args) => trace::run(args).await,
+            Command::Certs(args) => certs::run(args),
         };
         if let Some(telemetry) = telemetry {
             // Flushing blocks: off the async threads, while the runtime still drives the exporter.
@@ -87,6 +100,15 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads an identity directory and makes it this process's mTLS identity.
+fn install_identity(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let identity = exemesh::mesh::tls::material::IdentityDir::load(dir)
+        .with_context(|| format!("--tls-dir {}", dir.display()))?;
+    exemesh::mesh::tls::install(identity)?;
+    Ok(())
 }
 
 /// The service name spans carry when `OTEL_SERVICE_NAME` is unset: the served contract for `serve`,

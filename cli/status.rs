@@ -114,10 +114,10 @@ pub fn print_table(rows: &[Row]) {
 
 async fn health(instance: Instance) -> String {
     let check = async {
-        let channel = Endpoint::from_shared(format!("http://{}", instance.address))
+        let endpoint = Endpoint::from_shared(format!("http://{}", instance.address))
             .ok()?
-            .connect_timeout(Duration::from_secs(1))
-            .connect()
+            .connect_timeout(Duration::from_secs(1));
+        let channel = exemesh::mesh::tls::client::connect(endpoint, None)
             .await
             .ok()?;
         let reply = HealthClient::new(channel)

@@ -31,10 +31,90 @@ pub struct Args {
     /// How long instances get to drain at shutdown before they are killed.
     #[arg(long, default_value = "35s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Where the mesh keeps its state: the CA (tls/ca, created on first use; put your own ca.pem
+    /// and ca.key there to use your own) and the certificates issued at each start. Default:
+    /// .exemesh next to the mesh file.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Plaintext h2c instead of mTLS (anyone who can reach the ports can call and register).
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// Lifetime of the certificates `up` issues at each start.
+const LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Sets up the mesh's mTLS: loads (or creates) the CA in the state directory, issues identities
+/// for `up` itself (registry, trace view), the CLI and every instance, and installs `up`'s own.
+/// Returns the directory holding the identities.
+fn setup_tls(state: &std::path::Path) -> anyhow::Result<PathBuf> {
+    use exemesh::mesh::tls::authority::{Authority, CA_KEY, LeafRequest};
+    use exemesh::mesh::tls::identity::DEFAULT_TRUST_DOMAIN;
+    let tls = state.join("tls");
+    let ca_dir = tls.join("ca");
+    let ca = if ca_dir.join(CA_KEY).exists() {
+        Authority::load(&ca_dir)?
+    } else {
+        let ca = Authority::create(
+            DEFAULT_TRUST_DOMAIN,
+            Duration::from_secs(10 * 365 * 24 * 3600),
+        )?;
+        ca.save(&ca_dir)?;
+        ca
+    };
+    let leaf = |services: &[&str]| LeafRequest {
+        services: services.iter().map(|s| s.to_string()).collect(),
+        lifetime: LEAF_LIFETIME,
+        dns: Vec::new(),
+        ips: Vec::new(),
+        not_before: None,
+    };
+    let own = ca.write_identity(
+        &tls.join("up"),
+        &leaf(&["exemesh.v1.Registry", "exemesh.v1.Traces", "exemesh-up"]),
+    )?;
+    ca.write_identity(&tls.join("cli"), &leaf(&["exemesh-cli"]))?;
+    super::install_identity(&own)?;
+    Ok(tls)
+}
+
+/// Issues the identity of one instance serving `manifest`.
+fn issue_instance(
+    tls: &std::path::Path,
+    name: &str,
+    manifest: &std::path::Path,
+) -> anyhow::Result<PathBuf> {
+    use exemesh::mesh::tls::authority::{Authority, LeafRequest};
+    let service = exemesh::services::manifest::Manifest::load(manifest)?.service;
+    let ca = Authority::load(&tls.join("ca"))?;
+    Ok(ca.write_identity(
+        &tls.join("instances").join(name),
+        &LeafRequest {
+            services: vec![service],
+            lifetime: LEAF_LIFETIME,
+            dns: Vec::new(),
+            ips: Vec::new(),
+            not_before: None,
+        },
+    )?)
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mesh = MeshFile::load(&args.mesh)?;
+    let state = args.state_dir.clone().unwrap_or_else(|| {
+        mesh.file
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(".exemesh")
+    });
+    let tls = if args.insecure {
+        None
+    } else {
+        Some(
+            setup_tls(&state)
+                .with_context(|| format!("cannot set up mTLS in {}", state.display()))?,
+        )
+    };
     let listen = args.registry_listen.unwrap_or(mesh.registry);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -75,19 +155,24 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for service in &mesh.services {
         for n in 1..=service.replicas {
             let name = format!("{}-{n}", service.name);
+            let mut child_args = vec![
+                "serve".to_string(),
+                service.manifest.display().to_string(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--discovery".into(),
+                registry_addr.clone(),
+                "--instance-id".into(),
+                name.clone(),
+            ];
+            if let Some(tls) = &tls {
+                let dir = issue_instance(tls, &name, &service.manifest)?;
+                child_args.extend(["--tls-dir".to_string(), dir.display().to_string()]);
+            }
             children.push(ChildSpec {
                 name: name.clone(),
                 program: exe.clone(),
-                args: vec![
-                    "serve".into(),
-                    service.manifest.display().to_string(),
-                    "--listen".into(),
-                    "127.0.0.1:0".into(),
-                    "--discovery".into(),
-                    registry_addr.clone(),
-                    "--instance-id".into(),
-                    name,
-                ],
+                args: child_args,
                 env: service
                     .env
                     .iter()
@@ -111,9 +196,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!();
         super::status::print_table(&rows);
         println!();
-        println!(
-            "mesh up: {total} instances. Try: exemesh call --discovery {registry_addr} <pkg.Service/Method> '{{...}}'"
-        );
+        match &tls {
+            Some(tls) => println!(
+                "mesh up: {total} instances, mTLS on. Try: export EXEMESH_TLS_DIR={}\n         exemesh call --discovery {registry_addr} <pkg.Service/Method> '{{...}}'",
+                tls.join("cli").display()
+            ),
+            None => println!(
+                "mesh up: {total} instances (plaintext). Try: exemesh call --discovery {registry_addr} <pkg.Service/Method> '{{...}}'"
+            ),
+        }
         println!(
             "         exemesh status --discovery {registry_addr}      (Ctrl-C stops everything)"
         );
@@ -149,21 +240,42 @@ async fn wait_all_serving(supervisor: &Supervisor, registry: &str, total: usize)
     true
 }
 
-/// The running trace view: an OTLP receiver and the `exemesh.v1.Traces` query service on one port,
+/// The running trace view: an OTLP receiver (plaintext, on 127.0.0.1, for the exporters of the
+/// mesh's processes) and the `exemesh.v1.Traces` query service (mTLS like every other service),
 /// registered in the mesh's registry.
 struct TraceView {
     addr: std::net::SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     registration: Option<exemesh::mesh::discovery::registration::Registration>,
 }
 
 impl Drop for TraceView {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         if let Some(registration) = self.registration.take() {
             tokio::spawn(registration.stop());
         }
     }
+}
+
+fn serve_forever(
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        exemesh::mesh::transport::serve_h2c(
+            listener,
+            routes.prepare().into_axum_router(),
+            Default::default(),
+            tls,
+            std::future::pending(),
+            Duration::from_secs(1),
+        )
+        .await;
+    })
 }
 
 async fn start_trace_view(registry: &str) -> anyhow::Result<TraceView> {
@@ -172,35 +284,35 @@ async fn start_trace_view(registry: &str) -> anyhow::Result<TraceView> {
     use exemesh::pb::v1::traces_server::TracesServer;
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
     let store = std::sync::Arc::new(TraceStore::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let routes = tonic::service::Routes::new(
+    let otlp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = otlp.local_addr()?;
+    let receiver = tonic::service::Routes::new(
         TraceServiceServer::new(Receiver(store.clone())).max_decoding_message_size(64 << 20),
-    )
-    .add_service(TracesServer::new(Query(store)));
+    );
+    let query_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let query_addr = query_listener.local_addr()?;
+    let query = tonic::service::Routes::new(TracesServer::new(Query(store)));
     let own = prost::Message::decode(exemesh::pb::FILE_DESCRIPTOR_SET)?;
-    let (routes, health) = exemesh::mesh::introspection::with_introspection(routes, vec![own])?;
+    let (query, health) = exemesh::mesh::introspection::with_introspection(query, vec![own])?;
     exemesh::mesh::introspection::set_status(
         &health,
         "exemesh.v1.Traces",
         tonic_health::ServingStatus::Serving,
     )
     .await;
-    let task = tokio::spawn(async move {
-        exemesh::mesh::transport::serve_h2c(
-            listener,
-            routes.prepare().into_axum_router(),
-            Default::default(),
-            std::future::pending(),
-            Duration::from_secs(1),
-        )
-        .await;
-    });
+    let tasks = vec![
+        serve_forever(otlp, receiver, None),
+        serve_forever(
+            query_listener,
+            query,
+            exemesh::mesh::tls::installed_server_config(),
+        ),
+    ];
     let discovery = exemesh::mesh::discovery::connect(registry)?;
     let instance = exemesh::mesh::discovery::Instance {
         id: "exemesh-up-traces".into(),
         services: vec!["exemesh.v1.Traces".into()],
-        address: addr.to_string(),
+        address: query_addr.to_string(),
         ..Default::default()
     };
     let registration = exemesh::mesh::discovery::registration::Registration::start(
@@ -210,7 +322,7 @@ async fn start_trace_view(registry: &str) -> anyhow::Result<TraceView> {
     );
     Ok(TraceView {
         addr,
-        task,
+        tasks,
         registration: Some(registration),
     })
 }

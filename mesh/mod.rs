@@ -23,5 +23,6 @@ pub mod reflection;
 pub mod registry;
 pub mod status_code;
 pub mod telemetry;
+pub mod tls;
 pub mod trace_view;
 pub mod transport;

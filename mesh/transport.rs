@@ -6,6 +6,8 @@
 //! connection task owned: they are tracked, drained on shutdown and aborted after the drain timeout.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,6 +17,7 @@ use tokio::net::TcpListener;
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::mesh::telemetry::rpc_span::{LocalAddr, PeerAddr, RpcSpanLayer};
+use crate::mesh::tls::identity::PeerIdentity;
 use tokio::task::JoinSet;
 
 /// HTTP/2 settings for served connections.
@@ -41,16 +44,65 @@ impl Default for Http2Settings {
     }
 }
 
+/// The addresses (and identity) of one connection, given to each of its requests.
+#[derive(Clone, Copy)]
+struct Addresses {
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+}
+
+impl Addresses {
+    /// The connection's service: every request learns the connection's addresses and caller (for
+    /// spans and authorization), then runs in its server span (the one tower layer for tracing).
+    fn service(
+        self,
+        router: axum::Router,
+        identity: Option<PeerIdentity>,
+    ) -> TowerToHyperService<
+        impl tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<
+                crate::mesh::telemetry::rpc_span::StatusBody<axum::body::Body>,
+            >,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone,
+    > {
+        let Addresses { peer, local } = self;
+        let traced = RpcSpanLayer.layer(router).map_request(
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                if let Some(local) = local {
+                    request.extensions_mut().insert(LocalAddr(local));
+                }
+                if let Some(identity) = &identity {
+                    request.extensions_mut().insert(identity.clone());
+                }
+                request
+            },
+        );
+        TowerToHyperService::new(traced)
+    }
+}
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `router` on `listener` until `shutdown` completes; then stops accepting, lets open
 /// connections finish their calls (GOAWAY), and returns once they are done or `drain` has passed.
 /// Returns false when the drain timeout cut calls short.
+///
+/// With `tls`, every connection starts with a TLS handshake (client certificate required by the
+/// mesh configuration) and its requests carry the caller's [`PeerIdentity`]; without, it is h2c.
 pub async fn serve_h2c(
     listener: TcpListener,
     router: axum::Router,
     settings: Http2Settings,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) -> bool {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -68,19 +120,35 @@ pub async fn serve_h2c(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().ok();
-                    // Every request learns the connection's addresses (for spans), then runs in its
-                    // server span (the one tower layer for tracing).
-                    let traced = RpcSpanLayer.layer(router.clone()).map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-                        request.extensions_mut().insert(PeerAddr(peer));
-                        if let Some(local) = local {
-                            request.extensions_mut().insert(LocalAddr(local));
-                        }
-                        request
-                    });
-                    let service = TowerToHyperService::new(traced);
-                    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                    let router = router.clone();
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let acceptor = acceptor.clone();
                     connections.spawn(async move {
-                        if let Err(e) = conn.await {
+                        let addresses = Addresses { peer, local };
+                        let served = match acceptor {
+                            None => {
+                                let service = addresses.service(router, None);
+                                watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
+                            }
+                            Some(acceptor) => {
+                                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                    Ok(Ok(stream)) => stream,
+                                    Ok(Err(e)) => {
+                                        tracing::info!(%peer, "TLS handshake refused: {e}");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        tracing::info!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                };
+                                let identity = crate::mesh::tls::server::peer_identity(stream.get_ref().1);
+                                let service = addresses.service(router, Some(identity));
+                                watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
+                            }
+                        };
+                        if let Err(e) = served {
                             tracing::debug!(%peer, "connection ended: {e}");
                         }
                     });

@@ -56,6 +56,8 @@ pub struct CallContext {
     pub tracestate: Option<String>,
     /// ASCII request metadata to forward (no transport or pseudo headers).
     pub metadata: Vec<(String, String)>,
+    /// The caller's identity proven by mTLS (`spiffe://...`), or empty on a plaintext server.
+    pub caller: String,
 }
 
 impl CallContext {

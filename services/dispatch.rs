@@ -30,6 +30,7 @@ use crate::mesh::codec::DynamicCodec;
 use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout, with_call_deadline};
 use crate::mesh::telemetry::metrics::{ExecLabels, metrics};
 use crate::mesh::telemetry::propagation;
+use crate::mesh::tls::identity::PeerIdentity;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -146,7 +147,11 @@ struct Handler(Arc<MethodRuntime>);
 type Replies = BoxStream<'static, Result<DynamicMessage, Status>>;
 
 impl MethodRuntime {
-    fn context(&self, metadata: &tonic::metadata::MetadataMap) -> CallContext {
+    fn context(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        extensions: &tonic::Extensions,
+    ) -> CallContext {
         let timeout = metadata
             .get(GRPC_TIMEOUT_HEADER)
             .and_then(|v| v.to_str().ok())
@@ -182,6 +187,10 @@ impl MethodRuntime {
             traceparent: text("traceparent"),
             tracestate: text("tracestate"),
             metadata: forwarded,
+            caller: extensions
+                .get::<PeerIdentity>()
+                .map(PeerIdentity::primary)
+                .unwrap_or_default(),
         }
     }
 
@@ -279,7 +288,7 @@ impl UnaryService<DynamicMessage> for Handler {
 
     fn call(&mut self, request: Request<DynamicMessage>) -> Self::Future {
         let method = self.0.clone();
-        let ctx = method.context(request.metadata());
+        let ctx = method.context(request.metadata(), request.extensions());
         Box::pin(method.single(ctx, single_input(request.into_inner())))
     }
 }
@@ -291,7 +300,7 @@ impl ServerStreamingService<DynamicMessage> for Handler {
 
     fn call(&mut self, request: Request<DynamicMessage>) -> Self::Future {
         let method = self.0.clone();
-        let ctx = method.context(request.metadata());
+        let ctx = method.context(request.metadata(), request.extensions());
         Box::pin(async move {
             Ok(Response::new(
                 method
@@ -309,7 +318,7 @@ impl ClientStreamingService<DynamicMessage> for Handler {
 
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let method = self.0.clone();
-        let ctx = method.context(request.metadata());
+        let ctx = method.context(request.metadata(), request.extensions());
         Box::pin(method.single(ctx, streaming_input(request.into_inner())))
     }
 }
@@ -321,7 +330,7 @@ impl StreamingService<DynamicMessage> for Handler {
 
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let method = self.0.clone();
-        let ctx = method.context(request.metadata());
+        let ctx = method.context(request.metadata(), request.extensions());
         Box::pin(async move {
             Ok(Response::new(
                 method

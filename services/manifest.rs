@@ -17,6 +17,7 @@ use tonic::Code;
 use super::placeholder::ArgTemplate;
 use super::sandbox::{ResourceLimits, Sandbox, check_program_path, lookup_user};
 use crate::mesh::status_code::parse_code;
+use crate::mesh::tls::policy::{self, Policy, Principal};
 
 /// One problem in a manifest, located by file and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +76,26 @@ struct ManifestFile {
     pools: BTreeMap<String, PoolSection>,
     #[serde(default)]
     telemetry: TelemetrySection,
+    authz: Option<AuthzSection>,
+}
+
+/// `[authz]`: who may call which method (needs mTLS).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthzSection {
+    mode: Option<AuthzMode>,
+    default: Option<Vec<String>>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    methods: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum AuthzMode {
+    Enforce,
+    Audit,
 }
 
 /// `[telemetry]`: defaults for the standard OpenTelemetry variables (which win when set).
@@ -222,6 +243,9 @@ pub struct Manifest {
     pub methods: BTreeMap<String, MethodSpec>,
     /// Worker pools by name.
     pub pools: BTreeMap<String, PoolSpec>,
+    /// The authorization policy (`[authz]`); its trust domain is filled in from the server's
+    /// identity at start.
+    pub authz: Option<Policy>,
 }
 
 /// Limits that apply to one method.
@@ -432,6 +456,7 @@ impl Validator {
             .collect();
         Manifest {
             file: self.file.clone(),
+            authz: raw.authz.map(|a| self.authz(a, &methods)),
             telemetry: raw.telemetry,
             service: service.name,
             protos: service.protos.iter().map(|p| self.dir.join(p)).collect(),
@@ -446,6 +471,50 @@ impl Validator {
                 .map_or(Duration::from_secs(30), |d| d.0),
             methods,
             pools,
+        }
+    }
+
+    fn principals(&mut self, key: &str, raw: &[String]) -> Vec<Principal> {
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, text)| match Principal::parse(text) {
+                Ok(p) => Some(p),
+                Err(message) => {
+                    self.issue(format!("{key}[{i}]"), message);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn authz(&mut self, raw: AuthzSection, methods: &BTreeMap<String, MethodSpec>) -> Policy {
+        let mut per_method = BTreeMap::new();
+        for (name, list) in &raw.methods {
+            let simple = name.rsplit('/').next().unwrap_or(name);
+            if !methods.contains_key(simple) {
+                self.issue(
+                    format!("authz.methods.{name}"),
+                    format!(
+                        "no method {simple:?} in [methods] ({})",
+                        names(methods.keys())
+                    ),
+                );
+            }
+            let list = self.principals(&format!("authz.methods.{name}"), list);
+            per_method.insert(name.clone(), list);
+        }
+        Policy {
+            mode: match raw.mode {
+                Some(AuthzMode::Audit) => policy::Mode::Audit,
+                _ => policy::Mode::Enforce,
+            },
+            default: match &raw.default {
+                Some(list) => self.principals("authz.default", list),
+                None => vec![Principal::AnyMember],
+            },
+            methods: per_method,
+            deny: self.principals("authz.deny", &raw.deny),
+            trust_domain: String::new(),
         }
     }
 

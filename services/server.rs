@@ -30,7 +30,9 @@ use crate::mesh::discovery::registration::Registration;
 use crate::mesh::discovery::{Discovery, Instance};
 use crate::mesh::introspection::{ReflectionSetupError, set_status, with_introspection};
 use crate::mesh::telemetry::admin::serve_admin;
+use crate::mesh::tls::policy::{AuthzLayer, Policy};
 use crate::mesh::transport::{Http2Settings, serve_h2c};
+use tower::Layer as _;
 
 /// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,11 @@ pub enum ServeError {
     /// A descriptor set could not be used for reflection.
     #[error(transparent)]
     Reflection(#[from] ReflectionSetupError),
+    /// An `[authz]` policy without mTLS: there would be no caller identities to check.
+    #[error(
+        "{0}: [authz] needs mTLS to know who calls; serve with --tls-dir (or under `exemesh up` without --insecure)"
+    )]
+    AuthzNeedsTls(String),
 }
 
 /// How long a deregistered server keeps accepting new calls, so that callers have dropped it from
@@ -109,7 +116,7 @@ pub async fn serve(
     let router = axum::Router::new().fallback_service(DynamicService::new(runtimes));
     let (routes, reporter) =
         with_introspection(Routes::from(router), vec![plan.contract.files.clone()])?;
-    let router = routes.prepare().into_axum_router();
+    let router = with_authz(routes.prepare().into_axum_router(), &plan.manifest)?;
     set_status(&reporter, &service_name, ServingStatus::NotServing).await;
     let health_task = tokio::spawn(follow_pools(
         reporter.clone(),
@@ -151,7 +158,16 @@ pub async fn serve(
             );
         }
     };
-    if !serve_h2c(listener, router, Http2Settings::default(), signal, drain).await {
+    if !serve_h2c(
+        listener,
+        router,
+        Http2Settings::default(),
+        crate::mesh::tls::installed_server_config(),
+        signal,
+        drain,
+    )
+    .await
+    {
         tracing::warn!(
             "drain timeout of {}s passed; the remaining calls were aborted",
             drain.as_secs_f32()
@@ -165,6 +181,21 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Puts the manifest's `[authz]` policy in front of every route (health and reflection included:
+/// the policy opens them to every mesh member).
+fn with_authz(router: axum::Router, manifest: &Manifest) -> Result<axum::Router, ServeError> {
+    let Some(policy) = &manifest.authz else {
+        return Ok(router);
+    };
+    let identity = crate::mesh::tls::installed()
+        .ok_or_else(|| ServeError::AuthzNeedsTls(manifest.file.display().to_string()))?;
+    let policy = Policy {
+        trust_domain: identity.current().trust_domain.clone(),
+        ..policy.clone()
+    };
+    Ok(axum::Router::new().fallback_service(AuthzLayer::new(policy).layer(router)))
 }
 
 fn start_pools(plan: &Plan, outbound: Option<Arc<Outbound>>) -> BTreeMap<String, Arc<Pool>> {

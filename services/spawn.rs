@@ -113,6 +113,9 @@ impl SpawnRunner {
             ("EXEMESH_TIMEOUT_MS", &timeout_ms),
             ("EXEMESH_DEADLINE_UNIX_MS", &deadline_ms),
         ];
+        if !ctx.caller.is_empty() {
+            extra.push(("EXEMESH_CALLER", &ctx.caller));
+        }
         if let Some(tp) = &ctx.traceparent {
             extra.push(("TRACEPARENT", tp));
         }

@@ -37,6 +37,8 @@ struct Up {
     guard: UpGuard,
     pid: i32,
     registry: String,
+    /// The CLI identity `up` issued (mTLS is on by default), from its banner.
+    tls_dir: String,
     banner: String,
     // Kept open: `up` prints again when it stops.
     _stdout: BufReader<std::process::ChildStdout>,
@@ -69,10 +71,17 @@ fn start_up(mesh: &std::path::Path) -> Up {
         .and_then(|l| l.strip_prefix("registry listening on "))
         .unwrap_or_else(|| panic!("{banner:?}"))
         .to_string();
+    let tls_dir = banner
+        .split("export EXEMESH_TLS_DIR=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("mTLS is on by default: {banner:?}"))
+        .to_string();
     Up {
         guard,
         pid,
         registry,
+        tls_dir,
         banner,
         _stdout: out,
     }
@@ -92,9 +101,16 @@ impl Up {
     }
 }
 
-fn call(registry: &str, json: &str) -> std::process::Output {
+fn call(up: &Up, json: &str) -> std::process::Output {
     Command::new(exemesh())
-        .args(["call", "--discovery", registry, "test.v1.Echo/Legacy", json])
+        .env("EXEMESH_TLS_DIR", &up.tls_dir)
+        .args([
+            "call",
+            "--discovery",
+            &up.registry,
+            "test.v1.Echo/Legacy",
+            json,
+        ])
         .output()
         .expect("call")
 }
@@ -147,7 +163,24 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
         assert!(table.contains(&format!("echo-{n}")), "{table}");
     }
 
-    let reply = call(&registry, r#"{"text":"through discovery"}"#);
+    // mTLS by default: a caller without the mesh's certificate is refused.
+    let plaintext = Command::new(exemesh())
+        .env_remove("EXEMESH_TLS_DIR")
+        .args([
+            "call",
+            "--discovery",
+            &registry,
+            "test.v1.Echo/Legacy",
+            "{}",
+        ])
+        .output()
+        .expect("call");
+    assert!(
+        !plaintext.status.success(),
+        "a plaintext call must fail: {}",
+        String::from_utf8_lossy(&plaintext.stdout)
+    );
+    let reply = call(&up, r#"{"text":"through discovery"}"#);
     assert!(
         reply.status.success(),
         "{}",
@@ -179,6 +212,7 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
     let start = Instant::now();
     loop {
         let status = Command::new(exemesh())
+            .env("EXEMESH_TLS_DIR", &up.tls_dir)
             .args(["status", "--discovery", &registry, "--json"])
             .output()
             .expect("status");
@@ -232,7 +266,7 @@ async fn up_collects_traces_and_exemesh_trace_shows_the_waterfall() {
     let text = up.banner.clone();
     assert!(text.contains("traces collected on"), "{text}");
 
-    let called = call(&registry, r#"{"text":"traced"}"#);
+    let called = call(&up, r#"{"text":"traced"}"#);
     assert!(called.status.success());
     let stderr = String::from_utf8_lossy(&called.stderr).into_owned();
     let trace = stderr
@@ -245,6 +279,7 @@ async fn up_collects_traces_and_exemesh_trace_shows_the_waterfall() {
     let start = Instant::now();
     let view = loop {
         let shown = Command::new(exemesh())
+            .env("EXEMESH_TLS_DIR", &up.tls_dir)
             .args(["trace", "--discovery", &registry, &trace[..12]])
             .output()
             .expect("exemesh trace");
@@ -277,6 +312,7 @@ async fn up_collects_traces_and_exemesh_trace_shows_the_waterfall() {
     );
 
     let list = Command::new(exemesh())
+        .env("EXEMESH_TLS_DIR", &up.tls_dir)
         .args(["trace", "--discovery", &registry])
         .output()
         .expect("exemesh trace");

@@ -171,7 +171,7 @@ pub async fn manage(
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         let reporting = Reporting {
-            channel: endpoint.connect_lazy(),
+            channel: crate::mesh::tls::client::lazy(endpoint, Some(&service)),
             key: key.into(),
             failures: Arc::new(AtomicU32::new(0)),
             probation: Arc::new(AtomicBool::new(probation)),

@@ -21,6 +21,9 @@ pub struct RegistryDiscovery {
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The identity a registry proves (its certificate names this service).
+pub const REGISTRY_SERVICE: &str = "exemesh.v1.Registry";
+
 impl RegistryDiscovery {
     /// A lazy client for the registry at `addr` (`host:port`).
     pub fn new(addr: &str) -> Result<Self, DiscoveryError> {
@@ -31,7 +34,10 @@ impl RegistryDiscovery {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
         Ok(Self {
-            client: RegistryClient::new(endpoint.connect_lazy()),
+            client: RegistryClient::new(crate::mesh::tls::client::lazy(
+                endpoint,
+                Some(REGISTRY_SERVICE),
+            )),
         })
     }
 

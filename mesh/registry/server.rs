@@ -38,6 +38,7 @@ pub async fn serve_registry(
         listener,
         routes.prepare().into_axum_router(),
         Http2Settings::default(),
+        crate::mesh::tls::installed_server_config(),
         signal,
         Duration::from_secs(2),
     )

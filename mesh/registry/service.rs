@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::store::{Change, Store, serves};
+use crate::mesh::tls::identity::PeerIdentity;
 use crate::pb::v1::registry_server::Registry;
 use crate::pb::v1::watch_event::Kind;
 use crate::pb::v1::*;
@@ -27,6 +28,38 @@ impl RegistryService {
     }
 }
 
+/// Checks that the caller may act for `services`: over mTLS, its certificate must name each of
+/// them (a rogue member cannot register under, or remove, another service's name). A plaintext
+/// registry has no identities to check.
+fn may_act_as(
+    caller: Option<&PeerIdentity>,
+    services: &[String],
+    what: &str,
+) -> Result<(), Status> {
+    let Some(caller) = caller else {
+        return Ok(());
+    };
+    match services
+        .iter()
+        .find(|s| !caller.ids.iter().any(|id| id.service == **s))
+    {
+        None => Ok(()),
+        Some(service) => {
+            let own: Vec<String> = caller.ids.iter().map(ToString::to_string).collect();
+            tracing::warn!(caller = %caller.primary(), %service, "refused: {what}");
+            Err(Status::permission_denied(format!(
+                "{what}: {} may not act as {service}; its certificate names only [{}]",
+                if own.is_empty() {
+                    "a caller without a mesh identity".to_string()
+                } else {
+                    caller.primary()
+                },
+                own.join(", ")
+            )))
+        }
+    }
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -35,6 +68,7 @@ impl Registry for RegistryService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let caller = request.extensions().get::<PeerIdentity>().cloned();
         let request = request.into_inner();
         let Some(instance) = request.instance else {
             return Err(Status::invalid_argument("register: instance is required"));
@@ -43,6 +77,14 @@ impl Registry for RegistryService {
             return Err(Status::invalid_argument(
                 "register: instance needs an id, an address and at least one service",
             ));
+        }
+        may_act_as(caller.as_ref(), &instance.services, "register")?;
+        if let Some(existing) = self.store.services_of(&instance.id) {
+            may_act_as(
+                caller.as_ref(),
+                &existing,
+                "register over an existing instance",
+            )?;
         }
         tracing::info!(id = %instance.id, address = %instance.address, services = ?instance.services, "registered");
         let (lease_id, ttl) = self.store.register(
@@ -76,6 +118,13 @@ impl Registry for RegistryService {
         request: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterResponse>, Status> {
         let id = &request.get_ref().instance_id;
+        if let Some(existing) = self.store.services_of(id) {
+            may_act_as(
+                request.extensions().get::<PeerIdentity>(),
+                &existing,
+                "deregister",
+            )?;
+        }
         if self.store.deregister(id) {
             tracing::info!(id = %id, "deregistered");
         }

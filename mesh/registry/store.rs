@@ -155,6 +155,14 @@ impl Store {
         Ok(entry.ttl)
     }
 
+    /// The services of a registered instance.
+    pub fn services_of(&self, id: &str) -> Option<Vec<String>> {
+        self.state()
+            .instances
+            .get(id)
+            .map(|e| e.instance.services.clone())
+    }
+
     /// Removes an instance; false if it was not registered.
     pub fn deregister(&self, id: &str) -> bool {
         let mut state = self.state();

@@ -41,6 +41,17 @@ pub struct ExecLabels {
     pub mode: String,
 }
 
+/// Labels of an authorization decision against a call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// `pkg.Service/Method`.
+    pub method: String,
+    /// The caller's identity (`spiffe://...`, or empty when unauthenticated).
+    pub caller: String,
+    /// `denied` (refused) or `audit` (would have been refused; allowed in audit mode).
+    pub decision: String,
+}
+
 /// A label set with one name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NameLabel {
@@ -82,6 +93,8 @@ pub struct Metrics {
     pub pool_ready: Family<NameLabel, Gauge>,
     /// Worker restarts per pool.
     pub pool_restarts: Family<NameLabel, Counter>,
+    /// Calls refused (or, in audit mode, let through) by the authorization policy.
+    pub authz_denied: Family<AuthzLabels, Counter>,
     /// Instances in the embedded registry.
     pub registry_instances: Gauge,
 }
@@ -116,6 +129,7 @@ impl Metrics {
             queue_depth: Family::default(),
             pool_ready: Family::default(),
             pool_restarts: Family::default(),
+            authz_denied: Family::default(),
             registry_instances: Gauge::default(),
             registry: Registry::default(),
         };
@@ -179,6 +193,11 @@ impl Metrics {
             "worker_restarts",
             "Worker restarts",
             m.pool_restarts.clone(),
+        );
+        registry.register(
+            "authz_denied",
+            "Calls outside the authorization policy, by caller (denied, or let through in audit mode)",
+            m.authz_denied.clone(),
         );
         registry.register(
             "registry_instances",

@@ -31,6 +31,9 @@ pub struct Start<'a> {
     pub tracestate: Option<&'a str>,
     /// An id for logs.
     pub request_id: &'a str,
+    /// The caller's mTLS identity (`spiffe://...`); absent on a plaintext server.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub caller: &'a str,
     /// Forwarded metadata.
     #[serde(skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata<'a>,
@@ -305,7 +308,7 @@ mod tests {
         ) {
             let payload = payload();
             let start = Start {
-                method: &method, kind: "unary", timeout_ms, traceparent: traceparent.as_deref(), tracestate: None,
+                method: &method, kind: "unary", timeout_ms, traceparent: traceparent.as_deref(), tracestate: None, caller: "",
                 request_id: "r1", metadata: Metadata(&meta), message: Some(JsonMessage(&payload)), half_close,
             };
             let text = start_line(id, start);

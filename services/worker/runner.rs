@@ -83,6 +83,7 @@ impl WorkerRunner {
             traceparent: ctx.traceparent.as_deref(),
             tracestate: ctx.tracestate.as_deref(),
             request_id: &ctx.request_id,
+            caller: &ctx.caller,
             metadata: Metadata(&ctx.metadata),
             message: first.as_ref().map(JsonMessage),
             half_close: first.is_some(),

@@ -38,6 +38,8 @@ pub struct Served {
     /// The admin address, when started with `--admin`.
     pub admin: Option<String>,
     pub stderr_path: PathBuf,
+    /// The identity this test's channels present (mTLS), if any.
+    pub client_tls: Option<std::sync::Arc<exemesh::mesh::tls::material::IdentityDir>>,
     _dir: tempfile::TempDir,
 }
 
@@ -123,8 +125,30 @@ impl Served {
             admin,
             child,
             stderr_path,
+            client_tls: None,
             _dir: dir,
         }
+    }
+
+    /// Starts `exemesh serve MANIFEST --tls-dir SERVER ARGS...`, and waits for SERVING with channels
+    /// presenting the identity in `client`.
+    pub async fn start_tls(manifest: &Path, server: &Path, client: &Path, args: &[&str]) -> Served {
+        let mut all = vec!["--tls-dir", server.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        let mut served = Self::spawn_with(manifest, &[], &all);
+        served.client_tls =
+            Some(exemesh::mesh::tls::material::IdentityDir::load(client).expect("client identity"));
+        served.wait_serving().await;
+        served
+    }
+
+    /// A channel to the server presenting `identity` (`None`: plaintext), not yet connected.
+    pub fn channel_as(
+        &self,
+        identity: Option<std::sync::Arc<exemesh::mesh::tls::material::IdentityDir>>,
+    ) -> Channel {
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr)).expect("uri");
+        exemesh::mesh::tls::client::lazy_with(identity, endpoint, None)
     }
 
     /// The server's pid (also its process group id).
@@ -139,9 +163,8 @@ impl Served {
 
     /// A channel to the server.
     pub async fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr))
-            .expect("uri")
-            .connect()
+        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr)).expect("uri");
+        exemesh::mesh::tls::client::connect_with(self.client_tls.clone(), endpoint, None)
             .await
             .expect("connect")
     }
@@ -157,10 +180,10 @@ impl Served {
         let start = Instant::now();
         let mut last = None;
         while start.elapsed() < limit {
-            if let Ok(channel) = Endpoint::from_shared(format!("http://{}", self.addr))
-                .expect("uri")
-                .connect()
-                .await
+            let endpoint = Endpoint::from_shared(format!("http://{}", self.addr)).expect("uri");
+            if let Ok(channel) =
+                exemesh::mesh::tls::client::connect_with(self.client_tls.clone(), endpoint, None)
+                    .await
             {
                 let mut client = HealthClient::new(channel);
                 match client

@@ -181,7 +181,9 @@ class Context:
 
     Attributes: ``id`` (the protocol's call id), ``method``
     (``"pkg.Service/Method"``), ``kind``, ``request_id``, ``metadata`` (dict of
-    str), ``traceparent`` and ``tracestate`` (str, empty when absent) and
+    str), ``traceparent`` and ``tracestate`` (str, empty when absent),
+    ``caller`` (the caller's mTLS identity ``spiffe://<trust-domain>/svc/<service>``,
+    empty when the server runs without TLS) and
     ``deadline`` (a ``time.monotonic()`` value computed when the start frame was
     read, or None when the call has no deadline).
 
@@ -197,6 +199,7 @@ class Context:
         "metadata",
         "traceparent",
         "tracestate",
+        "caller",
         "deadline",
         "cancel_reason",
         "_cancelled",
@@ -208,7 +211,7 @@ class Context:
     )
 
     def __init__(self, call_id, method, kind, request_id="", metadata=None, traceparent="",
-                 tracestate="", deadline=None, worker=None):
+                 tracestate="", deadline=None, worker=None, caller=""):
         self.id = call_id
         self.method = method
         self.kind = kind
@@ -216,6 +219,7 @@ class Context:
         self.metadata = metadata if metadata is not None else {}
         self.traceparent = traceparent
         self.tracestate = tracestate
+        self.caller = caller
         self.deadline = deadline
         self.cancel_reason = None
         self._cancelled = False
@@ -844,7 +848,8 @@ class Worker:
         metadata = start.get("metadata")
         ctx = Context(call_id, method, kind, start.get("requestId") or "",
                       metadata if type(metadata) is dict else {},
-                      start.get("traceparent") or "", start.get("tracestate") or "", deadline, self)
+                      start.get("traceparent") or "", start.get("tracestate") or "", deadline, self,
+                      start.get("caller") or "")
         self._calls[call_id] = ctx
         if kind == UNARY:
             self._pool.submit((self._run_unary, function, ctx, start.get("message") or {}))

@@ -80,6 +80,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     let addr = listener.local_addr()?;
+    // In an mTLS mesh (`--tls-dir DIR` or EXEMESH_TLS_DIR, as `exemesh serve` takes it), serve and
+    // call with that identity: callers cannot tell this server from the wrapped one.
+    if let Some(dir) = flag("--tls-dir").or_else(|| std::env::var("EXEMESH_TLS_DIR").ok()) {
+        exemesh::mesh::tls::install(exemesh::mesh::tls::material::IdentityDir::load(
+            std::path::Path::new(&dir),
+        )?)?;
+    }
 
     let descriptors = prost::Message::decode(pb::DESCRIPTORS)?;
     let routes = Routes::new(UserServiceServer::new(Users(users())));
@@ -161,6 +168,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listener,
         routes.prepare().into_axum_router(),
         Http2Settings::default(),
+        exemesh::mesh::tls::installed_server_config(),
         shutdown,
         Duration::from_secs(10),
     )
