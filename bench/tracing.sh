@@ -23,7 +23,7 @@ printf '[registry]\nlisten = "127.0.0.1:0"\n\n[services.echo]\nmanifest = "echo.
 declare -A registry
 start() { # variant, env...
   local variant=$1; shift
-  env "$@" "$bin" up "$work/mesh.toml" >"$work/$variant.out" 2>"$work/$variant.log" &
+  env "$@" "$bin" up "$work/mesh.toml" --insecure >"$work/$variant.out" 2>"$work/$variant.log" &
   pids+=($!)
 }
 start off OTEL_SDK_DISABLED=true
