@@ -37,7 +37,7 @@ def grpcurl_bin():
 class Server:
     """`exemesh serve MANIFEST --listen 127.0.0.1:0`, ready once health says SERVING."""
 
-    def __init__(self, manifest, env=None, args=()):
+    def __init__(self, manifest, env=None, args=(), client_tls=None):
         self.log = tempfile.NamedTemporaryFile(prefix="exemesh-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [exemesh_bin(), "serve", str(manifest), "--listen", "127.0.0.1:0", *args],
@@ -49,7 +49,8 @@ class Server:
             self.stop()
             pytest.fail("exemesh did not start: %r\n%s" % (line, self.read_log()))
         self.addr = line[len("listening on "):]
-        self.channel = grpc.insecure_channel(self.addr)
+        # client_tls: an identity directory (ca.pem, cert.pem, key.pem) for an mTLS channel.
+        self.channel = secure_channel(self.addr, client_tls) if client_tls else grpc.insecure_channel(self.addr)
         self.wait_serving()
 
     def wait_serving(self, limit=30.0):
@@ -81,6 +82,24 @@ class Server:
         os.unlink(self.log.name)
 
 
+def secure_channel(addr, identity_dir, with_cert=True):
+    """A grpcio mTLS channel presenting the identity in `identity_dir` (or none: with_cert=False)."""
+    d = pathlib.Path(identity_dir)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(d / "ca.pem").read_bytes(),
+        private_key=(d / "key.pem").read_bytes() if with_cert else None,
+        certificate_chain=(d / "cert.pem").read_bytes() if with_cert else None,
+    )
+    return grpc.secure_channel(addr, creds)
+
+
+def certs(*args):
+    """`exemesh certs ...`, which must succeed."""
+    out = subprocess.run([exemesh_bin(), "certs", *map(str, args)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def instantiate(template, tmp_path, name):
     text = template.read_text().replace("@FIXTURES@", str(FIXTURES)).replace("@MARKER@", "pytest")
     path = tmp_path / name
@@ -107,8 +126,8 @@ def stubs(tmp_path_factory):
 def serve(tmp_path):
     servers = []
 
-    def start(manifest, env=None, args=()):
-        server = Server(manifest, env, args)
+    def start(manifest, env=None, args=(), client_tls=None):
+        server = Server(manifest, env, args, client_tls)
         servers.append(server)
         return server
 
