@@ -36,7 +36,7 @@ pub struct Http2Settings {
 impl Default for Http2Settings {
     fn default() -> Self {
         Self {
-            max_concurrent_streams: 1024,
+            max_concurrent_streams: 256,
             max_header_list_size: 16 * 1024,
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),

@@ -111,14 +111,38 @@ where
                 .max_decoding_message_size(method.max_message)
                 .max_encoding_message_size(usize::MAX);
             let handler = Handler(method.clone());
-            Ok(match method.kind {
+            let response = match method.kind {
                 RpcKind::Unary => grpc.unary(handler, req).await,
                 RpcKind::ServerStreaming => grpc.server_streaming(handler, req).await,
                 RpcKind::ClientStreaming => grpc.client_streaming(handler, req).await,
                 RpcKind::BidiStreaming => grpc.streaming(handler, req).await,
-            })
+            };
+            Ok(oversized_as_resource_exhausted(
+                response,
+                method.max_message,
+            ))
         })
     }
+}
+
+/// tonic answers a request message over the limit with `OUT_OF_RANGE`; the gRPC spec (and every
+/// other implementation) says `RESOURCE_EXHAUSTED`, which is also what clients treat as "too big".
+fn oversized_as_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+    limit: usize,
+) -> http::Response<tonic::body::Body> {
+    let oversized = Status::from_header_map(response.headers()).is_some_and(|s| {
+        s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large")
+    });
+    if oversized {
+        let status = Status::resource_exhausted(format!(
+            "the request message is larger than this server's limit of {limit} bytes ([server] max_request_bytes)"
+        ));
+        let headers = response.headers_mut();
+        headers.remove("grpc-message");
+        let _ = status.add_header(headers);
+    }
+    response
 }
 
 /// The span of one execution: queue wait, then what the executor records (pid, exit code, bytes, the

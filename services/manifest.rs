@@ -18,6 +18,7 @@ use super::placeholder::ArgTemplate;
 use super::sandbox::{ResourceLimits, Sandbox, check_program_path, lookup_user};
 use crate::mesh::status_code::parse_code;
 use crate::mesh::tls::policy::{self, Policy, Principal};
+use crate::mesh::transport::Http2Settings;
 
 /// One problem in a manifest, located by file and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +78,32 @@ struct ManifestFile {
     #[serde(default)]
     telemetry: TelemetrySection,
     authz: Option<AuthzSection>,
+    #[serde(default)]
+    server: ServerSection,
 }
+
+/// `[server]`: limits of the gRPC server itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    max_request_bytes: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    max_header_bytes: Option<u32>,
+    keepalive_interval: Option<TextDuration>,
+    keepalive_timeout: Option<TextDuration>,
+}
+
+/// Limits of the gRPC server (`[server]`), each with a safe default.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Largest request message accepted (decoded size); larger ones get `RESOURCE_EXHAUSTED`.
+    pub max_request_bytes: usize,
+    /// HTTP/2 settings: concurrent calls per connection, header list size, keep-alive.
+    pub http2: Http2Settings,
+}
+
+/// The default `max_request_bytes`: 4 MiB, as in every gRPC implementation.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
 /// `[authz]`: who may call which method (needs mTLS).
 #[derive(Debug, Deserialize)]
@@ -246,6 +272,8 @@ pub struct Manifest {
     /// The authorization policy (`[authz]`); its trust domain is filled in from the server's
     /// identity at start.
     pub authz: Option<Policy>,
+    /// The server's own limits (`[server]`).
+    pub server: ServerLimits,
 }
 
 /// Limits that apply to one method.
@@ -457,6 +485,7 @@ impl Validator {
         Manifest {
             file: self.file.clone(),
             authz: raw.authz.map(|a| self.authz(a, &methods)),
+            server: self.server(&raw.server),
             telemetry: raw.telemetry,
             service: service.name,
             protos: service.protos.iter().map(|p| self.dir.join(p)).collect(),
@@ -472,6 +501,49 @@ impl Validator {
             methods,
             pools,
         }
+    }
+
+    fn server(&mut self, raw: &ServerSection) -> ServerLimits {
+        let base = Http2Settings::default();
+        let limits = ServerLimits {
+            max_request_bytes: raw.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+            http2: Http2Settings {
+                max_concurrent_streams: raw
+                    .max_concurrent_streams
+                    .unwrap_or(base.max_concurrent_streams),
+                max_header_list_size: raw.max_header_bytes.unwrap_or(base.max_header_list_size),
+                keepalive_interval: raw
+                    .keepalive_interval
+                    .map_or(base.keepalive_interval, |d| d.0),
+                keepalive_timeout: raw
+                    .keepalive_timeout
+                    .map_or(base.keepalive_timeout, |d| d.0),
+            },
+        };
+        for (key, zero) in [
+            ("max_request_bytes", limits.max_request_bytes == 0),
+            (
+                "max_concurrent_streams",
+                limits.http2.max_concurrent_streams == 0,
+            ),
+            ("max_header_bytes", limits.http2.max_header_list_size < 1024),
+            (
+                "keepalive_interval",
+                limits.http2.keepalive_interval.is_zero(),
+            ),
+            (
+                "keepalive_timeout",
+                limits.http2.keepalive_timeout.is_zero(),
+            ),
+        ] {
+            if zero {
+                self.issue(
+                    format!("server.{key}"),
+                    "too small to serve anything (bytes: at least 1024 for headers)",
+                );
+            }
+        }
+        limits
     }
 
     fn principals(&mut self, key: &str, raw: &[String]) -> Vec<Principal> {

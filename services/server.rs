@@ -31,7 +31,7 @@ use crate::mesh::discovery::{Discovery, Instance};
 use crate::mesh::introspection::{ReflectionSetupError, set_status, with_introspection};
 use crate::mesh::telemetry::admin::serve_admin;
 use crate::mesh::tls::policy::{AuthzLayer, Policy};
-use crate::mesh::transport::{Http2Settings, serve_h2c};
+use crate::mesh::transport::serve_h2c;
 use tower::Layer as _;
 
 /// Why a server could not start or run.
@@ -161,7 +161,7 @@ pub async fn serve(
     if !serve_h2c(
         listener,
         router,
-        Http2Settings::default(),
+        plan.manifest.server.http2,
         crate::mesh::tls::installed_server_config(),
         signal,
         drain,
@@ -273,7 +273,7 @@ fn runtime(
         desc: method.desc.clone(),
         kind: method.kind,
         default_timeout: limits.timeout,
-        max_message: limits.max_output_bytes.max(4 * 1024 * 1024),
+        max_message: plan.manifest.server.max_request_bytes,
         executor,
     })
 }

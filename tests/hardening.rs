@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use support::echo::{EchoClient, EchoRequest, req};
+use support::raw_grpc::unary_raw;
 use support::{Served, exemesh, manifest, marker};
 use tonic::Code;
 
@@ -201,4 +202,70 @@ fn a_program_anyone_could_replace_is_refused_at_start() {
             "{command}: {stderr}"
         );
     }
+}
+
+/// `EchoRequest` nested `depth` times through field 6, innermost holding `text`.
+fn nested(depth: usize, text: &[u8]) -> Vec<u8> {
+    let mut message = vec![0x0a, text.len() as u8];
+    message.extend_from_slice(text);
+    for _ in 0..depth {
+        let mut outer = vec![0x32];
+        let mut len = message.len();
+        while len >= 0x80 {
+            outer.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        outer.push(len as u8);
+        outer.extend_from_slice(&message);
+        message = outer;
+    }
+    message
+}
+
+#[tokio::test]
+async fn hostile_messages_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let canary = dir.path().join("ran");
+    let legacy = format!(r#"argv = ["/bin/sh", "-c", "touch {}"]"#, canary.display());
+    let path = write_manifest(dir.path(), r#""{text}""#, &legacy);
+    let served = Served::start_with_args(&path, &[]).await;
+    let addr = served.addr.clone();
+    let send = |body: Vec<u8>, headers: Vec<(&'static str, String)>| {
+        let addr = addr.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            unary_raw(&addr, LEGACY, &body, &headers).await
+        }
+    };
+
+    // Invalid UTF-8 in a string field.
+    let status = send(vec![0x0a, 0x02, 0xff, 0xfe], vec![])
+        .await
+        .expect("answered");
+    assert_eq!(status.code, Code::InvalidArgument as i32, "{status:?}");
+    // Nested deeper than any real message (the decoder's recursion limit).
+    let status = send(nested(200, b"deep"), vec![]).await.expect("answered");
+    assert_eq!(status.code, Code::InvalidArgument as i32, "{status:?}");
+    // Larger than [server] max_request_bytes (4 MiB by default).
+    let mut huge = vec![0x0a, 0x80, 0x80, 0x80, 0x03]; // field 1, 6 MiB
+    huge.resize(5 + 6 * 1024 * 1024, b'x');
+    let status = send(huge, vec![]).await.expect("answered");
+    assert_eq!(status.code, Code::ResourceExhausted as i32, "{status:?}");
+    assert!(status.message.contains("max_request_bytes"), "{status:?}");
+    // Garbage that is not protobuf at all.
+    let status = send(vec![0xff; 64], vec![]).await.expect("answered");
+    assert_eq!(status.code, Code::InvalidArgument as i32, "{status:?}");
+    // Headers over the 16 KiB header-list limit: the stream is refused, the server lives on.
+    let refused = send(nested(1, b"x"), vec![("x-junk", "j".repeat(64 * 1024))]).await;
+    assert!(
+        refused.as_ref().map_or(true, |s| s.code != 0),
+        "an oversized header list must not be served: {refused:?}"
+    );
+    assert!(!canary.exists(), "nothing ran for a hostile message");
+
+    // Control: a legitimately nested message is served (so the canary can tell).
+    let status = send(nested(20, b"fine"), vec![]).await.expect("answered");
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(canary.exists(), "a valid call runs the program");
 }

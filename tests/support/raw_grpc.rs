@@ -18,6 +18,24 @@ pub async fn unary_with_timeout<M: Message>(
     request: &M,
     grpc_timeout: &str,
 ) -> RawStatus {
+    unary_raw(
+        addr,
+        path,
+        &request.encode_to_vec(),
+        &[("grpc-timeout", grpc_timeout)],
+    )
+    .await
+    .expect("the server answers")
+}
+
+/// Sends one unary request whose message is `body` (any bytes) with extra headers; returns the
+/// server's grpc-status, or the HTTP/2 error when the server refused the stream itself.
+pub async fn unary_raw(
+    addr: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<RawStatus, h2::Error> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
     let conn_task = tokio::spawn(async move {
@@ -29,16 +47,21 @@ pub async fn unary_with_timeout<M: Message>(
         .uri(format!("http://{addr}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .header("grpc-timeout", grpc_timeout)
         .body(())
         .expect("request");
-    let (response, mut send) = client.send_request(req, false).expect("send headers");
-    let body = request.encode_to_vec();
+    let mut req = req;
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            value.parse().expect("header value"),
+        );
+    }
+    let (response, mut send) = client.send_request(req, false)?;
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    send.send_data(frame.into(), true).expect("send data");
-    let response = response.await.expect("response");
+    send.send_data(frame.into(), true)?;
+    let response = response.await?;
     let read = |headers: &http::HeaderMap| {
         headers.get("grpc-status").map(|code| RawStatus {
             code: code
@@ -56,15 +79,15 @@ pub async fn unary_with_timeout<M: Message>(
     };
     if let Some(status) = read(response.headers()) {
         conn_task.abort();
-        return status;
+        return Ok(status);
     }
     let mut body = response.into_body();
     while let Some(chunk) = body.data().await {
-        let _ = chunk.expect("body");
+        chunk?;
     }
-    let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+    let trailers = body.trailers().await?.unwrap_or_default();
     conn_task.abort();
-    read(&trailers).expect("grpc-status trailer")
+    Ok(read(&trailers).expect("grpc-status trailer"))
 }
 
 /// grpc-message is percent-encoded on the wire.
