@@ -95,7 +95,7 @@ text_field = "nope"
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     for expected in [
-        "methods.Unary.argv[1]: placeholder {no_such_field} names no field of test.v1.EchoRequest (fields: text, count, sleep_ms, mode, big)",
+        "methods.Unary.argv[1]: placeholder {no_such_field} names no field of test.v1.EchoRequest (fields: text, count, sleep_ms, mode, big, nested)",
         "methods.Collect.argv[1]: placeholders need a single request message, but Collect is client_streaming",
         "methods.Legacy.text_field: test.v1.EchoReply has no field nope",
     ] {

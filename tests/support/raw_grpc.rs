@@ -59,7 +59,7 @@ pub async fn unary_raw(
     let (response, mut send) = client.send_request(req, false)?;
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&body);
+    frame.extend_from_slice(body);
     send.send_data(frame.into(), true)?;
     let response = response.await?;
     let read = |headers: &http::HeaderMap| {
