@@ -316,3 +316,133 @@ async fn a_three_member_cluster_keeps_discovery_working_when_a_member_dies() {
         "all three replicas served"
     );
 }
+
+/// `exemesh status --discovery SPEC --json` with `EXEMESH_ETCD_TLS_DIR=tls` (or unset).
+fn status(spec: &str, tls: Option<&std::path::Path>) -> std::process::Output {
+    let mut cmd = Command::new(support::exemesh());
+    cmd.args(["status", "--discovery", spec, "--json"])
+        .env_remove("EXEMESH_ETCD_TLS_DIR");
+    if let Some(tls) = tls {
+        cmd.env("EXEMESH_ETCD_TLS_DIR", tls);
+    }
+    cmd.output().expect("status")
+}
+
+#[tokio::test]
+async fn etcd_over_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let certs = |args: &[&str]| {
+        let out = Command::new(support::exemesh())
+            .arg("certs")
+            .args(args)
+            .output()
+            .expect("certs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let path = |p: &str| d.join(p).display().to_string();
+    certs(&["init", "--dir", &path("ca")]);
+    certs(&[
+        "issue",
+        "etcd",
+        "--ca",
+        &path("ca"),
+        "--out",
+        &path("server"),
+    ]);
+    certs(&[
+        "issue",
+        "exemesh-etcd-client",
+        "--ca",
+        &path("ca"),
+        "--out",
+        &path("client"),
+    ]);
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let _etcd = KillOnDrop(
+        Command::new(which("etcd"))
+            .args(["--name", "tls", "--data-dir", &path("data")])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("tls={peer_url}")])
+            .args([
+                "--cert-file",
+                &path("server/cert.pem"),
+                "--key-file",
+                &path("server/key.pem"),
+            ])
+            .args([
+                "--client-cert-auth",
+                "--trusted-ca-file",
+                &path("ca/ca.pem"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd"),
+    );
+    let spec = format!("etcd://127.0.0.1:{client}/exemesh-tls");
+    let tls = d.join("client");
+    let start = Instant::now();
+    while !status(&spec, Some(&tls)).status.success() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "etcd over TLS never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let template = include_str!("fixtures/echo/worker.toml").replace("workers = 2", "workers = 1");
+    let manifest_path = manifest(d, "tls.toml", &template, &marker("etcd-tls"));
+    let tls_env = tls.display().to_string();
+    let _served = Served::start_with_env_args(
+        &manifest_path,
+        &[("EXEMESH_ETCD_TLS_DIR", &tls_env)],
+        &["--discovery", &spec, "--instance-id", "tls-1"],
+    )
+    .await;
+    let start = Instant::now();
+    loop {
+        let out = status(&spec, Some(&tls));
+        if String::from_utf8_lossy(&out.stdout).contains("tls-1") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never registered over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Without the client certificate, etcd is out of reach.
+    let out = status(&spec, None);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("tls-1"),
+        "a plaintext client must not read the registry"
+    );
+}
+
+/// Kills a process when the test ends, even by a panic.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -25,6 +25,10 @@ use crate::pb::etcd::watch_client::WatchClient;
 use crate::pb::etcd::watch_request::RequestUnion;
 use crate::pb::etcd::*;
 
+/// An identity directory (`ca.pem` for etcd's CA, `cert.pem`/`key.pem` for exemesh's client
+/// certificate) for etcd clusters served over TLS with client certificates.
+pub const EXEMESH_ETCD_TLS_DIR: &str = "EXEMESH_ETCD_TLS_DIR";
+
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "/exemesh/services";
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -49,6 +53,13 @@ impl EtcdDiscovery {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/').to_string()),
             None => (rest, DEFAULT_PREFIX.to_string()),
         };
+        let tls = match std::env::var_os(EXEMESH_ETCD_TLS_DIR) {
+            Some(dir) => Some(
+                crate::mesh::tls::client::standard_config(std::path::Path::new(&dir))
+                    .map_err(|e| DiscoveryError::Tls(format!("{EXEMESH_ETCD_TLS_DIR}: {e}")))?,
+            ),
+            None => None,
+        };
         let mut members = Vec::new();
         for host in hosts.split(',').filter(|h| !h.is_empty()) {
             let endpoint = Endpoint::from_shared(format!("http://{host}"))
@@ -57,7 +68,13 @@ impl EtcdDiscovery {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(3));
-            members.push((host.to_string(), endpoint.connect_lazy()));
+            let channel = match &tls {
+                Some(config) => {
+                    crate::mesh::tls::client::lazy_with_config(config.clone(), endpoint)
+                }
+                None => endpoint.connect_lazy(),
+            };
+            members.push((host.to_string(), channel));
         }
         if members.is_empty() || prefix.is_empty() {
             return Err(bad());

@@ -35,6 +35,9 @@ pub enum DiscoveryError {
         "invalid discovery address {0:?}: use HOST:PORT (the embedded registry) or registry://HOST:PORT"
     )]
     BadAddress(String),
+    /// TLS material for the backend cannot be used.
+    #[error("discovery TLS: {0}")]
+    Tls(String),
 }
 
 /// A granted lease.

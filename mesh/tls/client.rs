@@ -65,6 +65,47 @@ pub async fn connect_with(
     }
 }
 
+/// A lazily connecting channel over TLS with `config` (for servers outside the mesh, such as etcd).
+pub fn lazy_with_config(config: Arc<ClientConfig>, endpoint: Endpoint) -> Channel {
+    endpoint.connect_with_connector_lazy(connector_with(config))
+}
+
+/// A TLS client configuration for a server outside the mesh (etcd): `dir/ca.pem` verifies the
+/// server the standard way (chain and host name), `dir/cert.pem` and `dir/key.pem` are this
+/// client's certificate. No SPIFFE identity is required of either.
+pub fn standard_config(dir: &std::path::Path) -> Result<Arc<ClientConfig>, super::TlsError> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let ca_path = dir.join(super::authority::CA_CERT);
+    let cert_path = dir.join(super::authority::CERT);
+    let key_path = dir.join(super::authority::KEY);
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in super::pem_certs(&ca_path, &super::read(&ca_path)?)? {
+        roots.add(cert).map_err(|e| super::TlsError::File {
+            path: ca_path.clone(),
+            detail: format!("unusable CA certificate: {e}"),
+        })?;
+    }
+    let chain = super::pem_certs(&cert_path, &super::read(&cert_path)?)?;
+    let key = PrivateKeyDer::from_pem_slice(super::read(&key_path)?.as_bytes()).map_err(|e| {
+        super::TlsError::File {
+            path: key_path.clone(),
+            detail: format!("not a PEM private key: {e}"),
+        }
+    })?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|_| unreachable_versions())
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| super::TlsError::File {
+            path: key_path,
+            detail: format!("does not match {}: {e}", cert_path.display()),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 type Io = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -80,7 +121,20 @@ fn connector(
 > + Clone
 + Send
 + 'static {
-    let config = client_config(identity, service.map(str::to_string));
+    connector_with(client_config(identity, service.map(str::to_string)))
+}
+
+/// A tower connector: TCP, then a TLS handshake with `config`.
+fn connector_with(
+    config: Arc<ClientConfig>,
+) -> impl tower::Service<
+    Uri,
+    Response = Io,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Io, BoxError>> + Send,
+> + Clone
++ Send
++ 'static {
     tower::service_fn(move |uri: Uri| {
         let tls = tokio_rustls::TlsConnector::from(config.clone());
         async move {
