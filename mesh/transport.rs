@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Layer as _, ServiceExt as _};
@@ -31,6 +30,9 @@ pub struct Http2Settings {
     pub keepalive_interval: Duration,
     /// How long to wait for a ping's answer before closing.
     pub keepalive_timeout: Duration,
+    /// A connection on which no call started for this long is closed gracefully (GOAWAY: calls in
+    /// flight finish; clients reconnect on their next call).
+    pub idle_timeout: Duration,
 }
 
 impl Default for Http2Settings {
@@ -40,7 +42,99 @@ impl Default for Http2Settings {
             max_header_list_size: 16 * 1024,
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(600),
         }
+    }
+}
+
+/// Anything a connection can run over: TCP, or TLS over TCP.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// One accepted connection and what it needs to serve.
+struct Connection {
+    addresses: Addresses,
+    router: axum::Router,
+    builder: hyper::server::conn::http2::Builder<TokioExecutor>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    idle_timeout: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Connection {
+    /// The TLS handshake (when configured, bounded), then HTTP/2 until the peer leaves, the server
+    /// stops, or no call started for `idle_timeout`.
+    async fn run(mut self, tcp: tokio::net::TcpStream) {
+        let peer = self.addresses.peer;
+        let (io, identity): (Box<dyn Stream>, _) = match &self.acceptor {
+            None => (Box::new(tcp), None),
+            Some(acceptor) => {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let identity = crate::mesh::tls::server::peer_identity(stream.get_ref().1);
+                        (Box::new(stream), Some(identity))
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%peer, "TLS handshake refused: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
+        let activity = Arc::new(Activity::new());
+        let service = self
+            .addresses
+            .service(self.router.clone(), identity, activity.clone());
+        let conn = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let served = loop {
+            let idle_at = activity.last_call() + self.idle_timeout;
+            tokio::select! {
+                served = conn.as_mut() => break served,
+                () = async { let _ = self.stop.wait_for(|stop| *stop).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.as_mut().await;
+                }
+                () = tokio::time::sleep_until(idle_at.into()) => {
+                    if activity.last_call().elapsed() >= self.idle_timeout {
+                        tracing::debug!(%peer, "closing an idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        break conn.as_mut().await;
+                    }
+                }
+            }
+        };
+        if let Err(e) = served {
+            tracing::debug!(%peer, "connection ended: {e}");
+        }
+    }
+}
+
+/// When the last call of a connection started.
+struct Activity {
+    epoch: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            epoch: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn last_call(&self) -> std::time::Instant {
+        self.epoch + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 
@@ -58,6 +152,7 @@ impl Addresses {
         self,
         router: axum::Router,
         identity: Option<PeerIdentity>,
+        activity: Arc<Activity>,
     ) -> TowerToHyperService<
         impl tower::Service<
             http::Request<hyper::body::Incoming>,
@@ -71,6 +166,7 @@ impl Addresses {
         let Addresses { peer, local } = self;
         let traced = RpcSpanLayer.layer(router).map_request(
             move |mut request: http::Request<hyper::body::Incoming>| {
+                activity.touch();
                 request.extensions_mut().insert(PeerAddr(peer));
                 if let Some(local) = local {
                     request.extensions_mut().insert(LocalAddr(local));
@@ -111,7 +207,8 @@ pub async fn serve_h2c(
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout)
         .adaptive_window(true);
-    let graceful = GracefulShutdown::new();
+    // Shutdown and idle closing both end a connection gracefully: GOAWAY, in-flight calls finish.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -120,38 +217,15 @@ pub async fn serve_h2c(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().ok();
-                    let router = router.clone();
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    let acceptor = acceptor.clone();
-                    connections.spawn(async move {
-                        let addresses = Addresses { peer, local };
-                        let served = match acceptor {
-                            None => {
-                                let service = addresses.service(router, None);
-                                watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
-                            }
-                            Some(acceptor) => {
-                                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                                    Ok(Ok(stream)) => stream,
-                                    Ok(Err(e)) => {
-                                        tracing::info!(%peer, "TLS handshake refused: {e}");
-                                        return;
-                                    }
-                                    Err(_) => {
-                                        tracing::info!(%peer, "TLS handshake timed out");
-                                        return;
-                                    }
-                                };
-                                let identity = crate::mesh::tls::server::peer_identity(stream.get_ref().1);
-                                let service = addresses.service(router, Some(identity));
-                                watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await
-                            }
-                        };
-                        if let Err(e) = served {
-                            tracing::debug!(%peer, "connection ended: {e}");
-                        }
-                    });
+                    let connection = Connection {
+                        addresses: Addresses { peer, local },
+                        router: router.clone(),
+                        builder: builder.clone(),
+                        acceptor: acceptor.clone(),
+                        idle_timeout: settings.idle_timeout,
+                        stop: stop_rx.clone(),
+                    };
+                    connections.spawn(connection.run(stream));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -164,8 +238,8 @@ pub async fn serve_h2c(
         }
     }
     drop(listener);
+    stop_tx.send_replace(true);
     let drained = tokio::time::timeout(drain, async {
-        graceful.shutdown().await;
         while connections.join_next().await.is_some() {}
     })
     .await

@@ -91,6 +91,7 @@ struct ServerSection {
     max_header_bytes: Option<u32>,
     keepalive_interval: Option<TextDuration>,
     keepalive_timeout: Option<TextDuration>,
+    idle_timeout: Option<TextDuration>,
 }
 
 /// Limits of the gRPC server (`[server]`), each with a safe default.
@@ -518,6 +519,7 @@ impl Validator {
                 keepalive_timeout: raw
                     .keepalive_timeout
                     .map_or(base.keepalive_timeout, |d| d.0),
+                idle_timeout: raw.idle_timeout.map_or(base.idle_timeout, |d| d.0),
             },
         };
         for (key, zero) in [
@@ -535,6 +537,7 @@ impl Validator {
                 "keepalive_timeout",
                 limits.http2.keepalive_timeout.is_zero(),
             ),
+            ("idle_timeout", limits.http2.idle_timeout.is_zero()),
         ] {
             if zero {
                 self.issue(

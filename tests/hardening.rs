@@ -269,3 +269,38 @@ async fn hostile_messages_are_refused_before_anything_runs() {
     assert_eq!(status.code, 0, "{status:?}");
     assert!(canary.exists(), "a valid call runs the program");
 }
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_gracefully_and_calls_in_flight_finish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template = format!(
+        "{}\n[server]\nidle_timeout = \"300ms\"\n",
+        include_str!("fixtures/echo/worker.toml")
+    );
+    let path = manifest(dir.path(), "idle.toml", &template, &marker("idle"));
+    let served = Served::start(&path).await;
+
+    // A call in flight when the connection turns idle (no call started for 300 ms) still finishes.
+    let client = EchoClient::new(served.channel().await);
+    let reply = client
+        .unary(EchoRequest {
+            text: "slow".into(),
+            mode: "sleep".into(),
+            sleep_ms: 900,
+            ..Default::default()
+        })
+        .await
+        .expect("the in-flight call completes");
+    assert_eq!(reply.text, "slow");
+
+    // An idle connection is closed by the server.
+    let tcp = tokio::net::TcpStream::connect(&served.addr)
+        .await
+        .expect("connect");
+    let (_client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    assert!(
+        closed.is_ok(),
+        "the server never closed the idle connection"
+    );
+}
