@@ -264,6 +264,38 @@ mod tests {
         );
     }
 
+    async fn call_as(mode: Mode, caller: PeerIdentity) -> http::Response<String> {
+        use tower::{Layer as _, ServiceExt as _};
+        let inner = tower::service_fn(|_request: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new("served".to_string()))
+        });
+        let service = AuthzLayer::new(Policy { mode, ..policy() }).layer(inner);
+        let mut request = Request::builder()
+            .uri("/shop.v1.ProductService/ReserveStock")
+            .body(())
+            .expect("request");
+        request.extensions_mut().insert(caller);
+        service.oneshot(request).await.expect("infallible")
+    }
+
+    #[tokio::test]
+    async fn enforce_refuses_and_audit_lets_through() {
+        let refused = call_as(Mode::Enforce, caller("shop.v1.UserService")).await;
+        assert_eq!(
+            refused
+                .headers()
+                .get("grpc-status")
+                .map(|v| v.as_bytes().to_vec()),
+            Some(b"7".to_vec()),
+            "PERMISSION_DENIED"
+        );
+        assert_eq!(refused.body(), "");
+        let audited = call_as(Mode::Audit, caller("shop.v1.UserService")).await;
+        assert_eq!(audited.body(), "served");
+        let allowed = call_as(Mode::Enforce, caller("shop.v1.OrderService")).await;
+        assert_eq!(allowed.body(), "served");
+    }
+
     #[test]
     fn principals_parse() {
         assert_eq!(Principal::parse("*"), Ok(Principal::AnyMember));
