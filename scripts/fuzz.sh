@@ -27,8 +27,15 @@ if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]
   cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
 fi
 
-# cargo fuzz has no --locked: check here that fuzz/Cargo.lock is complete, so it is used as committed.
-cargo fetch --locked --manifest-path fuzz/Cargo.toml
+# fuzz/Cargo.lock is the root Cargo.lock's pins plus libFuzzer's crates. cargo fuzz has no --locked,
+# so check it here; when exemesh's dependencies changed since it was refreshed, refresh it from the
+# root's pins rather than let cargo resolve the new crates to their latest versions.
+if ! cargo fetch --locked --manifest-path fuzz/Cargo.toml 2>/dev/null; then
+  echo "fuzz/Cargo.lock is out of date with exemesh's dependencies: refreshing it from Cargo.lock" \
+    "(commit the result)" >&2
+  cp Cargo.lock fuzz/Cargo.lock
+  cargo fetch --manifest-path fuzz/Cargo.toml
+fi
 cargo fuzz build "${build[@]}"
 
 failed=()
@@ -36,10 +43,11 @@ for target in "${targets[@]}"; do
   echo "=== fuzzing $target for ${seconds}s"
   grown="$PWD/fuzz/target/corpus/$target"
   mkdir -p "$grown"
-  # libFuzzer adds new inputs to the first directory only. The sed drops its line per new input.
+  # libFuzzer adds new inputs to the first directory only. The sed drops its lines per new input,
+  # per newly covered function and per recommended dictionary entry, keeping progress and crashes.
   if ! cargo fuzz run "${build[@]}" "$target" "$grown" "$PWD/fuzz/corpus/$target" -- \
       -max_total_time="$seconds" "${limits[@]}" 2>&1 |
-      sed -u -E '/^#[0-9]+[[:space:]]+(NEW|REDUCE)[[:space:]]/d'; then
+      sed -u -E '/^#[0-9]+[[:space:]]+(NEW|REDUCE)[[:space:]]|^[[:space:]]+NEW_FUNC|# Uses: [0-9]+$/d'; then
     failed+=("$target")
   fi
 done
