@@ -1,0 +1,164 @@
+//! The properties exemesh's fuzz targets check, one function per target in `fuzz_targets/`.
+//!
+//! Each function takes the raw fuzz input and panics exactly when a property is violated, so
+//! libFuzzer reports the input as a crash. The file is also compiled into exemesh's own tests with
+//! `#[path]` (docs/fuzzing.md), which replay the seed corpus and every saved crash of
+//! `fuzz/regressions/` through the very same checks. It therefore depends only on what exemesh's
+//! tests can use: exemesh and its dependencies, no libFuzzer.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use exemesh::services::json::{from_json, to_json, write_json};
+use exemesh::services::manifest::Manifest;
+use exemesh::services::worker::frame::parse_inbound;
+use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage, Value};
+use protox::file::{File, FileResolver};
+
+/// `worker_frame`: any bytes on a worker's stdout become a frame or an error for the log.
+pub fn worker_frame(line: &[u8]) {
+    let _ = parse_inbound(line);
+}
+
+/// `manifest`: any UTF-8 text gives a manifest or a list of issues (other bytes are skipped).
+///
+/// The manifest lies in a directory that does not exist, so relative programs and working
+/// directories resolve to nothing and validation reports them like any other issue.
+pub fn manifest(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = Manifest::parse(Path::new("/nonexistent/fuzz.toml"), text);
+    }
+}
+
+/// `json_proto`: the proto3 JSON mapping never panics on what an executable writes, and what it
+/// accepts survives the trip back.
+///
+/// The first byte picks a type of [`MESSAGES`] (modulo its length); the rest is the JSON text. When
+/// `from_json` accepts it, `to_json` and `write_json` must write the same bytes, and `from_json`
+/// must parse them to an equal message. "Equal" is proto3 equality: a field without presence that
+/// holds its default value counts as unset, since the canonical JSON omits it (`{"text":""}` and
+/// `{}` are one message).
+pub fn json_proto(data: &[u8]) {
+    let Some((&selector, text)) = data.split_first() else {
+        return;
+    };
+    let descriptors = descriptors();
+    let desc = &descriptors[usize::from(selector) % descriptors.len()];
+    let Ok(mut message) = from_json(desc, text) else {
+        return;
+    };
+    let json = to_json(&message);
+    let mut written = Vec::new();
+    write_json(&message, &mut written);
+    assert_eq!(
+        written,
+        json.as_bytes(),
+        "write_json and to_json disagree for {}",
+        desc.full_name()
+    );
+    let mut back = from_json(desc, json.as_bytes()).unwrap_or_else(|e| {
+        panic!(
+            "to_json wrote {json} for {}, which from_json rejects: {e}",
+            desc.full_name()
+        )
+    });
+    normalize(&mut message);
+    normalize(&mut back);
+    assert_eq!(
+        message,
+        back,
+        "{} changed on the round trip through {json}",
+        desc.full_name()
+    );
+}
+
+/// The message types `json_proto` fuzzes, by the index the first input byte selects. Append new
+/// types at the end, so that the seeds in `fuzz/corpus/json_proto/` keep their type.
+pub const MESSAGES: &[&str] = &[
+    "test.v1.EchoRequest",
+    "test.v1.EchoReply",
+    "shop.v1.GetProductRequest",
+    "shop.v1.ListProductsRequest",
+    "shop.v1.Product",
+    "shop.v1.GetUserRequest",
+    "shop.v1.User",
+    "shop.v1.OrderLine",
+    "shop.v1.PlaceOrderRequest",
+    "shop.v1.GetOrderRequest",
+    "shop.v1.Order",
+    "shop.v1.ImportSummary",
+];
+
+/// The contracts, embedded so the fuzz binary needs no source tree: the echo test fixture and the
+/// shop example, by the names their manifests import them with.
+const PROTOS: &[(&str, &str)] = &[
+    (
+        "echo.proto",
+        include_str!("../../tests/fixtures/echo/echo.proto"),
+    ),
+    (
+        "shop/v1/product.proto",
+        include_str!("../../examples/shop/proto/shop/v1/product.proto"),
+    ),
+    (
+        "shop/v1/user.proto",
+        include_str!("../../examples/shop/proto/shop/v1/user.proto"),
+    ),
+    (
+        "shop/v1/order.proto",
+        include_str!("../../examples/shop/proto/shop/v1/order.proto"),
+    ),
+];
+
+struct EmbeddedProtos;
+
+impl FileResolver for EmbeddedProtos {
+    fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+        match PROTOS.iter().find(|(file, _)| *file == name) {
+            Some((file, source)) => File::from_source(file, source),
+            None => Err(protox::Error::file_not_found(name)),
+        }
+    }
+}
+
+/// [`MESSAGES`]' descriptors, compiled once per process with protox, as exemesh compiles contracts.
+fn descriptors() -> &'static [MessageDescriptor] {
+    static DESCRIPTORS: OnceLock<Vec<MessageDescriptor>> = OnceLock::new();
+    DESCRIPTORS.get_or_init(|| {
+        let mut compiler = protox::Compiler::with_file_resolver(EmbeddedProtos);
+        for (file, _) in PROTOS {
+            compiler
+                .open_file(file)
+                .unwrap_or_else(|e| panic!("the embedded {file} compiles: {e}"));
+        }
+        let pool = compiler.descriptor_pool();
+        MESSAGES
+            .iter()
+            .map(|name| {
+                pool.get_message_by_name(name)
+                    .unwrap_or_else(|| panic!("{name} is defined by the embedded contracts"))
+            })
+            .collect()
+    })
+}
+
+/// Clears, recursively, every field without presence that holds its default value.
+fn normalize(message: &mut DynamicMessage) {
+    let desc = message.descriptor();
+    for field in desc.fields() {
+        if !field.supports_presence() && message.get_field(&field).is_default_for_field(&field) {
+            message.clear_field(&field);
+        } else if message.has_field(&field) {
+            normalize_value(message.get_field_mut(&field));
+        }
+    }
+}
+
+fn normalize_value(value: &mut Value) {
+    match value {
+        Value::Message(message) => normalize(message),
+        Value::List(items) => items.iter_mut().for_each(normalize_value),
+        Value::Map(entries) => entries.values_mut().for_each(normalize_value),
+        _ => {}
+    }
+}
