@@ -165,8 +165,10 @@ pub fn client_config(identity: Arc<IdentityDir>, service: Option<String>) -> Arc
     Arc::new(config)
 }
 
-/// ring supports TLS 1.2 and 1.3: the safe defaults cannot be refused.
+/// ring supports TLS 1.2 and 1.3, so the safe defaults cannot be refused; were they, the process
+/// default (ring, installed by [`provider`]) gives the same builder.
 fn unreachable_versions() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
+    let _ = provider();
     ClientConfig::builder()
 }
 

@@ -120,6 +120,10 @@ pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: std::sync::OnceLock<std::sync::Arc<rustls::crypto::CryptoProvider>> =
         std::sync::OnceLock::new();
     PROVIDER
-        .get_or_init(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| {
+            // Also the process default, for any rustls configuration built without a provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            std::sync::Arc::new(rustls::crypto::ring::default_provider())
+        })
         .clone()
 }
