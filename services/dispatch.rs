@@ -150,7 +150,7 @@ fn oversized_as_resource_exhausted(
 fn exec_span(method: &str, mode: &'static str, queued: Duration) -> tracing::Span {
     tracing::info_span!(
         "exec",
-        otel.name = %format!("exec {method}"),
+        otel.name = format!("exec {method}").as_str(),
         otel.kind = "internal",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,

@@ -77,17 +77,24 @@ pub fn inject(context: &Context, headers: &mut HeaderMap) {
 /// The `traceparent` and `tracestate` of `context`, for carriers that are not headers (environment
 /// variables, worker frames).
 pub fn to_strings(context: &Context) -> (Option<String>, Option<String>) {
-    let mut headers = HeaderMap::new();
-    inject(context, &mut headers);
-    let text = |k: &str| {
-        headers
-            .get(k)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    use opentelemetry::trace::TraceContextExt as _;
+    // Written directly (the W3C format is fixed): going through the global propagator costs a
+    // lock, a header map and several allocations on every execution.
+    let span = context.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return (None, None);
+    }
+    let traceparent = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    );
+    let tracestate = sc.trace_state().header();
     (
-        text("traceparent"),
-        text("tracestate").filter(|s| !s.is_empty()),
+        Some(traceparent),
+        Some(tracestate).filter(|s| !s.is_empty()),
     )
 }
 
@@ -127,6 +134,37 @@ fn b3_traceparent(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_strings_writes_what_the_w3c_propagator_writes() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        };
+        let state = TraceState::from_key_value([("vendor", "x")]).expect("state");
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("id"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("id"),
+            TraceFlags::SAMPLED,
+            true,
+            state,
+        );
+        let context = Context::new().with_remote_span_context(sc);
+        let (traceparent, tracestate) = to_strings(&context);
+        assert_eq!(
+            traceparent.as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(tracestate.as_deref(), Some("vendor=x"));
+        let mut headers = HeaderMap::new();
+        use opentelemetry::propagation::TextMapPropagator as _;
+        opentelemetry_sdk::propagation::TraceContextPropagator::new()
+            .inject_context(&context, &mut HeadersMut(&mut headers));
+        assert_eq!(
+            headers.get("traceparent").and_then(|v| v.to_str().ok()),
+            traceparent.as_deref()
+        );
+        assert_eq!(to_strings(&Context::new()), (None, None));
+    }
 
     #[test]
     fn b3_headers_become_a_traceparent() {

@@ -59,24 +59,25 @@ pub fn server_span<B>(request: &Request<B>) -> Span {
     }
     let (service, method) = service_and_method(request.uri().path());
     let local = request.extensions().get::<LocalAddr>().map(|a| a.0);
-    let peer = request
-        .extensions()
-        .get::<PeerAddr>()
-        .map(|a| a.0.ip().to_string())
-        .unwrap_or_default();
+    let peer = request.extensions().get::<PeerAddr>().map(|a| a.0.ip());
+    // Plain `&str` fields (not `%` Display) skip the formatting machinery on every call; the
+    // values are only computed when the span is enabled.
     let span = tracing::info_span!(
         "rpc.server",
-        otel.name = %format!("{service}/{method}"),
+        otel.name = format!("{service}/{method}").as_str(),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
         rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
+        rpc.service = service,
+        rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
-        server.address = %local.map(|a| a.ip().to_string()).unwrap_or_default(),
+        server.address = local
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default()
+            .as_str(),
         server.port = local.map_or(0, |a| i64::from(a.port())),
-        network.peer.address = %peer,
+        network.peer.address = peer.map(|ip| ip.to_string()).unwrap_or_default().as_str(),
     );
     let parent = propagation::extract(request.headers());
     // A span only fails to take a parent when tracing is off; nothing to do then.
@@ -89,13 +90,13 @@ pub fn client_span(path: &str) -> Span {
     let (service, method) = service_and_method(path);
     tracing::info_span!(
         "rpc.client",
-        otel.name = %format!("{service}/{method}"),
+        otel.name = format!("{service}/{method}").as_str(),
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
         rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
+        rpc.service = service,
+        rpc.method = method,
         rpc.grpc.status_code = tracing::field::Empty,
         exemesh.target = tracing::field::Empty,
     )

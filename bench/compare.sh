@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Before/after for an optimisation: two exemesh binaries serving the same worker-mode manifest
+# (test.v1.Echo/Unary on a pool of 2 Python workers), called by the same `exemesh bench` in
+# alternating rounds at 1, 16 and 64 calls in flight. Build the "before" binary from the commit before
+# the change, e.g.:
+#   git worktree add /tmp/before COMMIT && (cd /tmp/before && cargo build --release) &&
+#   bench/compare.sh /tmp/before/target/release/exemesh target/release/exemesh
+# Usage: bench/compare.sh BEFORE AFTER [ROUNDS=5] [SECONDS=3]   (writes bench/results/compare.jsonl)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+before=$(realpath "$1")
+after=$(realpath "$2")
+rounds=${3:-5}
+secs=${4:-3}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT INT TERM
+sed -e "s|@FIXTURES@|$PWD/tests/fixtures/echo|g" -e "s|@MARKER@|bench|" tests/fixtures/echo/worker.toml >"$work/echo.toml"
+
+declare -A addr
+for variant in before after; do
+  bin=${!variant}
+  "$bin" serve "$work/echo.toml" --listen 127.0.0.1:0 >"$work/$variant.out" 2>"$work/$variant.log" &
+  pids+=($!)
+  for _ in $(seq 1 300); do grep -q "^listening on" "$work/$variant.out" 2>/dev/null && break; sleep 0.05; done
+  addr[$variant]=$(sed -n 's/^listening on //p' "$work/$variant.out")
+  # Wait until the worker pool is ready (health SERVING).
+  for _ in $(seq 1 300); do "$after" call "${addr[$variant]}" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break; sleep 0.05; done
+done
+
+out=bench/results/compare.jsonl
+mkdir -p bench/results
+: >"$out"
+for round in $(seq 1 "$rounds"); do
+  for c in 1 16 64; do
+    for variant in before after; do
+      "$after" bench "${addr[$variant]}" test.v1.Echo/Unary '{"text":"bench"}' -c "$c" -z "${secs}s" --warmup 500ms --json \
+        | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$variant', round=$round); print(json.dumps(r))" >>"$out"
+    done
+  done
+done
+python3 bench/report.py "$out" before after
