@@ -117,6 +117,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => {
             let discovery = exemesh::mesh::discovery::connect(&args.discovery)?;
+            // Fail fast (and say why) when discovery itself cannot be asked, instead of waiting for
+            // instances until the deadline.
+            discovery
+                .resolve(service)
+                .await
+                .with_context(|| format!("cannot ask discovery at {}", args.discovery))?;
             let policy = CallPolicy {
                 timeout: args.timeout.unwrap_or(Duration::from_secs(30)),
                 ..CallPolicy::default()

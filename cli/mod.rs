@@ -96,7 +96,13 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("exemesh: {e:#}");
+            let text = format!("{e:#}");
+            eprintln!("exemesh: {text}");
+            if let Some(hint) = exemesh::mesh::tls::client::mismatch_hint(&text)
+                && !text.contains(hint)
+            {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }

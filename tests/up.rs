@@ -180,6 +180,11 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
         "a plaintext call must fail: {}",
         String::from_utf8_lossy(&plaintext.stdout)
     );
+    let stderr = String::from_utf8_lossy(&plaintext.stderr);
+    assert!(
+        stderr.contains("may require mTLS") && stderr.contains("EXEMESH_TLS_DIR"),
+        "the error says what to do: {stderr}"
+    );
     let reply = call(&up, r#"{"text":"through discovery"}"#);
     assert!(
         reply.status.success(),

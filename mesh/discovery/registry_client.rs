@@ -56,11 +56,16 @@ fn map_status(status: tonic::Status) -> DiscoveryError {
     match status.code() {
         Code::NotFound => DiscoveryError::LeaseLost(status.message().to_string()),
         Code::InvalidArgument => DiscoveryError::Invalid(status.message().to_string()),
-        _ => DiscoveryError::Unavailable(format!(
-            "{}: {}",
-            crate::mesh::status_code::code_name(status.code()),
-            status.message()
-        )),
+        _ => {
+            let hint = crate::mesh::tls::client::mismatch_hint(status.message())
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            DiscoveryError::Unavailable(format!(
+                "{}: {}{hint}",
+                crate::mesh::status_code::code_name(status.code()),
+                status.message()
+            ))
+        }
     }
 }
 

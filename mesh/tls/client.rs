@@ -106,6 +106,31 @@ pub fn standard_config(dir: &std::path::Path) -> Result<Arc<ClientConfig>, super
     Ok(Arc::new(config))
 }
 
+/// A hint for an error that looks like the two sides disagree about TLS: a plaintext client
+/// talking to an mTLS server (HTTP/2 sees the TLS alert as garbage), or the reverse.
+pub fn mismatch_hint(detail: &str) -> Option<&'static str> {
+    let plaintext_to_tls = [
+        "http2 error",
+        "protocol error",
+        "frame with invalid size",
+        "broken pipe",
+        "connection reset",
+        "connection closed",
+    ];
+    let tls_to_plaintext = ["InvalidContentType", "corrupt message", "received corrupt"];
+    if installed().is_none() && plaintext_to_tls.iter().any(|p| detail.contains(p)) {
+        Some(
+            "the server may require mTLS: pass --tls-dir DIR or set EXEMESH_TLS_DIR (`exemesh up` prints the directory to use)",
+        )
+    } else if installed().is_some() && tls_to_plaintext.iter().any(|p| detail.contains(p)) {
+        Some(
+            "the server may speak plaintext: drop --tls-dir / EXEMESH_TLS_DIR, or serve it with one",
+        )
+    } else {
+        None
+    }
+}
+
 type Io = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
