@@ -94,6 +94,7 @@ pub unsafe fn apply_in_child(
 /// Looks up a user by name; the error says why it cannot be used.
 pub fn lookup_user(name: &str) -> Result<RunAs, String> {
     let c_name = CString::new(name).map_err(|_| format!("user {name:?} contains a NUL byte"))?;
+    // SAFETY: `passwd` is plain data (integers and pointers); all-zero is a valid value.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -111,10 +112,10 @@ pub fn lookup_user(name: &str) -> Result<RunAs, String> {
         return Err(format!("no user named {name:?} on this machine"));
     }
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 && pwd.pw_uid != unsafe { libc::geteuid() } {
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 && pwd.pw_uid != euid {
         return Err(format!(
-            "running as user {name:?} needs exemesh to run as root (it runs as uid {})",
-            unsafe { libc::geteuid() }
+            "running as user {name:?} needs exemesh to run as root (it runs as uid {euid})"
         ));
     }
     Ok(RunAs {
