@@ -74,25 +74,12 @@ pub fn lazy_with_config(config: Arc<ClientConfig>, endpoint: Endpoint) -> Channe
 /// server the standard way (chain and host name), `dir/cert.pem` and `dir/key.pem` are this
 /// client's certificate. No SPIFFE identity is required of either.
 pub fn standard_config(dir: &std::path::Path) -> Result<Arc<ClientConfig>, super::TlsError> {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
     let ca_path = dir.join(super::authority::CA_CERT);
     let cert_path = dir.join(super::authority::CERT);
     let key_path = dir.join(super::authority::KEY);
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in super::pem_certs(&ca_path, &super::read(&ca_path)?)? {
-        roots.add(cert).map_err(|e| super::TlsError::File {
-            path: ca_path.clone(),
-            detail: format!("unusable CA certificate: {e}"),
-        })?;
-    }
+    let roots = super::load_roots(&ca_path)?;
     let chain = super::pem_certs(&cert_path, &super::read(&cert_path)?)?;
-    let key = PrivateKeyDer::from_pem_slice(super::read(&key_path)?.as_bytes()).map_err(|e| {
-        super::TlsError::File {
-            path: key_path.clone(),
-            detail: format!("not a PEM private key: {e}"),
-        }
-    })?;
+    let key = super::load_key(&key_path)?;
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|_| unreachable_versions())

@@ -7,15 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::RootCertStore;
-use rustls::pki_types::PrivateKeyDer;
-use rustls::pki_types::pem::PemObject;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 
 use super::authority::{CA_CERT, CERT, KEY};
 use super::identity::{SpiffeId, identities_of, trust_domain_of_ca};
-use super::{TlsError, pem_certs, provider, read};
+use super::{TlsError, load_key, load_roots, pem_certs, provider, read};
 
 /// How often, at most, the files are checked for changes (on the next handshake after that).
 pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
@@ -124,20 +122,9 @@ pub fn load_material(dir: &Path) -> Result<Material, TlsError> {
             path: ca_path.clone(),
             detail: "not an exemesh CA (no spiffe://<trust-domain> URI SAN)".into(),
         })?;
-    let mut roots = RootCertStore::empty();
-    for cert in ca {
-        roots.add(cert).map_err(|e| TlsError::File {
-            path: ca_path.clone(),
-            detail: format!("unusable CA certificate: {e}"),
-        })?;
-    }
-    let roots = Arc::new(roots);
+    let roots = Arc::new(load_roots(&ca_path)?);
     let chain = pem_certs(&cert_path, &read(&cert_path)?)?;
-    let key =
-        PrivateKeyDer::from_pem_slice(read(&key_path)?.as_bytes()).map_err(|e| TlsError::File {
-            path: key_path.clone(),
-            detail: format!("not a PEM private key: {e}"),
-        })?;
+    let key = load_key(&key_path)?;
     let provider = provider();
     let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| TlsError::File {
         path: key_path.clone(),

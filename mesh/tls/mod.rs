@@ -115,6 +115,28 @@ fn pem_certs(path: &Path, pem: &str) -> Result<Vec<CertificateDer<'static>>, Tls
     Ok(certs)
 }
 
+/// A root store of every certificate in a PEM file.
+fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in pem_certs(path, &read(path)?)? {
+        roots.add(cert).map_err(|e| TlsError::File {
+            path: path.to_path_buf(),
+            detail: format!("unusable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The private key of a PEM file.
+fn load_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(read(path)?.as_bytes()).map_err(|e| {
+        TlsError::File {
+            path: path.to_path_buf(),
+            detail: format!("not a PEM private key: {e}"),
+        }
+    })
+}
+
 /// The crypto provider of every exemesh TLS configuration (ring).
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: std::sync::OnceLock<std::sync::Arc<rustls::crypto::CryptoProvider>> =
