@@ -13,6 +13,7 @@
 //!
 //! `mesh` never depends on `services`.
 
+pub mod call_limit;
 pub mod channel;
 pub mod codec;
 pub mod deadline;

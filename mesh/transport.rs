@@ -15,6 +15,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::{Layer as _, ServiceExt as _};
 
+use crate::mesh::call_limit::{CallLimitLayer, PermitBody};
 use crate::mesh::telemetry::rpc_span::{LocalAddr, PeerAddr, RpcSpanLayer};
 use crate::mesh::tls::identity::PeerIdentity;
 use tokio::task::JoinSet;
@@ -22,7 +23,11 @@ use tokio::task::JoinSet;
 /// HTTP/2 settings for served connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Http2Settings {
-    /// Concurrent streams (calls) per connection.
+    /// Calls running at once on one connection; one more is answered `RESOURCE_EXHAUSTED`.
+    pub max_calls_per_connection: u32,
+    /// The HTTP/2 stream limit advertised to clients (`SETTINGS_MAX_CONCURRENT_STREAMS`), at least
+    /// `max_calls_per_connection`: the headroom lets a call over the call limit reach the server
+    /// and get a gRPC status; a stream beyond this one is refused by HTTP/2 itself (`REFUSED_STREAM`).
     pub max_concurrent_streams: u32,
     /// Largest header list, in bytes.
     pub max_header_list_size: u32,
@@ -38,13 +43,23 @@ pub struct Http2Settings {
 impl Default for Http2Settings {
     fn default() -> Self {
         Self {
-            max_concurrent_streams: 256,
+            max_calls_per_connection: DEFAULT_MAX_CALLS_PER_CONNECTION,
+            max_concurrent_streams: streams_for_calls(DEFAULT_MAX_CALLS_PER_CONNECTION),
             max_header_list_size: 16 * 1024,
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(600),
         }
     }
+}
+
+/// The default call limit per connection.
+pub const DEFAULT_MAX_CALLS_PER_CONNECTION: u32 = 256;
+
+/// The HTTP/2 stream limit to advertise for a call limit: a quarter more, so calls over the limit
+/// arrive and are answered with a gRPC status.
+pub fn streams_for_calls(calls: u32) -> u32 {
+    calls.saturating_add(calls / 4).max(calls.saturating_add(1))
 }
 
 /// Anything a connection can run over: TCP, or TLS over TCP.
@@ -58,6 +73,7 @@ struct Connection {
     builder: hyper::server::conn::http2::Builder<TokioExecutor>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     idle_timeout: Duration,
+    max_calls: u32,
     stop: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -86,9 +102,12 @@ impl Connection {
             }
         };
         let activity = Arc::new(Activity::new());
-        let service = self
-            .addresses
-            .service(self.router.clone(), identity, activity.clone());
+        let service = self.addresses.service(
+            self.router.clone(),
+            identity,
+            activity.clone(),
+            self.max_calls,
+        );
         let conn = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let served = loop {
@@ -147,24 +166,28 @@ struct Addresses {
 
 impl Addresses {
     /// The connection's service: every request learns the connection's addresses and caller (for
-    /// spans and authorization), then runs in its server span (the one tower layer for tracing).
+    /// spans and authorization), then runs in its server span (the one tower layer for tracing),
+    /// within the connection's call limit.
     fn service(
         self,
         router: axum::Router,
         identity: Option<PeerIdentity>,
         activity: Arc<Activity>,
+        max_calls: u32,
     ) -> TowerToHyperService<
         impl tower::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<
-                crate::mesh::telemetry::rpc_span::StatusBody<axum::body::Body>,
+                crate::mesh::telemetry::rpc_span::StatusBody<PermitBody<axum::body::Body>>,
             >,
             Error = std::convert::Infallible,
             Future: Send + 'static,
         > + Clone,
     > {
         let Addresses { peer, local } = self;
-        let traced = RpcSpanLayer.layer(router).map_request(
+        let limited =
+            CallLimitLayer::new(usize::try_from(max_calls).unwrap_or(usize::MAX)).layer(router);
+        let traced = RpcSpanLayer.layer(limited).map_request(
             move |mut request: http::Request<hyper::body::Incoming>| {
                 activity.touch();
                 request.extensions_mut().insert(PeerAddr(peer));
@@ -202,7 +225,11 @@ pub async fn serve_h2c(
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.max_concurrent_streams)
+        .max_concurrent_streams(
+            settings
+                .max_concurrent_streams
+                .max(settings.max_calls_per_connection),
+        )
         .max_header_list_size(settings.max_header_list_size)
         .keep_alive_interval(settings.keepalive_interval)
         .keep_alive_timeout(settings.keepalive_timeout)
@@ -223,6 +250,7 @@ pub async fn serve_h2c(
                         builder: builder.clone(),
                         acceptor: acceptor.clone(),
                         idle_timeout: settings.idle_timeout,
+                        max_calls: settings.max_calls_per_connection,
                         stop: stop_rx.clone(),
                     };
                     connections.spawn(connection.run(stream));

@@ -127,20 +127,32 @@ where
 
 /// tonic answers a request message over the limit with `OUT_OF_RANGE`; the gRPC spec (and every
 /// other implementation) says `RESOURCE_EXHAUSTED`, which is also what clients treat as "too big".
+/// Every request error passes here: the unary and server-streaming ones as the response's status,
+/// the client- and bidi-streaming ones as items of the request stream.
+fn request_status(status: Status, limit: usize) -> Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        Status::resource_exhausted(format!(
+            "the request message is larger than this server's limit of {limit} bytes ([server] max_request_bytes)"
+        ))
+    } else {
+        status
+    }
+}
+
+/// Applies [`request_status`] to a trailers-only response (a request refused before the handler).
 fn oversized_as_resource_exhausted(
     mut response: http::Response<tonic::body::Body>,
     limit: usize,
 ) -> http::Response<tonic::body::Body> {
-    let oversized = Status::from_header_map(response.headers()).is_some_and(|s| {
-        s.code() == tonic::Code::OutOfRange && s.message().contains("message length too large")
-    });
-    if oversized {
-        let status = Status::resource_exhausted(format!(
-            "the request message is larger than this server's limit of {limit} bytes ([server] max_request_bytes)"
-        ));
-        let headers = response.headers_mut();
-        headers.remove("grpc-message");
-        let _ = status.add_header(headers);
+    if let Some(status) = Status::from_header_map(response.headers()) {
+        let mapped = request_status(status, limit);
+        if mapped.code() == tonic::Code::ResourceExhausted {
+            let headers = response.headers_mut();
+            headers.remove("grpc-message");
+            let _ = mapped.add_header(headers);
+        }
     }
     response
 }
@@ -298,8 +310,10 @@ impl MethodRuntime {
     }
 }
 
-fn streaming_input(stream: Streaming<DynamicMessage>) -> RequestStream {
-    stream.boxed()
+fn streaming_input(stream: Streaming<DynamicMessage>, limit: usize) -> RequestStream {
+    stream
+        .map(move |item| item.map_err(|status| request_status(status, limit)))
+        .boxed()
 }
 
 fn single_input(message: DynamicMessage) -> RequestStream {
@@ -343,7 +357,8 @@ impl ClientStreamingService<DynamicMessage> for Handler {
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let method = self.0.clone();
         let ctx = method.context(request.metadata(), request.extensions());
-        Box::pin(method.single(ctx, streaming_input(request.into_inner())))
+        let input = streaming_input(request.into_inner(), method.max_message);
+        Box::pin(method.single(ctx, input))
     }
 }
 
@@ -355,14 +370,8 @@ impl StreamingService<DynamicMessage> for Handler {
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let method = self.0.clone();
         let ctx = method.context(request.metadata(), request.extensions());
-        Box::pin(async move {
-            Ok(Response::new(
-                method
-                    .start(ctx, streaming_input(request.into_inner()))
-                    .await?
-                    .boxed(),
-            ))
-        })
+        let input = streaming_input(request.into_inner(), method.max_message);
+        Box::pin(async move { Ok(Response::new(method.start(ctx, input).await?.boxed())) })
     }
 }
 

@@ -18,7 +18,7 @@ use super::placeholder::ArgTemplate;
 use super::sandbox::{ResourceLimits, Sandbox, check_program_path, lookup_user};
 use crate::mesh::status_code::parse_code;
 use crate::mesh::tls::policy::{self, Policy, Principal};
-use crate::mesh::transport::Http2Settings;
+use crate::mesh::transport::{Http2Settings, streams_for_calls};
 
 /// One problem in a manifest, located by file and key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +87,7 @@ struct ManifestFile {
 #[serde(deny_unknown_fields)]
 struct ServerSection {
     max_request_bytes: Option<usize>,
+    max_calls_per_connection: Option<u32>,
     max_concurrent_streams: Option<u32>,
     max_header_bytes: Option<u32>,
     keepalive_interval: Option<TextDuration>,
@@ -506,12 +507,20 @@ impl Validator {
 
     fn server(&mut self, raw: &ServerSection) -> ServerLimits {
         let base = Http2Settings::default();
+        // Set alone, the stream limit caps the call limit too (as it did before the call limit).
+        let max_calls = raw.max_calls_per_connection.unwrap_or_else(|| {
+            raw.max_concurrent_streams
+                .map_or(base.max_calls_per_connection, |streams| {
+                    streams.min(base.max_calls_per_connection)
+                })
+        });
         let limits = ServerLimits {
             max_request_bytes: raw.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
             http2: Http2Settings {
+                max_calls_per_connection: max_calls,
                 max_concurrent_streams: raw
                     .max_concurrent_streams
-                    .unwrap_or(base.max_concurrent_streams),
+                    .unwrap_or_else(|| streams_for_calls(max_calls)),
                 max_header_list_size: raw.max_header_bytes.unwrap_or(base.max_header_list_size),
                 keepalive_interval: raw
                     .keepalive_interval
@@ -524,6 +533,10 @@ impl Validator {
         };
         for (key, zero) in [
             ("max_request_bytes", limits.max_request_bytes == 0),
+            (
+                "max_calls_per_connection",
+                limits.http2.max_calls_per_connection == 0,
+            ),
             (
                 "max_concurrent_streams",
                 limits.http2.max_concurrent_streams == 0,
@@ -545,6 +558,16 @@ impl Validator {
                     "too small to serve anything (bytes: at least 1024 for headers)",
                 );
             }
+        }
+        if limits.http2.max_concurrent_streams < limits.http2.max_calls_per_connection {
+            self.issue(
+                "server.max_concurrent_streams",
+                format!(
+                    "is {} but must be at least max_calls_per_connection ({}): calls over the \
+                     call limit need a stream to be answered on",
+                    limits.http2.max_concurrent_streams, limits.http2.max_calls_per_connection
+                ),
+            );
         }
         limits
     }

@@ -70,6 +70,10 @@ mode = "spawn"
 argv = ["/bin/echo"]
 output = "text"
 text_field = "nope"
+
+[server]
+max_calls_per_connection = 100
+max_concurrent_streams = 50
 "#;
     let path = manifest(dir.path(), "bad.toml", bad, "m");
     let out = run(&["check", path.to_str().expect("utf-8")], None);
@@ -79,6 +83,9 @@ text_field = "nope"
     for expected in [
         format!("{file}: methods.Expand.argv[0]: program \"./missing-program\" not found"),
         format!("{file}: methods.Chat.pool: must name one of the pools (none defined"),
+        format!(
+            "{file}: server.max_concurrent_streams: is 50 but must be at least max_calls_per_connection (100)"
+        ),
     ] {
         assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
     }
@@ -86,6 +93,7 @@ text_field = "nope"
     // Once the manifest itself is valid, the contract checks run.
     let fixed = bad
         .replace("argv = [\"./missing-program\"]", "argv = [\"/bin/true\"]")
+        .replace("max_concurrent_streams = 50", "max_concurrent_streams = 100")
         .replace(
             "mode = \"worker\"",
             "mode = \"spawn\"\nargv = [\"/bin/true\"]",

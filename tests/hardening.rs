@@ -304,3 +304,122 @@ async fn an_idle_connection_is_closed_gracefully_and_calls_in_flight_finish() {
         "the server never closed the idle connection"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_message_mid_stream_ends_the_call_with_resource_exhausted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = manifest(
+        dir.path(),
+        "stream.toml",
+        include_str!("fixtures/echo/worker.toml"),
+        &marker("oversized-stream"),
+    );
+    let served = Served::start(&path).await;
+    let client = EchoClient::new(served.channel().await);
+    // 6 MiB, over the 4 MiB default of [server] max_request_bytes, after a message that is fine.
+    let huge = "x".repeat(6 * 1024 * 1024);
+
+    let collected = client
+        .collect(vec![req("fine", ""), req(&huge, "")])
+        .await
+        .expect_err("client streaming: the oversized message is refused");
+    assert_eq!(collected.code(), Code::ResourceExhausted, "{collected:?}");
+    assert!(
+        collected.message().contains("max_request_bytes"),
+        "{collected:?}"
+    );
+
+    let chatted = client
+        .chat(&["fine", &huge])
+        .await
+        .expect_err("bidi streaming: the oversized message is refused");
+    assert_eq!(chatted.code(), Code::ResourceExhausted, "{chatted:?}");
+    assert!(
+        chatted.message().contains("max_request_bytes"),
+        "{chatted:?}"
+    );
+
+    // The server and its workers live on.
+    let reply = client
+        .collect(vec![req("a", ""), req("b", "")])
+        .await
+        .expect("a normal stream is served");
+    assert_eq!(reply.text, "a,b");
+}
+
+#[tokio::test]
+async fn calls_over_the_per_connection_limit_get_resource_exhausted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let template = format!(
+        "{}\n[server]\nmax_calls_per_connection = 2\n",
+        include_str!("fixtures/echo/worker.toml")
+    );
+    let path = manifest(dir.path(), "limit.toml", &template, &marker("call-limit"));
+    let served = Served::start_with_args(&path, &["--admin", "127.0.0.1:0"]).await;
+    let busy = EchoClient::new(served.channel().await);
+
+    // Two slow calls fill the connection's limit...
+    let slow = |client: EchoClient| async move {
+        client
+            .unary(EchoRequest {
+                text: "slow".into(),
+                mode: "sleep".into(),
+                sleep_ms: 4000,
+                ..Default::default()
+            })
+            .await
+    };
+    let first = tokio::spawn(slow(busy.clone()));
+    let second = tokio::spawn(slow(busy.clone()));
+    let admin = served.admin.clone().expect("admin address");
+    let in_flight = || {
+        let (_, text) = support::http_get(&admin, "/metrics");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(
+                    r#"exemesh_server_in_flight{service="test.v1.Echo",method="Unary"} "#,
+                )
+            })
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while in_flight() < 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two slow calls never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // ...so a third call on the same connection is refused, at once.
+    let refusal = busy
+        .unary(req("third", ""))
+        .await
+        .expect_err("a third concurrent call on the connection is refused");
+    assert_eq!(refusal.code(), Code::ResourceExhausted, "{refusal:?}");
+    assert!(
+        refusal.message().contains("max_calls_per_connection"),
+        "{refusal:?}"
+    );
+
+    // The limit is per connection: another connection is served meanwhile.
+    let other = EchoClient::new(served.channel().await);
+    assert_eq!(
+        other.unary(req("other", "")).await.expect("served").text,
+        "other"
+    );
+    let (_, metrics) = support::http_get(&admin, "/metrics");
+    assert!(
+        metrics.contains(r#"exemesh_server_refused_total{name="max_calls_per_connection"} "#),
+        "{metrics}"
+    );
+
+    // The slow calls finish, and their places come back.
+    for call in [first, second] {
+        assert_eq!(call.await.expect("joined").expect("slow call").text, "slow");
+    }
+    assert_eq!(
+        busy.unary(req("again", "")).await.expect("served").text,
+        "again"
+    );
+}

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub pool_ready: Family<NameLabel, Gauge>,
     /// Worker restarts per pool.
     pub pool_restarts: Family<NameLabel, Counter>,
+    /// Calls refused by a server limit before anything ran, by the limit's manifest key.
+    pub server_refused: Family<NameLabel, Counter>,
     /// Calls refused (or, in audit mode, let through) by the authorization policy.
     pub authz_denied: Family<AuthzLabels, Counter>,
     /// Instances in the embedded registry.
@@ -129,6 +131,7 @@ impl Metrics {
             queue_depth: Family::default(),
             pool_ready: Family::default(),
             pool_restarts: Family::default(),
+            server_refused: Family::default(),
             authz_denied: Family::default(),
             registry_instances: Gauge::default(),
             registry: Registry::default(),
@@ -193,6 +196,11 @@ impl Metrics {
             "worker_restarts",
             "Worker restarts",
             m.pool_restarts.clone(),
+        );
+        registry.register(
+            "server_refused",
+            "Calls refused by a server limit before anything ran, by the limit's [server] key",
+            m.server_refused.clone(),
         );
         registry.register(
             "authz_denied",
