@@ -18,7 +18,6 @@ use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, MethodDescriptor, SerializeOptions,
 };
 use tonic::transport::Endpoint;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Call a method: JSON in, JSON out.
 ///
@@ -162,10 +161,9 @@ where
     let mut request = tonic::Request::new(tokio_stream::iter(requests));
     // The call's own span (exported when tracing is on); without tracing, a fresh trace context so
     // that the servers' spans still share one printed trace id.
-    let span = client_span(&format!("/{}/{}", service, method.name()));
-    let context = span.context();
-    let traceparent = if context.span().span_context().is_valid() {
-        propagation::to_strings(&context).0
+    let span = client_span(&format!("/{}/{}", service, method.name()), None);
+    let traceparent = if span.span().span_context().is_valid() {
+        propagation::to_strings(&span).0
     } else {
         Some(fresh_traceparent())
     };
@@ -197,7 +195,7 @@ where
                 .with_context(|| format!("invalid header value in {header:?}"))?,
         );
     }
-    let outcome = tracing::Instrument::instrument(
+    let outcome = opentelemetry::context::FutureExt::with_context(
         async {
             let mut replies = dynamic_client::call(channel, &method, request)
                 .await?

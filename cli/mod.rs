@@ -161,33 +161,9 @@ fn init_telemetry(
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_filter(filter.and(tracing_subscriber::filter::filter_fn(|m| m.is_event())));
-    // Only exemesh's own spans are exported: h2, hyper and tonic (including the exporter's own
-    // calls) would otherwise produce thousands of spans per call. The spans carry the RPC
-    // conventions' attributes only: no source location, thread, target or busy/idle timers, and no
-    // OpenTelemetry context activated on every poll (exemesh hands span contexts on explicitly).
-    let spans = telemetry.as_ref().map(|t| {
-        tracing_opentelemetry::layer()
-            .with_tracer(t.tracer())
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_filter(
-                tracing_subscriber::filter::Targets::new()
-                    .with_target("exemesh", tracing::Level::INFO),
-            )
-    });
-    // No `Option` layer: a `None` layer counts as one that wants every span, and the registry
-    // would then create h2's and hyper's per-poll spans for nobody (measured: ~15 % of a serving
-    // process's CPU with tracing off).
-    let _ = match spans {
-        Some(spans) => tracing_subscriber::registry()
-            .with(logs)
-            .with(spans)
-            .try_init(),
-        None => tracing_subscriber::registry().with(logs).try_init(),
-    };
+    // Spans are not `tracing` spans (see exemesh::mesh::telemetry::span): the subscriber only
+    // logs, and no layer wants a span, so h2's and hyper's per-poll spans are never created.
+    let _ = tracing_subscriber::registry().with(logs).try_init();
     if let Some(endpoint) = &config.endpoint {
         tracing::info!("exporting spans to {endpoint} as {}", config.service_name);
     }

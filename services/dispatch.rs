@@ -30,9 +30,11 @@ use crate::mesh::codec::DynamicCodec;
 use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout, with_call_deadline};
 use crate::mesh::telemetry::metrics::{ExecLabels, metrics};
 use crate::mesh::telemetry::propagation;
+use crate::mesh::telemetry::span;
 use crate::mesh::tls::identity::PeerIdentity;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanKind;
 
 /// A method ready to serve.
 #[derive(Debug)]
@@ -157,24 +159,17 @@ fn oversized_as_resource_exhausted(
     response
 }
 
-/// The span of one execution: queue wait, then what the executor records (pid, exit code, bytes, the
-/// worker, spawn time, stderr lines as events).
-fn exec_span(method: &str, mode: &'static str, queued: Duration) -> tracing::Span {
-    tracing::info_span!(
-        "exec",
-        otel.name = format!("exec {method}").as_str(),
-        otel.kind = "internal",
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        exemesh.mode = mode,
-        exemesh.queue_ms = queued.as_secs_f64() * 1000.0,
-        exemesh.spawn_ms = tracing::field::Empty,
-        exemesh.worker = tracing::field::Empty,
-        exemesh.bytes_in = tracing::field::Empty,
-        exemesh.bytes_out = tracing::field::Empty,
-        process.pid = tracing::field::Empty,
-        process.exit_code = tracing::field::Empty,
-    )
+/// The span of one execution, a child of the call's server span (current here): queue wait, then
+/// what the executor records (pid, exit code, bytes, the worker, spawn time, stderr lines as events).
+fn exec_span(method: &str, mode: &'static str, queued: Duration) -> opentelemetry::Context {
+    opentelemetry::Context::map_current(|parent| {
+        span::start(format!("exec {method}"), SpanKind::Internal, parent, || {
+            vec![
+                KeyValue::new("exemesh.mode", mode),
+                KeyValue::new("exemesh.queue_ms", queued.as_secs_f64() * 1000.0),
+            ]
+        })
+    })
 }
 
 /// Adapts one method to tonic's four handler traits.
@@ -242,7 +237,7 @@ impl MethodRuntime {
             .map_err(|_| Status::from(ctx.deadline_exceeded()))??;
         // The execution's span, a child of the call's server span (current here).
         let exec = exec_span(&self.name, self.executor.mode(), queued_at.elapsed());
-        if let (Some(traceparent), tracestate) = propagation::to_strings(&exec.context()) {
+        if let (Some(traceparent), tracestate) = propagation::to_strings(&exec) {
             // The executable continues this span's trace (when tracing is off, the caller's context
             // is passed on unchanged).
             ctx.traceparent = Some(traceparent);
@@ -264,9 +259,7 @@ impl MethodRuntime {
                 if let Err(err) =
                     with_call_deadline(deadline, executor.execute(&ctx, input, &tx)).await
                 {
-                    let span = tracing::Span::current();
-                    span.record("otel.status_code", "error");
-                    span.record("otel.status_description", err.to_string());
+                    span::set_error(&opentelemetry::Context::current(), err.to_string());
                     let _ = tx.send(Err(err)).await;
                 }
                 metrics()
@@ -275,7 +268,7 @@ impl MethodRuntime {
                     .observe(started.elapsed().as_secs_f64());
                 drop(slot);
             }
-            .instrument(exec),
+            .with_context(exec),
         );
         Ok(ReplyStream {
             rx,

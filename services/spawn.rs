@@ -20,6 +20,7 @@ use super::manifest::{Output, SpawnSpec};
 use super::placeholder::render_argv;
 use super::process::{self, Launch};
 use crate::mesh::status_code::parse_code;
+use crate::mesh::telemetry::span;
 
 /// How long output may keep flowing after the process exited, before whatever it left running
 /// (and holding stdout) is killed.
@@ -139,9 +140,8 @@ impl SpawnRunner {
             .spawns
             .get_or_create(&crate::mesh::telemetry::metrics::name(&ctx.method))
             .inc();
-        let span = tracing::Span::current();
-        span.record("process.pid", i64::from(started.group.pgid()));
-        span.record(
+        span::record("process.pid", i64::from(started.group.pgid()));
+        span::record(
             "exemesh.spawn_ms",
             spawn_started.elapsed().as_secs_f64() * 1000.0,
         );
@@ -171,7 +171,7 @@ impl SpawnRunner {
                     // The usual order: output ends, then the process exits.
                     Err(done) => {
                         let (bytes_in, document) = done?;
-                        tracing::Span::current().record("exemesh.bytes_in", bytes_in as i64);
+                        span::record("exemesh.bytes_in", bytes_in as i64);
                         (document, child.wait().await)
                     }
                     // The process exited but something it started still holds stdout open (a daemon):
@@ -185,7 +185,7 @@ impl SpawnRunner {
                             }
                         };
                         let (bytes_in, document) = done?;
-                        tracing::Span::current().record("exemesh.bytes_in", bytes_in as i64);
+                        span::record("exemesh.bytes_in", bytes_in as i64);
                         (document, status)
                     }
                 };
@@ -204,10 +204,10 @@ impl SpawnRunner {
         let (outcome, stderr_text) = tokio::join!(main, read_tail(stderr, &ctx.request_id));
         let (document, status) = outcome?;
         if let Some(code) = status.code() {
-            span.record("process.exit_code", i64::from(code));
+            span::record("process.exit_code", i64::from(code));
         }
         if let Some(doc) = &document {
-            span.record("exemesh.bytes_out", doc.len() as i64);
+            span::record("exemesh.bytes_out", doc.len() as i64);
         }
         if let Some(doc) = &document
             && let Some(err) = reported_error(doc)
@@ -367,10 +367,9 @@ async fn read_tail<R: AsyncRead + Unpin>(stderr: Option<R>, request_id: &str) ->
         tracing::debug!(request_id, "stderr: {text}");
         if events < MAX_STDERR_EVENTS {
             // Becomes an event on the execution's span (bounded).
-            crate::mesh::telemetry::span_event(
-                "stderr",
-                vec![opentelemetry::KeyValue::new("line", text.to_string())],
-            );
+            crate::mesh::telemetry::span::event("stderr", || {
+                vec![opentelemetry::KeyValue::new("line", text.to_string())]
+            });
             events += 1;
         }
         kept.push_str(&text);

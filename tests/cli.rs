@@ -93,7 +93,10 @@ max_concurrent_streams = 50
     // Once the manifest itself is valid, the contract checks run.
     let fixed = bad
         .replace("argv = [\"./missing-program\"]", "argv = [\"/bin/true\"]")
-        .replace("max_concurrent_streams = 50", "max_concurrent_streams = 100")
+        .replace(
+            "max_concurrent_streams = 50",
+            "max_concurrent_streams = 100",
+        )
         .replace(
             "mode = \"worker\"",
             "mode = \"spawn\"\nargv = [\"/bin/true\"]",

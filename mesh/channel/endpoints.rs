@@ -103,13 +103,12 @@ impl Reporting {
             && !self.ejected.swap(true, Ordering::Relaxed)
         {
             // An event on the span of the call whose failure benched the endpoint.
-            crate::mesh::telemetry::span_event(
-                "endpoint ejected",
+            crate::mesh::telemetry::span::event("endpoint ejected", || {
                 vec![opentelemetry::KeyValue::new(
                     "endpoint",
                     self.key.to_string(),
-                )],
-            );
+                )]
+            });
             let _ = self.verdicts.send(Verdict::Eject(self.key.clone()));
         }
     }

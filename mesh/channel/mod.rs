@@ -41,9 +41,8 @@ use crate::mesh::discovery::Discovery;
 use crate::mesh::discovery::watcher::Watcher;
 use crate::mesh::telemetry::propagation;
 use crate::mesh::telemetry::rpc_span::{CallRecord, Side, client_span, with_status_record};
+use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::TraceContextExt as _;
-use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Inner =
@@ -183,12 +182,10 @@ impl Service<Request<Body>> for MeshChannel {
         if let Ok(value) = format_grpc_timeout(remaining).parse() {
             request.headers_mut().insert(GRPC_TIMEOUT_HEADER, value);
         }
-        let span = client_span(request.uri().path());
-        span.record("exemesh.target", &*self.service);
-        let context = span.context();
-        if context.span().span_context().is_valid() {
+        let span = client_span(request.uri().path(), Some(&self.service));
+        if span.span().span_context().is_valid() {
             // With tracing on, the callee continues this span; otherwise headers pass unchanged.
-            propagation::inject(&context, request.headers_mut());
+            propagation::inject(&span, request.headers_mut());
         }
         let this = self.clone();
         let mut record = CallRecord::start(span.clone(), Side::Client, request.uri().path());
@@ -221,7 +218,7 @@ impl Service<Request<Body>> for MeshChannel {
                 }
             }
         };
-        Box::pin(call.instrument(span))
+        Box::pin(call.with_context(span))
     }
 }
 
@@ -263,10 +260,9 @@ impl MeshChannel {
             if !retryable || attempt >= self.policy.max_attempts || !self.budget.withdraw() {
                 return result;
             }
-            crate::mesh::telemetry::span_event(
-                "retry",
-                vec![opentelemetry::KeyValue::new("attempt", attempt as i64)],
-            );
+            crate::mesh::telemetry::span::event("retry", || {
+                vec![opentelemetry::KeyValue::new("attempt", attempt as i64)]
+            });
             crate::mesh::telemetry::metrics::metrics()
                 .client_retries
                 .get_or_create(&crate::mesh::telemetry::metrics::name(&self.service))

@@ -57,13 +57,21 @@ fn map_status(status: tonic::Status) -> DiscoveryError {
         Code::NotFound => DiscoveryError::LeaseLost(status.message().to_string()),
         Code::InvalidArgument => DiscoveryError::Invalid(status.message().to_string()),
         _ => {
-            let hint = crate::mesh::tls::client::mismatch_hint(status.message())
+            // "transport error" alone says little: the causes tell what happened (and whether
+            // plaintext met TLS).
+            let mut detail = status.message().to_string();
+            let mut source = std::error::Error::source(&status);
+            while let Some(cause) = source {
+                detail.push_str(": ");
+                detail.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            let hint = crate::mesh::tls::client::mismatch_hint(&detail)
                 .map(|h| format!(" ({h})"))
                 .unwrap_or_default();
             DiscoveryError::Unavailable(format!(
-                "{}: {}{hint}",
+                "{}: {detail}{hint}",
                 crate::mesh::status_code::code_name(status.code()),
-                status.message()
             ))
         }
     }

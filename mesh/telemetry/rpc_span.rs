@@ -9,10 +9,11 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::{Body, Frame};
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::{Context as OtelContext, KeyValue};
 
-use super::propagation;
+use super::{propagation, span};
 
 /// The peer's address, set as a request extension by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -52,64 +53,69 @@ fn traced(path: &str) -> bool {
     !(path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection."))
 }
 
-/// The server span for a request (a child of the caller's context, if any).
-pub fn server_span<B>(request: &Request<B>) -> Span {
-    if !traced(request.uri().path()) {
-        return Span::none();
+/// The server span for a request (a child of the caller's context, if any), as the context that
+/// holds it; the empty context for untraced paths, and with tracing off.
+pub fn server_span<B>(request: &Request<B>) -> OtelContext {
+    let path = request.uri().path();
+    if !span::enabled() || !traced(path) {
+        return OtelContext::new();
     }
-    let (service, method) = service_and_method(request.uri().path());
-    let local = request.extensions().get::<LocalAddr>().map(|a| a.0);
-    let peer = request.extensions().get::<PeerAddr>().map(|a| a.0.ip());
-    // Plain `&str` fields (not `%` Display) skip the formatting machinery on every call; the
-    // values are only computed when the span is enabled.
-    let span = tracing::info_span!(
-        "rpc.server",
-        otel.name = format!("{service}/{method}").as_str(),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = tracing::field::Empty,
-        server.address = local
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default()
-            .as_str(),
-        server.port = local.map_or(0, |a| i64::from(a.port())),
-        network.peer.address = peer.map(|ip| ip.to_string()).unwrap_or_default().as_str(),
-    );
-    let parent = propagation::extract(request.headers());
-    // A span only fails to take a parent when tracing is off; nothing to do then.
-    let _ = span.set_parent(parent);
-    span
-}
-
-/// The client span of one outbound call (a child of the current span).
-pub fn client_span(path: &str) -> Span {
     let (service, method) = service_and_method(path);
-    tracing::info_span!(
-        "rpc.client",
-        otel.name = format!("{service}/{method}").as_str(),
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        rpc.grpc.status_code = tracing::field::Empty,
-        exemesh.target = tracing::field::Empty,
+    let parent = propagation::extract(request.headers());
+    span::start(
+        format!("{service}/{method}"),
+        SpanKind::Server,
+        &parent,
+        || {
+            let local = request.extensions().get::<LocalAddr>().map(|a| a.0);
+            let peer = request.extensions().get::<PeerAddr>().map(|a| a.0.ip());
+            let mut attributes = rpc_attributes(service, method);
+            if let Some(local) = local {
+                attributes.push(KeyValue::new("server.address", local.ip().to_string()));
+                attributes.push(KeyValue::new("server.port", i64::from(local.port())));
+            }
+            if let Some(peer) = peer {
+                attributes.push(KeyValue::new("network.peer.address", peer.to_string()));
+            }
+            attributes
+        },
     )
 }
 
-/// Records a gRPC status code on `span` (and marks the span as an error unless it is OK).
-pub fn record_status(span: &Span, code: i32, message: Option<&str>) {
-    span.record("rpc.grpc.status_code", i64::from(code));
+/// The RPC semantic conventions' attributes of a gRPC call.
+fn rpc_attributes(service: &str, method: &str) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", service.to_string()),
+        KeyValue::new("rpc.method", method.to_string()),
+    ]
+}
+
+/// The client span of one outbound call (a child of the current context), to `target` (the
+/// service name the mesh channel resolves, if any).
+pub fn client_span(path: &str, target: Option<&str>) -> OtelContext {
+    let (service, method) = service_and_method(path);
+    OtelContext::map_current(|parent| {
+        span::start(
+            format!("{service}/{method}"),
+            SpanKind::Client,
+            parent,
+            || {
+                let mut attributes = rpc_attributes(service, method);
+                if let Some(target) = target {
+                    attributes.push(KeyValue::new("exemesh.target", target.to_string()));
+                }
+                attributes
+            },
+        )
+    })
+}
+
+/// Records a gRPC status code on the span of `cx` (and marks the span as an error unless it is OK).
+pub fn record_status(cx: &OtelContext, code: i32, message: Option<&str>) {
+    span::set(cx, "rpc.grpc.status_code", i64::from(code));
     if code != 0 {
-        span.record("otel.status_code", "error");
-        if let Some(message) = message {
-            span.record("otel.status_description", message);
-        }
+        span::set_error(cx, message.unwrap_or_default().to_string());
     }
 }
 
@@ -126,7 +132,7 @@ pub enum Side {
 /// calls, in-flight gauge) in the metrics.
 #[derive(Debug)]
 pub struct CallRecord {
-    span: Span,
+    span: OtelContext,
     side: Side,
     labels: super::metrics::CallLabels,
     started: std::time::Instant,
@@ -135,7 +141,7 @@ pub struct CallRecord {
 
 impl CallRecord {
     /// Starts recording a call of `path`.
-    pub fn start(span: Span, side: Side, path: &str) -> CallRecord {
+    pub fn start(span: OtelContext, side: Side, path: &str) -> CallRecord {
         let labels = super::metrics::call_labels(path);
         if side == Side::Server {
             super::metrics::metrics()
@@ -214,15 +220,20 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let span = server_span(&request);
+        let cx = server_span(&request);
         let record = traced(request.uri().path())
-            .then(|| CallRecord::start(span.clone(), Side::Server, request.uri().path()));
+            .then(|| CallRecord::start(cx.clone(), Side::Server, request.uri().path()));
+        if !span::enabled() {
+            // Nothing to make current: no context switch on every poll.
+            let future = self.inner.call(request);
+            return Box::pin(async move { Ok(with_status_record(future.await?, record)) });
+        }
         let future = {
-            let _entered = span.enter();
+            let _current = cx.clone().attach();
             self.inner.call(request)
         };
         Box::pin(async move {
-            let response = tracing::Instrument::instrument(future, span).await?;
+            let response = future.with_context(cx).await?;
             Ok(with_status_record(response, record))
         })
     }

@@ -5,7 +5,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use super::config::{Protocol, TelemetryConfig};
 
@@ -21,7 +21,6 @@ pub struct TelemetryError {
 #[derive(Debug)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
-    tracer: SdkTracer,
 }
 
 /// Installs the W3C trace-context and baggage propagators (always: context is propagated even when
@@ -35,7 +34,8 @@ pub fn install_propagator() {
 }
 
 impl Telemetry {
-    /// Starts exporting per `config`; `None` when tracing is off. Must run inside a tokio runtime.
+    /// Starts exporting per `config` and makes exemesh's spans from then on; `None` when tracing is
+    /// off. Must run inside a tokio runtime.
     pub fn start(config: &TelemetryConfig) -> Result<Option<Telemetry>, TelemetryError> {
         let Some(endpoint) = config.endpoint.clone() else {
             return Ok(None);
@@ -76,13 +76,8 @@ impl Telemetry {
             builder = builder.with_sampler(sampler(name, arg.as_deref()).map_err(error)?);
         }
         let provider = builder.build();
-        let tracer = provider.tracer("exemesh");
-        Ok(Some(Telemetry { provider, tracer }))
-    }
-
-    /// The tracer for the `tracing-opentelemetry` layer.
-    pub fn tracer(&self) -> SdkTracer {
-        self.tracer.clone()
+        super::span::install(provider.tracer("exemesh"));
+        Ok(Some(Telemetry { provider }))
     }
 
     /// Flushes queued spans and stops the exporter. Blocking: call it off the async threads.

@@ -103,6 +103,9 @@ pub fn mismatch_hint(detail: &str) -> Option<&'static str> {
         "broken pipe",
         "connection reset",
         "connection closed",
+        // hyper, when the server drops the connection under a request in flight (a TLS server
+        // closing on a plaintext preface, depending on timing).
+        "operation was canceled",
     ];
     let tls_to_plaintext = ["InvalidContentType", "corrupt message", "received corrupt"];
     if installed().is_none() && plaintext_to_tls.iter().any(|p| detail.contains(p)) {

@@ -1,11 +1,11 @@
 //! Recent spans, grouped by trace, bounded in memory (the oldest traces are dropped first).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use opentelemetry_proto::tonic::common::v1::AnyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
 
 use crate::pb::v1::{SpanView, TraceSummary};
 
@@ -18,10 +18,21 @@ pub struct TraceStore {
     inner: Mutex<Inner>,
 }
 
+/// A trace id as it arrives (16 bytes; other lengths are kept as they are).
+type TraceKey = Vec<u8>;
+
+/// A span as received: converting it to a [`SpanView`] (hex ids, attribute values as text) waits
+/// until somebody looks, since most collected spans never are.
+#[derive(Debug)]
+struct Stored {
+    service: Arc<str>,
+    span: Span,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    traces: HashMap<String, Vec<SpanView>>,
-    order: VecDeque<String>,
+    traces: HashMap<TraceKey, Vec<Stored>>,
+    order: VecDeque<TraceKey>,
     spans: usize,
 }
 
@@ -57,58 +68,79 @@ fn kind(kind: i32) -> &'static str {
     }
 }
 
+impl Stored {
+    fn view(&self) -> SpanView {
+        let span = &self.span;
+        let events = span
+            .events
+            .iter()
+            .map(|e| {
+                let attrs: Vec<String> = e.attributes.iter().map(|kv| text(&kv.value)).collect();
+                if attrs.is_empty() {
+                    e.name.clone()
+                } else {
+                    format!("{}: {}", e.name, attrs.join(" "))
+                }
+            })
+            .collect();
+        SpanView {
+            span_id: hex(&span.span_id),
+            parent_span_id: hex(&span.parent_span_id),
+            service: self.service.to_string(),
+            name: span.name.clone(),
+            kind: kind(span.kind).to_string(),
+            start_unix_nanos: span.start_time_unix_nano,
+            end_unix_nanos: span.end_time_unix_nano,
+            status: match span.status.as_ref().map(|s| s.code) {
+                Some(1) => "ok".into(),
+                Some(2) => "error".into(),
+                _ => String::new(),
+            },
+            status_message: span
+                .status
+                .as_ref()
+                .map(|s| s.message.clone())
+                .unwrap_or_default(),
+            attributes: span
+                .attributes
+                .iter()
+                .map(|kv| (kv.key.clone(), text(&kv.value)))
+                .collect(),
+            events,
+        }
+    }
+
+    fn is_error(&self) -> bool {
+        self.span.status.as_ref().is_some_and(|s| s.code == 2)
+    }
+}
+
 impl TraceStore {
     /// Adds the spans of an OTLP export request.
     pub fn add(&self, resource_spans: Vec<ResourceSpans>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for rs in resource_spans {
-            let service = rs
+            let service: Arc<str> = rs
                 .resource
                 .as_ref()
                 .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
                 .map(|kv| text(&kv.value))
-                .unwrap_or_default();
+                .unwrap_or_default()
+                .into();
             for scope in rs.scope_spans {
                 for span in scope.spans {
-                    let trace_id = hex(&span.trace_id);
-                    let events = span
-                        .events
-                        .iter()
-                        .map(|e| {
-                            let attrs: Vec<String> =
-                                e.attributes.iter().map(|kv| text(&kv.value)).collect();
-                            if attrs.is_empty() {
-                                e.name.clone()
-                            } else {
-                                format!("{}: {}", e.name, attrs.join(" "))
-                            }
-                        })
-                        .collect();
-                    let view = SpanView {
-                        span_id: hex(&span.span_id),
-                        parent_span_id: hex(&span.parent_span_id),
+                    let stored = Stored {
                         service: service.clone(),
-                        name: span.name,
-                        kind: kind(span.kind).to_string(),
-                        start_unix_nanos: span.start_time_unix_nano,
-                        end_unix_nanos: span.end_time_unix_nano,
-                        status: match span.status.as_ref().map(|s| s.code) {
-                            Some(1) => "ok".into(),
-                            Some(2) => "error".into(),
-                            _ => String::new(),
-                        },
-                        status_message: span.status.map(|s| s.message).unwrap_or_default(),
-                        attributes: span
-                            .attributes
-                            .iter()
-                            .map(|kv| (kv.key.clone(), text(&kv.value)))
-                            .collect(),
-                        events,
+                        span,
                     };
-                    if !inner.traces.contains_key(&trace_id) {
-                        inner.order.push_back(trace_id.clone());
+                    match inner.traces.get_mut(&stored.span.trace_id) {
+                        Some(spans) => spans.push(stored),
+                        None => {
+                            let key = stored.span.trace_id.clone();
+                            inner.order.push_back(key.clone());
+                            inner.traces.insert(key, vec![stored]);
+                        }
                     }
-                    inner.traces.entry(trace_id).or_default().push(view);
                     inner.spans += 1;
                 }
             }
@@ -139,36 +171,49 @@ impl TraceStore {
     pub fn get(&self, trace_id: &str) -> Option<Vec<SpanView>> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let id = trace_id.to_ascii_lowercase();
-        if let Some(spans) = inner.traces.get(&id) {
-            return Some(spans.clone());
-        }
-        let mut matches = inner.traces.iter().filter(|(k, _)| k.starts_with(&id));
+        let views = |spans: &Vec<Stored>| spans.iter().map(Stored::view).collect();
+        let mut matches = inner
+            .traces
+            .iter()
+            .filter(|(k, _)| hex(k).starts_with(&id));
         match (matches.next(), matches.next()) {
-            (Some((_, spans)), None) if !id.is_empty() => Some(spans.clone()),
+            (Some((_, spans)), None) if !id.is_empty() => Some(views(spans)),
+            (Some(_), Some(_)) => inner
+                .traces
+                .iter()
+                .find(|(k, _)| hex(k) == id)
+                .map(|(_, spans)| views(spans)),
             _ => None,
         }
     }
 }
 
-fn summary(id: &str, spans: &[SpanView]) -> TraceSummary {
-    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+fn summary(id: &[u8], spans: &[Stored]) -> TraceSummary {
+    let ids: std::collections::HashSet<&[u8]> =
+        spans.iter().map(|s| s.span.span_id.as_slice()).collect();
     let root = spans
         .iter()
-        .filter(|s| s.parent_span_id.is_empty() || !ids.contains(s.parent_span_id.as_str()))
-        .min_by_key(|s| s.start_unix_nanos);
-    let start = spans.iter().map(|s| s.start_unix_nanos).min().unwrap_or(0);
+        .filter(|s| {
+            s.span.parent_span_id.is_empty() || !ids.contains(s.span.parent_span_id.as_slice())
+        })
+        .min_by_key(|s| s.span.start_time_unix_nano);
+    let start = spans
+        .iter()
+        .map(|s| s.span.start_time_unix_nano)
+        .min()
+        .unwrap_or(0);
     let end = spans
         .iter()
-        .map(|s| s.end_unix_nanos)
+        .map(|s| s.span.end_time_unix_nano)
         .max()
         .unwrap_or(start);
     TraceSummary {
-        trace_id: id.to_string(),
-        root_service: root.map(|r| r.service.clone()).unwrap_or_default(),
-        root_name: root.map(|r| r.name.clone()).unwrap_or_default(),
+        trace_id: hex(id),
+        root_service: root.map(|r| r.service.to_string()).unwrap_or_default(),
+        root_name: root.map(|r| r.span.name.clone()).unwrap_or_default(),
         start_unix_nanos: start,
         duration_nanos: end.saturating_sub(start),
         span_count: spans.len() as u32,
-        error: spans.iter().any(|s| s.status == "error"),
+        error: spans.iter().any(Stored::is_error),
     }
 }

@@ -20,9 +20,11 @@ use crate::mesh::dynamic_client;
 use crate::mesh::reflection::fetch_pool;
 use crate::mesh::status_code::code_name;
 use crate::mesh::telemetry::propagation;
+use crate::mesh::telemetry::span;
 use crate::services::json::from_json;
-use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use opentelemetry::KeyValue;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::SpanKind;
 
 /// Timeout of an outbound call with no parent deadline.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +110,7 @@ impl Outbound {
                 .unwrap_or_else(|| Instant::now() + DEFAULT_TIMEOUT)
         };
         // The call is a child of the execution that made it (carried as the parent's traceparent).
-        let span = tracing::info_span!("outbound", otel.name = %format!("call {}", call.method), otel.kind = "internal", exemesh.call_id = call_id);
+        let mut parent_cx = opentelemetry::Context::new();
         if let Some(parent) = &parent {
             let mut headers = http::HeaderMap::new();
             for (key, value) in [
@@ -122,10 +124,16 @@ impl Outbound {
                     headers.insert(key, value);
                 }
             }
-            let _ = span.set_parent(propagation::extract(&headers));
+            parent_cx = propagation::extract(&headers);
         }
+        let span = span::start(
+            format!("call {}", call.method),
+            SpanKind::Internal,
+            &parent_cx,
+            || vec![KeyValue::new("exemesh.call_id", i64::from(call_id))],
+        );
         let outcome = with_call_deadline(deadline, self.execute(&conn, call_id, call, parent))
-            .instrument(span)
+            .with_context(span)
             .await;
         let last = match outcome {
             Ok(()) => frame::reply_end_line(call_id),

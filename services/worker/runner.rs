@@ -8,6 +8,7 @@ use prost_reflect::MessageDescriptor;
 use super::conn::{Conn, Event, ParentInfo};
 use super::frame::{self, Metadata, Start};
 use super::pool::{Lease, Pool};
+use crate::mesh::telemetry::span;
 use crate::services::call::{CallContext, Executor, ReplySink, RequestStream, first_request};
 use crate::services::error::CallError;
 use crate::services::json::{JsonMessage, from_json};
@@ -64,9 +65,8 @@ impl WorkerRunner {
             tracestate: ctx.tracestate.clone(),
         };
         let mut lease = self.pool.acquire(&ctx.method, &parent).await?;
-        let span = tracing::Span::current();
-        span.record("exemesh.worker", lease.conn.id());
-        span.record("process.pid", i64::from(lease.conn.pid()));
+        span::record("exemesh.worker", lease.conn.id().to_string());
+        span::record("process.pid", i64::from(lease.conn.pid()));
         let mut guard = CancelOnDrop {
             conn: lease.conn.clone(),
             id: lease.id,
