@@ -172,10 +172,7 @@ impl TraceStore {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let id = trace_id.to_ascii_lowercase();
         let views = |spans: &Vec<Stored>| spans.iter().map(Stored::view).collect();
-        let mut matches = inner
-            .traces
-            .iter()
-            .filter(|(k, _)| hex(k).starts_with(&id));
+        let mut matches = inner.traces.iter().filter(|(k, _)| hex(k).starts_with(&id));
         match (matches.next(), matches.next()) {
             (Some((_, spans)), None) if !id.is_empty() => Some(views(spans)),
             (Some(_), Some(_)) => inner
