@@ -1,11 +1,12 @@
 """Summarises bench results (bench/mesh.sh, bench/tracing.sh): medians over rounds, ratios against the
-first variant (the baseline). Usage: report.py RESULTS.jsonl [VARIANT...] (default: direct mesh haproxy)"""
+first variant (the baseline); rows without a baseline at their concurrency are skipped. Usage: report.py RESULTS.jsonl [VARIANT...] (default: direct mesh haproxy)"""
 import json
 import statistics
 import sys
 from collections import defaultdict
 
 runs = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+runs = [r for r in runs if "rps" in r]
 variants = sys.argv[2:] or ["direct", "mesh", "haproxy"]
 by = defaultdict(list)
 for r in runs:
@@ -14,6 +15,8 @@ for r in runs:
 print(f"| in flight | variant | calls/s (median) | vs {variants[0]} | p50 ms | p99 ms | errors |")
 print("|---:|---|---:|---:|---:|---:|---:|")
 for c in sorted({k[0] for k in by}):
+    if not by.get((c, variants[0])):
+        continue
     base = statistics.median(r["rps"] for r in by[(c, variants[0])])
     for variant in variants:
         rs = by.get((c, variant), [])

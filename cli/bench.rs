@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::descriptors::{self, ProtoArgs};
 use anyhow::{Context as _, bail};
 use exemesh::mesh::channel::{CallPolicy, MeshChannel};
 use exemesh::mesh::dynamic_client;
-use exemesh::mesh::reflection::fetch_pool;
 use exemesh::mesh::status_code::code_name;
 use hdrhistogram::Histogram;
 use prost_reflect::{DeserializeOptions, DynamicMessage, MethodDescriptor};
@@ -62,6 +62,8 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    protos: ProtoArgs,
 }
 
 /// What a run measured.
@@ -104,7 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot connect to {addr}"))?;
                 channels.push(channel);
             }
-            let method = resolve(channels[0].clone(), service, &method_name).await?;
+            let method = resolve(channels[0].clone(), &args.protos, &method_name).await?;
             (drive(channels, &method, &json, &args).await?, addr.clone())
         }
         None => {
@@ -118,7 +120,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ..CallPolicy::default()
                 },
             );
-            let method = resolve(channel.clone(), service, &method_name).await?;
+            let method = resolve(channel.clone(), &args.protos, &method_name).await?;
             (
                 drive(vec![channel], &method, &json, &args).await?,
                 format!("mesh:{target}"),
@@ -159,7 +161,11 @@ fn split(positional: &[String]) -> anyhow::Result<(Option<String>, String, Strin
     Ok((addr, method.trim_start_matches('/').to_string(), json))
 }
 
-async fn resolve<T>(channel: T, service: &str, method: &str) -> anyhow::Result<MethodDescriptor>
+async fn resolve<T>(
+    channel: T,
+    protos: &ProtoArgs,
+    method: &str,
+) -> anyhow::Result<MethodDescriptor>
 where
     T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
     T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -167,11 +173,8 @@ where
     <T::ResponseBody as http_body::Body>::Error:
         Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
-    let pool = fetch_pool(channel, service).await?;
-    let name = method.rsplit('/').next().unwrap_or(method);
-    pool.get_service_by_name(service)
-        .and_then(|s| s.methods().find(|m| m.name() == name))
-        .with_context(|| format!("no method {method}"))
+    let (service, name) = method.split_once('/').unwrap_or((method, ""));
+    descriptors::find(channel, protos, service, name).await
 }
 
 /// Runs the workers; each takes calls from a shared counter until the run ends.

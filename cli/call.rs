@@ -1,22 +1,19 @@
 //! `exemesh call`: call any method with JSON in and JSON out.
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+
+use super::descriptors::{self, ProtoArgs};
 use exemesh::mesh::channel::{CallPolicy, MeshChannel};
 use exemesh::mesh::dynamic_client;
-use exemesh::mesh::reflection::fetch_pool;
 use exemesh::mesh::status_code::code_name;
 use exemesh::mesh::telemetry::propagation;
 use exemesh::mesh::telemetry::rpc_span::{client_span, record_status};
-use exemesh::services::contract::compile;
 use opentelemetry::trace::TraceContextExt as _;
-use prost_reflect::{
-    DescriptorPool, DeserializeOptions, DynamicMessage, MethodDescriptor, SerializeOptions,
-};
+use prost_reflect::{DeserializeOptions, DynamicMessage, MethodDescriptor, SerializeOptions};
 use tonic::transport::Endpoint;
 
 /// Call a method: JSON in, JSON out.
@@ -53,12 +50,8 @@ pub struct Args {
     /// Deadline for the call, e.g. 500ms or 10s.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
-    /// Use these .proto files instead of server reflection (repeatable).
-    #[arg(long)]
-    proto: Vec<PathBuf>,
-    /// Import paths for --proto (repeatable).
-    #[arg(long = "import-path", short = 'I')]
-    include: Vec<PathBuf>,
+    #[command(flatten)]
+    protos: ProtoArgs,
 }
 
 /// The positional arguments, sorted out.
@@ -146,17 +139,7 @@ where
             target.method
         );
     };
-    let pool = if args.proto.is_empty() {
-        fetch_pool(channel.clone(), service).await?
-    } else {
-        let include = if args.include.is_empty() {
-            vec![PathBuf::from(".")]
-        } else {
-            args.include.clone()
-        };
-        compile(&args.proto, &include)?.0
-    };
-    let method = find_method(&pool, service, method_name)?;
+    let method = descriptors::find(channel.clone(), &args.protos, service, method_name).await?;
     let requests = read_requests(args, target, &method)?;
     let mut request = tonic::Request::new(tokio_stream::iter(requests));
     // The call's own span (exported when tracing is on); without tracing, a fresh trace context so
@@ -231,24 +214,6 @@ where
     };
     eprintln!("trace {trace_id}");
     result
-}
-
-fn find_method(
-    pool: &DescriptorPool,
-    service: &str,
-    method: &str,
-) -> anyhow::Result<MethodDescriptor> {
-    let svc = pool
-        .get_service_by_name(service)
-        .with_context(|| format!("the server has no service {service}"))?;
-    let found = svc.methods().find(|m| m.name() == method);
-    found.with_context(|| {
-        let names: Vec<String> = svc.methods().map(|m| m.name().to_string()).collect();
-        format!(
-            "{service} has no method {method} (methods: {})",
-            names.join(", ")
-        )
-    })
 }
 
 fn read_requests(

@@ -5,6 +5,7 @@ mod bench;
 mod call;
 mod certs;
 mod check;
+mod descriptors;
 mod init;
 mod registry;
 mod serve;
