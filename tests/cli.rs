@@ -302,3 +302,65 @@ async fn call_speaks_json_in_and_out_with_exit_codes_from_the_status() {
     });
     outcome.await.expect("cli assertions");
 }
+
+#[tokio::test]
+async fn bench_reads_the_contract_from_proto_files_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = manifest(
+        dir.path(),
+        "bench.toml",
+        include_str!("fixtures/echo/worker.toml"),
+        &marker("bench-proto"),
+    );
+    let served = Served::start(&path).await;
+    let proto = fixture("echo/echo.proto");
+    let include = fixture("echo");
+    let (proto, include) = (
+        proto.to_str().expect("utf-8"),
+        include.to_str().expect("utf-8"),
+    );
+    let args = |proto: &str, include: &str| {
+        vec![
+            "bench".to_string(),
+            "--proto".into(),
+            proto.into(),
+            "-I".into(),
+            include.into(),
+            served.addr.clone(),
+            "test.v1.Echo/Unary".into(),
+            r#"{"text":"x"}"#.into(),
+            "-n".into(),
+            "5".into(),
+            "-c".into(),
+            "1".into(),
+            "--warmup".into(),
+            "0s".into(),
+            "--json".into(),
+        ]
+    };
+    let ok = args(proto, include);
+    let out = run(&ok.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["calls"], 5, "{report}");
+
+    // The descriptor comes from the files, not from the server: a file without the service fails
+    // even though the server has it.
+    let other = dir.path().join("other.proto");
+    std::fs::write(
+        &other,
+        "syntax = \"proto3\";\npackage other.v1;\nmessage M {}\nservice S { rpc Do(M) returns (M); }\n",
+    )
+    .expect("write");
+    let wrong = args(
+        other.to_str().expect("utf-8"),
+        dir.path().to_str().expect("utf-8"),
+    );
+    let out = run(&wrong.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("the --proto files define no service test.v1.Echo"),
+        "{}",
+        text(&out.stderr)
+    );
+}
