@@ -7,8 +7,8 @@
 #   tracing.sh  tracing off vs on at 100 % and 10 % sampling               (target 6)
 #   tls.sh      mTLS vs plaintext                                           (issue 5's cost)
 # Usage: bench/suite.sh [--quick | --full]
-#   --quick (default): 3 rounds x 1 s per variant (6.5 minutes at 2 s on the reference machine)
-#   --full:            7 rounds x 5 s per variant, about 20 minutes
+#   --quick (default): 3 rounds x 1 s per variant, about 3 minutes on the reference machine
+#   --full:            7 rounds x 5 s per variant, about 15-20 minutes
 # Writes bench/results/*.jsonl and bench/results/suite.md (the tables, with the machine and commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
