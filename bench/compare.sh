@@ -12,19 +12,16 @@ before=$(realpath "$1")
 after=$(realpath "$2")
 rounds=${3:-5}
 secs=${4:-3}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
-sed -e "s|@FIXTURES@|$PWD/tests/fixtures/echo|g" -e "s|@MARKER@|bench|" tests/fixtures/echo/worker.toml >"$work/echo.toml"
+. bench/lib.sh
+bench_init --no-build
+echo_manifest "$work/echo.toml"
 
 declare -A addr
 for variant in before after; do
   bin=${!variant}
   "$bin" serve "$work/echo.toml" --listen 127.0.0.1:0 >"$work/$variant.out" 2>"$work/$variant.log" &
   pids+=($!)
-  for _ in $(seq 1 300); do grep -q "^listening on" "$work/$variant.out" 2>/dev/null && break; sleep 0.05; done
-  addr[$variant]=$(sed -n 's/^listening on //p' "$work/$variant.out")
+  addr[$variant]=$(addr_of "$work/$variant.out")
   # Wait until the worker pool is ready (health SERVING).
   for _ in $(seq 1 300); do "$after" call "${addr[$variant]}" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break; sleep 0.05; done
 done
@@ -36,7 +33,7 @@ for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
     for variant in before after; do
       "$after" bench "${addr[$variant]}" test.v1.Echo/Unary '{"text":"bench"}' -c "$c" -z "${secs}s" --warmup 500ms --json \
-        | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$variant', round=$round); print(json.dumps(r))" >>"$out"
+        | tag "$variant" "$round" >>"$out"
     done
   done
 done

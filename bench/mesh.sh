@@ -13,14 +13,8 @@ secs=${2:-3}
 if ! command -v haproxy >/dev/null; then
   apt-get update -qq && apt-get install -y -qq haproxy >/dev/null
 fi
-cargo build --release --locked -q
-bin="$PWD/target/release/exemesh"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-addr_of() { for _ in $(seq 1 200); do [ -s "$1" ] && { sed 's/listening on //' "$1"; return; }; sleep 0.05; done; echo "no address in $1" >&2; exit 1; }
+. bench/lib.sh
+bench_init
 
 "$bin" registry --listen 127.0.0.1:0 >"$work/reg" 2>/dev/null & pids+=($!)
 reg=$(addr_of "$work/reg")
@@ -62,7 +56,7 @@ for round in $(seq 1 "$rounds"); do
         haproxy) args=("127.0.0.1:$hport" "$method") ;;
       esac
       "$bin" bench "${args[@]}" -c "$c" -z "${secs}s" --warmup 500ms --json \
-        | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$variant', round=$round); print(json.dumps(r))" >>"$out"
+        | tag "$variant" "$round" >>"$out"
     done
   done
 done

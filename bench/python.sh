@@ -20,13 +20,8 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import grpc, grpc_tools' 
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 py=$root/.venv/bin/python
-cargo build --release --locked -q
-bin="$root/target/release/exemesh"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
-addr_of() { for _ in $(seq 1 400); do grep -q "listening on" "$1" 2>/dev/null && { sed -n 's/^listening on //p' "$1" | head -1; return; }; sleep 0.05; done; echo "no address in $1" >&2; cat "$1" >&2; exit 1; }
+. bench/lib.sh
+bench_init
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
@@ -59,7 +54,6 @@ idle_spawn=$(rss_kb "${pid[spawn]}")
 out=bench/results/python.jsonl
 mkdir -p bench/results
 : >"$out"
-tag() { python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$1', round=$2); print(json.dumps(r))"; }
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
     for variant in worker grpcio-sync grpcio-aio; do

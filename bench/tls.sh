@@ -7,25 +7,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 secs=${2:-3}
-cargo build --release --locked -q
-bin="$PWD/target/release/exemesh"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
+. bench/lib.sh
+bench_init
 
 "$bin" certs init --dir "$work/ca" >/dev/null
 "$bin" certs issue test.v1.Echo --ca "$work/ca" --out "$work/server" >/dev/null
 "$bin" certs issue exemesh-bench --ca "$work/ca" --out "$work/client" >/dev/null
-sed -e "s|@FIXTURES@|$PWD/tests/fixtures/echo|g" -e "s|@MARKER@|bench|" tests/fixtures/echo/worker.toml >"$work/echo.toml"
+echo_manifest "$work/echo.toml"
 
 declare -A addr
 start() { # variant, args...
   local variant=$1; shift
   "$bin" serve "$work/echo.toml" --listen 127.0.0.1:0 "$@" >"$work/$variant.out" 2>"$work/$variant.log" &
   pids+=($!)
-  for _ in $(seq 1 300); do grep -q "^listening on" "$work/$variant.out" 2>/dev/null && break; sleep 0.05; done
-  addr[$variant]=$(sed -n 's/^listening on //p' "$work/$variant.out")
+  addr[$variant]=$(addr_of "$work/$variant.out")
 }
 start plaintext
 start mtls --tls-dir "$work/server"
@@ -39,7 +34,7 @@ for round in $(seq 1 "$rounds"); do
     for variant in plaintext mtls; do
       # shellcheck disable=SC2046
       "$bin" bench $(tls_for "$variant") "${addr[$variant]}" grpc.health.v1.Health/Check '{}' -c "$c" -z "${secs}s" --warmup 500ms --json \
-        | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$variant', round=$round); print(json.dumps(r))" >>"$out"
+        | tag "$variant" "$round" >>"$out"
     done
   done
 done

@@ -10,14 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 secs=${2:-3}
-cargo build --release --locked -q
-bin="$PWD/target/release/exemesh"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT INT TERM
+. bench/lib.sh
+bench_init
 
-sed -e "s|@FIXTURES@|$PWD/tests/fixtures/echo|g" -e "s|@MARKER@|bench|" tests/fixtures/echo/worker.toml >"$work/echo.toml"
+echo_manifest "$work/echo.toml"
 printf '[registry]\nlisten = "127.0.0.1:0"\n\n[services.echo]\nmanifest = "echo.toml"\nreplicas = 1\n' >"$work/mesh.toml"
 
 declare -A registry
@@ -41,7 +37,7 @@ for round in $(seq 1 "$rounds"); do
   for c in 1 16; do
     for variant in off on100 on10; do
       "$bin" bench --discovery "${registry[$variant]}" test.v1.Echo/Unary '{"text":"bench"}' -c "$c" -z "${secs}s" --warmup 500ms --json \
-        | python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$variant', round=$round); print(json.dumps(r))" >>"$out"
+        | tag "$variant" "$round" >>"$out"
     done
   done
 done

@@ -31,16 +31,17 @@ class AsyncEcho(echo_pb2_grpc.EchoServicer):
 
 
 def serve_sync():
+    # Blocked before grpc starts its threads (they inherit the mask), then awaited here: a signal
+    # handler may never run while the main thread waits inside grpc.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     echo_pb2_grpc.add_EchoServicer_to_server(Echo(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"listening on 127.0.0.1:{port}", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
-    try:
-        server.wait_for_termination()
-    except KeyboardInterrupt:
-        server.stop(0)
+    signal.sigwait(stop_signals)
+    server.stop(0).wait()
 
 
 async def serve_aio():

@@ -1,0 +1,46 @@
+# Shared setup of the bench scripts. Source it from the repository root:
+#   cd "$(dirname "$0")/.." && . bench/lib.sh && bench_init [--no-build]
+# It provides $bin (the release exemesh), $work (a temporary directory removed at exit), pids (the
+# processes to stop at exit with SIGTERM; `exemesh up` then stops its children), and helpers.
+
+# Builds release (unless --no-build), makes the work directory and arms the cleanup.
+bench_init() {
+  [ "${1:-}" = --no-build ] || cargo build --release --locked -q
+  bin="$PWD/target/release/exemesh"
+  work=$(mktemp -d)
+  pids=()
+  trap bench_cleanup EXIT INT TERM
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# The address a server printed ("listening on ADDR") to FILE, waiting up to 20 s for it.
+addr_of() {
+  for _ in $(seq 1 400); do
+    if grep -q "listening on" "$1" 2>/dev/null; then
+      sed -n 's/^listening on //p' "$1" | head -1
+      return
+    fi
+    sleep 0.05
+  done
+  echo "no address in $1" >&2
+  cat "$1" >&2
+  exit 1
+}
+
+# A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 and report it, like haproxy).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# The worker-mode echo manifest of the tests (a pool of 2 Python workers), written to FILE.
+echo_manifest() {
+  sed -e "s|@FIXTURES@|$PWD/tests/fixtures/echo|g" -e "s|@MARKER@|bench|" tests/fixtures/echo/worker.toml >"$1"
+}
+
+# Reads one `exemesh bench --json` report on stdin and prints it as a line tagged with VARIANT and ROUND.
+tag() {
+  python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$1', round=$2); print(json.dumps(r))"
+}
