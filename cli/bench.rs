@@ -93,7 +93,7 @@ pub struct Latency {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (addr, method_name, json) = split(&args.positional)?;
-    let Some((service, _)) = method_name.split_once('/') else {
+    let Some((service, name)) = method_name.split_once('/') else {
         bail!("the method must be pkg.Service/Method, got {method_name:?}")
     };
     let (report, target) = match &addr {
@@ -106,7 +106,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .with_context(|| format!("cannot connect to {addr}"))?;
                 channels.push(channel);
             }
-            let method = resolve(channels[0].clone(), &args.protos, &method_name).await?;
+            let method =
+                descriptors::find(channels[0].clone(), &args.protos, service, name).await?;
             (drive(channels, &method, &json, &args).await?, addr.clone())
         }
         None => {
@@ -120,7 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     ..CallPolicy::default()
                 },
             );
-            let method = resolve(channel.clone(), &args.protos, &method_name).await?;
+            let method = descriptors::find(channel.clone(), &args.protos, service, name).await?;
             (
                 drive(vec![channel], &method, &json, &args).await?,
                 format!("mesh:{target}"),
@@ -159,22 +160,6 @@ fn split(positional: &[String]) -> anyhow::Result<(Option<String>, String, Strin
     };
     let json = rest.next().cloned().unwrap_or_else(|| "{}".into());
     Ok((addr, method.trim_start_matches('/').to_string(), json))
-}
-
-async fn resolve<T>(
-    channel: T,
-    protos: &ProtoArgs,
-    method: &str,
-) -> anyhow::Result<MethodDescriptor>
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-{
-    let (service, name) = method.split_once('/').unwrap_or((method, ""));
-    descriptors::find(channel, protos, service, name).await
 }
 
 /// Runs the workers; each takes calls from a shared counter until the run ends.

@@ -173,13 +173,9 @@ impl TraceStore {
         let id = trace_id.to_ascii_lowercase();
         let views = |spans: &Vec<Stored>| spans.iter().map(Stored::view).collect();
         let mut matches = inner.traces.iter().filter(|(k, _)| hex(k).starts_with(&id));
+        // Ids have one length, so a full id matches only itself; a prefix must be unique.
         match (matches.next(), matches.next()) {
             (Some((_, spans)), None) if !id.is_empty() => Some(views(spans)),
-            (Some(_), Some(_)) => inner
-                .traces
-                .iter()
-                .find(|(k, _)| hex(k) == id)
-                .map(|(_, spans)| views(spans)),
             _ => None,
         }
     }
