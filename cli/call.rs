@@ -1,5 +1,6 @@
 //! `exemesh call`: call any method with JSON in and JSON out.
 
+use exemesh::mesh::dynamic_client::GrpcChannel;
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -127,11 +128,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn call_with<T>(channel: T, args: &Args, target: &Target) -> anyhow::Result<ExitCode>
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T: GrpcChannel,
 {
     let Some((service, method_name)) = target.method.trim_start_matches('/').split_once('/') else {
         bail!(

@@ -1,6 +1,7 @@
 //! Where `call` and `bench` find a method's descriptor: the `.proto` files given with `--proto`, or
 //! the server's reflection service.
 
+use exemesh::mesh::dynamic_client::GrpcChannel;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
@@ -27,11 +28,7 @@ pub async fn find<T>(
     method: &str,
 ) -> anyhow::Result<MethodDescriptor>
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T: GrpcChannel,
 {
     let pool = if protos.proto.is_empty() {
         fetch_pool(channel, service).await?

@@ -6,6 +6,40 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::codec::DynamicCodec;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A gRPC channel exemesh's generic clients accept: a tonic `Channel`, a [`MeshChannel`], or any
+/// tower service of the same shape. One name for the bounds every such function needs.
+///
+/// [`MeshChannel`]: crate::mesh::channel::MeshChannel
+pub trait GrpcChannel:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Future: Send,
+        Error: Into<BoxError>,
+        ResponseBody: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError> + Send>
+                          + Send
+                          + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> GrpcChannel for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Future: Send,
+            Error: Into<BoxError>,
+            ResponseBody: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError> + Send>
+                              + Send
+                              + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Calls `method` with `request` (a stream of input messages) and returns the stream of replies.
 ///
 /// Every RPC kind goes over the same HTTP/2 shape, so one entry point serves unary, client-,
@@ -17,11 +51,7 @@ pub async fn call<T, S>(
 ) -> Result<Response<Streaming<DynamicMessage>>, Status>
 where
     S: tokio_stream::Stream<Item = DynamicMessage> + Send + 'static,
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T: GrpcChannel,
 {
     let path = method_path(method)?;
     let mut grpc = tonic::client::Grpc::new(channel)

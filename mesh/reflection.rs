@@ -4,6 +4,7 @@
 //! Reflection v1 is tried first, then v1alpha (older servers, grpcurl's generation). Both versions
 //! share the same wire format, so one set of generated types serves both paths.
 
+use crate::mesh::dynamic_client::GrpcChannel;
 use std::collections::{HashMap, HashSet};
 
 use prost::Message as _;
@@ -43,11 +44,7 @@ pub enum ReflectionError {
 /// imports, and returns them as a descriptor pool.
 pub async fn fetch_pool<T>(channel: T, symbol: &str) -> Result<DescriptorPool, ReflectionError>
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T: GrpcChannel,
 {
     let mut last = None;
     for path in PATHS {
@@ -67,11 +64,7 @@ async fn fetch_with<T>(
     symbol: &str,
 ) -> Result<DescriptorPool, ReflectionError>
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T: GrpcChannel,
 {
     let mut files: HashMap<String, FileDescriptorProto> = HashMap::new();
     let mut pending = vec![MessageRequest::FileContainingSymbol(symbol.to_string())];
@@ -124,11 +117,7 @@ async fn ask<T>(
     symbol: &str,
 ) -> Result<Vec<FileDescriptorProto>, ReflectionError>
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T: GrpcChannel,
 {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()

@@ -364,3 +364,62 @@ async fn bench_reads_the_contract_from_proto_files_when_asked() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn bench_paces_calls_at_a_fixed_rate_and_reports_a_timeline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = manifest(
+        dir.path(),
+        "paced.toml",
+        include_str!("fixtures/echo/worker.toml"),
+        &marker("bench-rate"),
+    );
+    let served = Served::start(&path).await;
+    let out = run(
+        &[
+            "bench",
+            &served.addr,
+            "test.v1.Echo/Unary",
+            r#"{"text":"x"}"#,
+            "--rate",
+            "200",
+            "-n",
+            "40",
+            "-c",
+            "4",
+            "--warmup",
+            "0s",
+            "--timeline",
+            "50ms",
+            "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(
+        (report["calls"].as_u64(), report["ok"].as_u64()),
+        (Some(40), Some(40)),
+        "{report}"
+    );
+    assert_eq!(report["rate"], 200.0, "{report}");
+    // Paced, the 40th call is not sent before 39/200 s = 195 ms after the first (a closed loop
+    // makes 40 echo calls in a few milliseconds). A lower bound: no machine is too fast for it.
+    let seconds = report["seconds"].as_f64().expect("seconds");
+    assert!(seconds >= 0.195, "not paced: {report}");
+    let slices = report["timeline"].as_array().expect("a timeline");
+    assert!(slices.len() >= 4, "195 ms in 50 ms slices: {report}");
+    let counted: u64 = slices.iter().filter_map(|s| s["calls"].as_u64()).sum();
+    assert_eq!(counted, 40, "every call is in one slice: {report}");
+
+    let out = run(
+        &["bench", &served.addr, "test.v1.Echo/Unary", "--rate", "0"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--rate") && text(&out.stderr).contains("above 0"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use http::Response;
+use prost_reflect::{MethodDescriptor, Value};
 use tonic::Code;
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -40,4 +41,14 @@ pub fn status_of<B>(response: &Response<B>) -> Option<Code> {
         .parse::<i32>()
         .ok()?;
     Some(Code::from_i32(value))
+}
+
+/// True when the contract marks the method `idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT`:
+/// such calls may be retried on another instance.
+pub fn is_idempotent(method: &MethodDescriptor) -> bool {
+    let options = method.options();
+    matches!(
+        options.get_field_by_name("idempotency_level").as_deref(),
+        Some(Value::EnumNumber(1 | 2))
+    )
 }

@@ -7,12 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
 use super::conn::{Conn, ParentInfo};
 use super::frame::{self, OutboundCall};
+use crate::mesh::channel::retry::is_idempotent;
 use crate::mesh::channel::{CallPolicy, MeshChannel};
 use crate::mesh::deadline::with_call_deadline;
 use crate::mesh::discovery::Discovery;
@@ -221,13 +222,4 @@ fn find(pool: &DescriptorPool, service: &str, method: &str) -> Result<MethodDesc
             format!("{service} has no method {method}"),
         )
     })
-}
-
-/// True when the contract marks the method `idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT`.
-fn is_idempotent(method: &MethodDescriptor) -> bool {
-    let options = method.options();
-    matches!(
-        options.get_field_by_name("idempotency_level").as_deref(),
-        Some(Value::EnumNumber(1 | 2))
-    )
 }

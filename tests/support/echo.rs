@@ -1,6 +1,7 @@
 //! A tonic client for the test contract `test.v1.Echo`, with prost messages written by hand (the
 //! same wire format tonic-build would generate).
 
+use exemesh::mesh::dynamic_client::GrpcChannel;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -67,11 +68,7 @@ impl EchoClient<Channel> {
 
 impl<T> EchoClient<T>
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T: GrpcChannel,
 {
     pub fn new_with(channel: T) -> Self {
         Self { channel }

@@ -1,19 +1,19 @@
 //! `exemesh bench`: a gRPC load generator (like ghz) for any method, through discovery or against an
 //! address.
 
+mod load;
+mod timeline;
+
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::descriptors::{self, ProtoArgs};
 use anyhow::{Context as _, bail};
+use exemesh::mesh::channel::retry::is_idempotent;
 use exemesh::mesh::channel::{CallPolicy, MeshChannel};
-use exemesh::mesh::dynamic_client;
-use exemesh::mesh::status_code::code_name;
-use hdrhistogram::Histogram;
+use exemesh::mesh::dynamic_client::GrpcChannel;
+use load::Plan;
 use prost_reflect::{DeserializeOptions, DynamicMessage, MethodDescriptor};
 use serde::Serialize;
 use tonic::transport::Endpoint;
@@ -21,8 +21,13 @@ use tonic::transport::Endpoint;
 /// Load-test a method: N calls in flight for a number of requests or a duration, after a warm-up.
 /// Reports throughput, latency percentiles and errors by status.
 ///
+/// By default each of the -c slots calls again as soon as its call ends (the most the target can
+/// do). With --rate the calls are paced at a fixed rate instead (the latency a steady load sees).
+/// Through discovery, methods the contract marks idempotent are retried on another instance.
+///
 /// Examples: `exemesh bench 127.0.0.1:50051 grpc.health.v1.Health/Check -c 16 -z 10s`,
-/// `exemesh bench shop.v1.ProductService/GetProduct '{"id":"p1"}' -c 8 -n 2000` (through discovery).
+/// `exemesh bench shop.v1.ProductService/GetProduct '{"id":"p1"}' -c 8 -n 2000` (through discovery),
+/// `exemesh bench shop.v1.ProductService/GetProduct '{"id":"p1"}' --rate 1000 -z 10s --timeline 1s`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// [ADDR] METHOD [JSON]: an optional server address, the method (pkg.Service/Method), and the
@@ -59,6 +64,15 @@ pub struct Args {
         value_name = "ADDR"
     )]
     discovery: String,
+    /// Pace the calls at this many per second in total (open loop) instead of calling as fast as
+    /// the slots allow. A call due while all -c slots are busy waits for one, and that wait counts
+    /// in its latency (no coordinated omission).
+    #[arg(long, value_name = "CALLS_PER_S", value_parser = positive_rate)]
+    rate: Option<f64>,
+    /// Also report the run cut into slices of this length (calls, errors, p50 and p99 of each),
+    /// e.g. 100ms.
+    #[arg(long, value_name = "INTERVAL", value_parser = positive_duration)]
+    timeline: Option<Duration>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -72,12 +86,20 @@ pub struct Report {
     target: String,
     method: String,
     concurrency: usize,
+    /// The pace asked for (calls per second), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate: Option<f64>,
     calls: u64,
     ok: u64,
     errors: BTreeMap<String, u64>,
+    /// When the measured run started (Unix time, ms), to line it up with outside events.
+    started_unix_ms: u64,
     seconds: f64,
     rps: f64,
     latency_us: Latency,
+    /// The run slice by slice, with --timeline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeline: Option<Vec<timeline::Slice>>,
 }
 
 /// Latency percentiles in microseconds.
@@ -122,6 +144,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 },
             );
             let method = descriptors::find(channel.clone(), &args.protos, service, name).await?;
+            // A method the contract marks idempotent may be retried on another instance, as the
+            // mesh's own callers do.
+            let channel = if is_idempotent(&method) {
+                MeshChannel::new(
+                    exemesh::mesh::discovery::connect(&args.discovery)?,
+                    target,
+                    CallPolicy {
+                        timeout: args.timeout,
+                        idempotent: [format!("/{method_name}")].into(),
+                        ..CallPolicy::default()
+                    },
+                )
+            } else {
+                channel
+            };
             (
                 drive(vec![channel], &method, &json, &args).await?,
                 format!("mesh:{target}"),
@@ -162,7 +199,7 @@ fn split(positional: &[String]) -> anyhow::Result<(Option<String>, String, Strin
     Ok((addr, method.trim_start_matches('/').to_string(), json))
 }
 
-/// Runs the workers; each takes calls from a shared counter until the run ends.
+/// Parses the request, runs the load plan and summarises it.
 async fn drive<T>(
     channels: Vec<T>,
     method: &MethodDescriptor,
@@ -170,12 +207,7 @@ async fn drive<T>(
     args: &Args,
 ) -> anyhow::Result<Report>
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + Sync + 'static,
-    T::Future: Send,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T: GrpcChannel + Sync,
 {
     if method.is_client_streaming() {
         bail!("bench drives unary and server-streaming methods");
@@ -187,113 +219,20 @@ where
         &DeserializeOptions::new(),
     )
     .with_context(|| format!("the request is not a valid {}", method.input().full_name()))?;
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let issued = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let limit = args.total.unwrap_or(u64::MAX);
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..args.concurrency.max(1) {
-        let channel = channels[i % channels.len()].clone();
-        let (method, request, measuring, stop, issued, done) = (
-            method.clone(),
-            request.clone(),
-            measuring.clone(),
-            stop.clone(),
-            issued.clone(),
-            done.clone(),
-        );
-        let timeout = args.timeout;
-        tasks.spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .unwrap_or_else(|_| Histogram::new(3).expect("histogram"));
-            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-            while !stop.load(Ordering::Relaxed) {
-                let counted = measuring.load(Ordering::Relaxed);
-                if counted && issued.fetch_add(1, Ordering::Relaxed) >= limit {
-                    break;
-                }
-                let mut call = tonic::Request::new(tokio_stream::once(request.clone()));
-                call.set_timeout(timeout);
-                let start = Instant::now();
-                let outcome = async {
-                    let mut replies = dynamic_client::call(channel.clone(), &method, call)
-                        .await?
-                        .into_inner();
-                    while replies.message().await?.is_some() {}
-                    Ok::<_, tonic::Status>(())
-                }
-                .await;
-                if counted {
-                    match outcome {
-                        Ok(()) => {
-                            let _ = histogram.record(start.elapsed().as_micros().max(1) as u64);
-                        }
-                        Err(status) => {
-                            *errors
-                                .entry(code_name(status.code()).to_string())
-                                .or_insert(0) += 1
-                        }
-                    }
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            (histogram, errors)
-        });
-    }
-    tokio::time::sleep(args.warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    let progress = std::io::stderr().is_terminal() && !args.json;
-    let duration = if args.total.is_some() {
-        None
-    } else {
-        Some(args.duration.unwrap_or(Duration::from_secs(10)))
+    let plan = Plan {
+        concurrency: args.concurrency,
+        total: args.total,
+        duration: args.duration.unwrap_or(Duration::from_secs(10)),
+        warmup: args.warmup,
+        timeout: args.timeout,
+        rate: args.rate,
+        keep_samples: args.timeline.is_some(),
+        progress: load::interactive() && !args.json,
     };
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let n = done.load(Ordering::Relaxed);
-        if progress {
-            let shown = match (duration, args.total) {
-                (Some(d), _) => format!(
-                    "{:>5.1}/{:.0}s",
-                    started.elapsed().as_secs_f64(),
-                    d.as_secs_f64()
-                ),
-                (None, Some(t)) => format!("{n}/{t}"),
-                _ => String::new(),
-            };
-            eprint!(
-                "\r{shown}  {n} calls, {:.0} calls/s   ",
-                n as f64 / started.elapsed().as_secs_f64()
-            );
-            let _ = std::io::stderr().flush();
-        }
-        let finished = match (duration, args.total) {
-            (Some(d), _) => started.elapsed() >= d,
-            (None, Some(t)) => n >= t,
-            _ => true,
-        };
-        if finished || tasks.is_empty() {
-            break;
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut histogram = Histogram::<u64>::new(3).context("histogram")?;
-    let mut errors = BTreeMap::new();
-    while let Some(joined) = tasks.join_next().await {
-        let (h, e) = joined.context("bench worker")?;
-        histogram.add(h).context("merging histograms")?;
-        for (code, n) in e {
-            *errors.entry(code).or_insert(0) += n;
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    if progress {
-        eprintln!();
-    }
+    let outcome = load::run(channels, method, request, &plan).await?;
+    let histogram = &outcome.histogram;
     let ok = histogram.len();
-    let calls = ok + errors.values().sum::<u64>();
+    let calls = ok + outcome.errors.values().sum::<u64>();
     let q = |p: f64| histogram.value_at_quantile(p);
     let latency_us = Latency {
         p50: q(0.5),
@@ -302,22 +241,52 @@ where
         p99_9: q(0.999),
         max: histogram.max(),
     };
+    let started_unix_ms = SystemTime::now()
+        .checked_sub(outcome.started.elapsed())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
     Ok(Report {
         target: String::new(),
         method: String::new(),
         concurrency: args.concurrency,
+        rate: args.rate,
         calls,
         ok,
-        errors,
-        seconds,
-        rps: calls as f64 / seconds,
+        errors: outcome.errors,
+        started_unix_ms,
+        seconds: outcome.seconds,
+        rps: calls as f64 / outcome.seconds.max(1e-9),
         latency_us,
+        timeline: args
+            .timeline
+            .map(|width| timeline::slices(&outcome.samples, outcome.started, width)),
     })
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("expected calls per second above 0, got {text:?}")),
+    }
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("the interval must be longer than 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn print_report(r: &Report) {
     println!("target      {}", r.target);
-    println!("method      {}   concurrency {}", r.method, r.concurrency);
+    match r.rate {
+        Some(rate) => println!(
+            "method      {}   concurrency {}   paced at {rate} calls/s",
+            r.method, r.concurrency
+        ),
+        None => println!("method      {}   concurrency {}", r.method, r.concurrency),
+    }
     println!(
         "calls       {} in {:.2}s: {:.0} calls/s",
         r.calls, r.seconds, r.rps
@@ -337,5 +306,19 @@ fn print_report(r: &Report) {
     } else {
         let errs: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
         println!("errors      {}", errs.join(", "));
+    }
+    if let Some(slices) = &r.timeline {
+        println!("timeline    from     calls  errors    calls/s     p50ms     p99ms");
+        for s in slices {
+            println!(
+                "        {:>8.1}s {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3}",
+                s.start_ms as f64 / 1000.0,
+                s.calls,
+                s.errors,
+                s.rps,
+                s.p50_us as f64 / 1000.0,
+                s.p99_us as f64 / 1000.0
+            );
+        }
     }
 }
