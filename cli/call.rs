@@ -1,5 +1,6 @@
 //! `exemesh call`: call any method with JSON in and JSON out.
 
+use super::discovery_arg::DiscoveryArg;
 use exemesh::mesh::dynamic_client::GrpcChannel;
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
@@ -37,14 +38,8 @@ pub struct Args {
     /// The request: JSON text, @FILE, or - for stdin.
     #[arg(short = 'd', long = "data")]
     data: Option<String>,
-    /// Discovery to resolve the service through when no address is given (an embedded registry).
-    #[arg(
-        long,
-        env = "EXEMESH_DISCOVERY",
-        default_value = "127.0.0.1:7700",
-        value_name = "ADDR"
-    )]
-    discovery: String,
+    #[command(flatten)]
+    discovery: DiscoveryArg,
     /// Request metadata, `key: value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
@@ -109,13 +104,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             call_with(channel, &args, &target).await
         }
         None => {
-            let discovery = exemesh::mesh::discovery::connect(&args.discovery)?;
+            let discovery = args.discovery.connect()?;
             // Fail fast (and say why) when discovery itself cannot be asked, instead of waiting for
             // instances until the deadline.
             discovery
                 .resolve(service)
                 .await
-                .with_context(|| format!("cannot ask discovery at {}", args.discovery))?;
+                .with_context(|| format!("cannot ask discovery at {}", args.discovery.addr))?;
             let policy = CallPolicy {
                 timeout: args.timeout.unwrap_or(Duration::from_secs(30)),
                 ..CallPolicy::default()

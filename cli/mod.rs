@@ -6,6 +6,7 @@ mod call;
 mod certs;
 mod check;
 mod descriptors;
+mod discovery_arg;
 mod init;
 mod registry;
 mod serve;
@@ -41,6 +42,7 @@ enum Command {
     Status(status::Args),
     Up(up::Args),
     Bench(bench::Args),
+    BenchDiscovery(bench::discovery::Args),
     Trace(trace::Args),
     Certs(certs::Args),
 }
@@ -84,6 +86,7 @@ pub fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchDiscovery(args) => bench::discovery::run(args).await,
             Command::Trace(args) => trace::run(args).await,
             Command::Certs(args) => certs::run(args),
         };

@@ -1,5 +1,6 @@
 //! `exemesh status`: what discovery knows, and whether each instance answers its health check.
 
+use super::discovery_arg::DiscoveryArg;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,14 +14,8 @@ use tonic_health::pb::health_client::HealthClient;
 /// List the services in discovery with their instances, addresses, health and lease age.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Discovery to ask (an embedded registry).
-    #[arg(
-        long,
-        env = "EXEMESH_DISCOVERY",
-        default_value = "127.0.0.1:7700",
-        value_name = "ADDR"
-    )]
-    discovery: String,
+    #[command(flatten)]
+    discovery: DiscoveryArg,
     /// Only this service.
     #[arg(long)]
     service: Option<String>,
@@ -42,7 +37,7 @@ pub struct Row {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let rows = gather(&args.discovery, args.service.as_deref()).await?;
+    let rows = gather(&args.discovery.addr, args.service.as_deref()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {

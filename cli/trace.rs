@@ -1,5 +1,6 @@
 //! `exemesh trace`: the recent traces of a local mesh, as a waterfall in the terminal.
 
+use super::discovery_arg::DiscoveryArg;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -18,18 +19,12 @@ pub struct Args {
     /// How many recent traces to list.
     #[arg(long, default_value_t = 20)]
     limit: u32,
-    /// The mesh's registry (where `exemesh up` registers its trace view).
-    #[arg(
-        long,
-        env = "EXEMESH_DISCOVERY",
-        default_value = "127.0.0.1:7700",
-        value_name = "ADDR"
-    )]
-    discovery: String,
+    #[command(flatten)]
+    discovery: DiscoveryArg,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let discovery = exemesh::mesh::discovery::connect(&args.discovery)?;
+    let discovery = args.discovery.connect()?;
     let channel = MeshChannel::new(
         discovery,
         "exemesh.v1.Traces",
@@ -42,7 +37,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let unreachable = || {
         format!(
             "no trace view found through {} (is `exemesh up` running with its own trace collection?)",
-            args.discovery
+            args.discovery.addr
         )
     };
     match &args.trace_id {
@@ -56,7 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             if traces.is_empty() {
                 println!(
                     "no traces yet: make a call, e.g. exemesh call --discovery {} <pkg.Service/Method> '{{...}}'",
-                    args.discovery
+                    args.discovery.addr
                 );
             }
             println!(

@@ -423,3 +423,17 @@ async fn bench_paces_calls_at_a_fixed_rate_and_reports_a_timeline() {
         text(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn bench_discovery_loads_the_registry_and_times_changes_at_every_watcher() {
+    let registry = support::Registry::start("127.0.0.1:0");
+    support::bench_discovery(&registry.addr, 200).await;
+
+    let out = run(&["bench-discovery", "--watchers", "0"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--watchers"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -446,3 +446,12 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_discovery_times_changes_through_etcd() {
+    let etcd = tokio::task::spawn_blocking(|| Etcd::start(1))
+        .await
+        .expect("etcd");
+    // The probe serves every watched service: its keys are written in one transaction.
+    support::bench_discovery(&etcd.spec(), 100).await;
+}

@@ -1,9 +1,12 @@
 //! `exemesh bench`: a gRPC load generator (like ghz) for any method, through discovery or against an
 //! address.
 
+pub mod discovery;
 mod load;
+mod percentile;
 mod timeline;
 
+use super::discovery_arg::DiscoveryArg;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,14 +59,8 @@ pub struct Args {
     /// `grpc.health.v1.Health/Check` on the replicas of `shop.v1.ProductService`).
     #[arg(long, value_name = "SERVICE")]
     service: Option<String>,
-    /// Discovery for calls without an address.
-    #[arg(
-        long,
-        env = "EXEMESH_DISCOVERY",
-        default_value = "127.0.0.1:7700",
-        value_name = "ADDR"
-    )]
-    discovery: String,
+    #[command(flatten)]
+    discovery: DiscoveryArg,
     /// Pace the calls at this many per second in total (open loop) instead of calling as fast as
     /// the slots allow. A call due while all -c slots are busy waits for one, and that wait counts
     /// in its latency (no coordinated omission).
@@ -133,7 +130,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             (drive(channels, &method, &json, &args).await?, addr.clone())
         }
         None => {
-            let discovery = exemesh::mesh::discovery::connect(&args.discovery)?;
+            let discovery = args.discovery.connect()?;
             let target = args.service.as_deref().unwrap_or(service);
             let channel = MeshChannel::new(
                 discovery,
@@ -148,7 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             // mesh's own callers do.
             let channel = if is_idempotent(&method) {
                 MeshChannel::new(
-                    exemesh::mesh::discovery::connect(&args.discovery)?,
+                    args.discovery.connect()?,
                     target,
                     CallPolicy {
                         timeout: args.timeout,

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::percentile::rank;
+
 /// One call's outcome, stamped with when it finished.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -64,21 +66,12 @@ pub fn slices(samples: &[Sample], started: Instant, width: Duration) -> Vec<Slic
                 calls,
                 errors,
                 rps: calls as f64 / width.as_secs_f64(),
-                p50_us: rank(&ok, 0.5),
-                p99_us: rank(&ok, 0.99),
+                p50_us: u64::from(rank(&ok, 0.5)),
+                p99_us: u64::from(rank(&ok, 0.99)),
                 max_us: ok.last().copied().map_or(0, u64::from),
             }
         })
         .collect()
-}
-
-/// The nearest-rank percentile of sorted values (0 for none).
-fn rank(sorted: &[u32], p: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    u64::from(sorted[i])
 }
 
 #[cfg(test)]
@@ -114,16 +107,5 @@ mod tests {
         assert_eq!((got[1].calls, got[1].p99_us), (0, 0), "nothing finished");
         assert_eq!((got[2].start_ms, got[2].calls, got[2].errors), (200, 2, 1));
         assert_eq!(got[2].p50_us, 50, "errors carry no latency");
-    }
-
-    #[test]
-    fn nearest_rank() {
-        let v: Vec<u32> = (1..=100).collect();
-        assert_eq!(
-            (rank(&v, 0.5), rank(&v, 0.99), rank(&v, 1.0)),
-            (50, 99, 100)
-        );
-        assert_eq!(rank(&[7], 0.99), 7);
-        assert_eq!(rank(&[], 0.5), 0);
     }
 }

@@ -34,6 +34,8 @@ pub const DEFAULT_PREFIX: &str = "/exemesh/services";
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// etcd's smallest lease.
 const MIN_TTL_SECS: i64 = 2;
+/// Operations per transaction that etcd accepts by default (`--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
 
 /// An etcd cluster used for discovery.
 #[derive(Debug)]
@@ -175,21 +177,25 @@ impl Discovery for EtcdDiscovery {
             instance.registered_unix_ms = now;
             instance.renewed_unix_ms = now;
             let value = instance.encode_to_vec();
-            for service in &instance.services {
-                let key = self.key(service, &instance.id);
-                let value = value.clone();
+            // Every key of the instance in one transaction: watchers of each of its services see
+            // it in the same revision, in one round trip (etcd allows 128 operations per
+            // transaction by default, so more services take several).
+            let puts: Vec<RequestOp> = instance
+                .services
+                .iter()
+                .map(|service| RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: self.key(service, &instance.id),
+                        value: value.clone(),
+                        lease: grant.id,
+                        prev_kv: false,
+                    })),
+                })
+                .collect();
+            for chunk in puts.chunks(MAX_TXN_OPS) {
                 self.any_member("put", |ch| {
-                    let (key, value) = (key.clone(), value.clone());
-                    async move {
-                        KvClient::new(ch)
-                            .put(PutRequest {
-                                key,
-                                value,
-                                lease: grant.id,
-                                prev_kv: false,
-                            })
-                            .await
-                    }
+                    let success = chunk.to_vec();
+                    async move { KvClient::new(ch).txn(TxnRequest { success }).await }
                 })
                 .await?;
             }

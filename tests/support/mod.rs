@@ -389,3 +389,44 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
         .unwrap_or(0);
     (status, body.to_string())
 }
+
+/// Runs `exemesh bench-discovery` against `spec` with a small load (`instances` over 4 services,
+/// 10 watchers on 2 connections, 6 changes, 1 s leases renewed every third of a second), checks
+/// that every change reached every watcher and that it removed everything it registered, and
+/// returns its JSON report.
+pub async fn bench_discovery(spec: &str, instances: u32) -> serde_json::Value {
+    let out = Command::new(exemesh())
+        .args(["bench-discovery", "--discovery", spec, "--json"])
+        .args(["--instances", &instances.to_string(), "--services", "4"])
+        .args(["--watchers", "10", "--watchers-per-connection", "5"])
+        .args(["--changes", "6", "--interval", "100ms", "--ttl", "1s"])
+        .env("EXEMESH_LOG", "warn")
+        .output()
+        .expect("run exemesh bench-discovery");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["instances"], instances, "{report}");
+    assert_eq!(
+        (report["deliveries"].as_u64(), report["missed"].as_u64()),
+        (Some(60), Some(0)),
+        "6 changes x 10 watchers: {report}"
+    );
+    // 0.5 s of changes with leases renewed every 333 ms: at least one round of renewals (a
+    // slower machine makes more, never fewer).
+    assert!(
+        report["renewals"].as_u64() >= Some(u64::from(instances)),
+        "{report}"
+    );
+    assert_eq!(report["renewal_errors"], 0, "{report}");
+    assert_eq!(report["watch_errors"], 0, "{report}");
+    let p99 = report["delivery_ms"]["p99"].as_f64().expect("p99");
+    assert!(p99 > 0.0, "{report}");
+    let left = exemesh::mesh::discovery::connect(spec)
+        .expect("discovery")
+        .resolve("")
+        .await
+        .expect("resolve");
+    assert!(left.is_empty(), "bench-discovery left {left:?} behind");
+    report
+}
