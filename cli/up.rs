@@ -279,16 +279,14 @@ fn serve_forever(
 }
 
 async fn start_trace_view(registry: &str) -> anyhow::Result<TraceView> {
-    use exemesh::mesh::trace_view::service::{Query, Receiver};
+    use exemesh::mesh::trace_view::receiver::Receiver;
+    use exemesh::mesh::trace_view::service::Query;
     use exemesh::mesh::trace_view::store::TraceStore;
     use exemesh::pb::v1::traces_server::TracesServer;
-    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
     let store = std::sync::Arc::new(TraceStore::default());
     let otlp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = otlp.local_addr()?;
-    let receiver = tonic::service::Routes::new(
-        TraceServiceServer::new(Receiver(store.clone())).max_decoding_message_size(64 << 20),
-    );
+    let receiver = tonic::service::Routes::new(Receiver(store.clone()));
     let query_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let query_addr = query_listener.local_addr()?;
     let query = tonic::service::Routes::new(TracesServer::new(Query(store)));

@@ -1,7 +1,8 @@
-//! The trace view of the embedded default: `exemesh up` receives OTLP spans itself and keeps the
-//! recent ones ([`store`]), serves them as `exemesh.v1.Traces` ([`service`]), and `exemesh trace`
+//! The trace view of the embedded default: `exemesh up` receives OTLP spans itself ([`receiver`])
+//! and keeps the recent ones ([`store`]), serves them as `exemesh.v1.Traces` ([`service`]), and `exemesh trace`
 //! prints them as a waterfall ([`waterfall`]).
 
+pub mod receiver;
 pub mod service;
 pub mod store;
 pub mod waterfall;

@@ -1,34 +1,12 @@
-//! The OTLP receiver (`opentelemetry.proto.collector.trace.v1.TraceService`, from the official protos)
-//! and `exemesh.v1.Traces`, both over one [`TraceStore`].
+//! `exemesh.v1.Traces`: what the [`TraceStore`] holds, for `exemesh trace`.
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use tonic::{Request, Response, Status};
 
 use super::store::TraceStore;
 use crate::pb::v1::traces_server::Traces;
 use crate::pb::v1::{GetTraceRequest, GetTraceResponse, ListTracesRequest, ListTracesResponse};
-
-/// Receives spans.
-#[derive(Debug, Clone)]
-pub struct Receiver(pub Arc<TraceStore>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        self.0.add(request.into_inner().resource_spans);
-        Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
 
 /// Serves what was received.
 #[derive(Debug, Clone)]

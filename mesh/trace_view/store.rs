@@ -3,14 +3,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::AnyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 
+use prost::Message as _;
+
+use super::receiver::SpanHead;
 use crate::pb::v1::{SpanView, TraceSummary};
 
-/// Spans kept at most, over all traces.
-pub const MAX_SPANS: usize = 50_000;
+/// Memory the kept spans may take, over all traces: about 20,000 of exemesh's spans (some 6,000
+/// traces of the shop example), ample for a local trace view.
+pub const MAX_BYTES: usize = 4 << 20;
 
 /// The collected traces.
 #[derive(Debug, Default)]
@@ -21,19 +26,30 @@ pub struct TraceStore {
 /// A trace id as it arrives (16 bytes; other lengths are kept as they are).
 type TraceKey = Vec<u8>;
 
-/// A span as received: converting it to a [`SpanView`] (hex ids, attribute values as text) waits
-/// until somebody looks, since most collected spans never are.
+/// A span as received, kept encoded: most collected spans are never looked at, and its protobuf
+/// encoding takes a fraction of the memory of the decoded message (one allocation instead of one
+/// per name, attribute and value). What a trace summary needs is kept beside it.
 #[derive(Debug)]
 struct Stored {
     service: Arc<str>,
-    span: Span,
+    span_id: u64,
+    parent_span_id: u64,
+    start: u64,
+    end: u64,
+    error: bool,
+    encoded: Box<[u8]>,
+}
+
+/// A span id as a number (ids are 8 bytes; 0 for none).
+fn id(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0, |id, b| id << 8 | u64::from(*b))
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     traces: HashMap<TraceKey, Vec<Stored>>,
     order: VecDeque<TraceKey>,
-    spans: usize,
+    bytes: usize,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -69,8 +85,31 @@ fn kind(kind: i32) -> &'static str {
 }
 
 impl Stored {
+    /// The memory it takes.
+    fn size(&self) -> usize {
+        std::mem::size_of::<Self>() + self.encoded.len()
+    }
+
+    /// Keeps a copy of `encoded` (not the request buffer it is a slice of).
+    fn new(service: Arc<str>, head: &SpanHead, encoded: &[u8]) -> Self {
+        Self {
+            service,
+            span_id: id(&head.span_id),
+            parent_span_id: id(&head.parent_span_id),
+            start: head.start_time_unix_nano,
+            end: head.end_time_unix_nano,
+            error: head.status.as_ref().is_some_and(|s| s.code == 2),
+            encoded: encoded.into(),
+        }
+    }
+
+    /// The span as sent (its head decoded when it was filed, so the rest does too).
+    fn span(&self) -> Span {
+        Span::decode(&*self.encoded).unwrap_or_default()
+    }
+
     fn view(&self) -> SpanView {
-        let span = &self.span;
+        let span = &self.span();
         let events = span
             .events
             .iter()
@@ -109,48 +148,32 @@ impl Stored {
             events,
         }
     }
-
-    fn is_error(&self) -> bool {
-        self.span.status.as_ref().is_some_and(|s| s.code == 2)
-    }
 }
 
 impl TraceStore {
-    /// Adds the spans of an OTLP export request.
-    pub fn add(&self, resource_spans: Vec<ResourceSpans>) {
+    /// Files spans: (the service that sent it, its head, its encoding).
+    pub fn add(&self, spans: Vec<(Arc<str>, SpanHead, Bytes)>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        for rs in resource_spans {
-            let service: Arc<str> = rs
-                .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .map(|kv| text(&kv.value))
-                .unwrap_or_default()
-                .into();
-            for scope in rs.scope_spans {
-                for span in scope.spans {
-                    let stored = Stored {
-                        service: service.clone(),
-                        span,
-                    };
-                    match inner.traces.get_mut(&stored.span.trace_id) {
-                        Some(spans) => spans.push(stored),
-                        None => {
-                            let key = stored.span.trace_id.clone();
-                            inner.order.push_back(key.clone());
-                            inner.traces.insert(key, vec![stored]);
-                        }
-                    }
-                    inner.spans += 1;
+        for (service, head, encoded) in spans {
+            let stored = Stored::new(service, &head, &encoded);
+            inner.bytes += stored.size();
+            match inner.traces.get_mut(&head.trace_id) {
+                Some(spans) => spans.push(stored),
+                None => {
+                    inner.order.push_back(head.trace_id.clone());
+                    inner.traces.insert(head.trace_id, vec![stored]);
                 }
             }
         }
-        while inner.spans > MAX_SPANS {
+        while inner.bytes > MAX_BYTES {
             let Some(oldest) = inner.order.pop_front() else {
                 break;
             };
-            let dropped = inner.traces.remove(&oldest).map_or(0, |s| s.len());
-            inner.spans -= dropped;
+            let dropped: usize = inner
+                .traces
+                .remove(&oldest)
+                .map_or(0, |spans| spans.iter().map(Stored::size).sum());
+            inner.bytes -= dropped;
         }
     }
 
@@ -182,31 +205,126 @@ impl TraceStore {
 }
 
 fn summary(id: &[u8], spans: &[Stored]) -> TraceSummary {
-    let ids: std::collections::HashSet<&[u8]> =
-        spans.iter().map(|s| s.span.span_id.as_slice()).collect();
+    let ids: std::collections::HashSet<u64> = spans.iter().map(|s| s.span_id).collect();
     let root = spans
         .iter()
-        .filter(|s| {
-            s.span.parent_span_id.is_empty() || !ids.contains(s.span.parent_span_id.as_slice())
-        })
-        .min_by_key(|s| s.span.start_time_unix_nano);
-    let start = spans
-        .iter()
-        .map(|s| s.span.start_time_unix_nano)
-        .min()
-        .unwrap_or(0);
-    let end = spans
-        .iter()
-        .map(|s| s.span.end_time_unix_nano)
-        .max()
-        .unwrap_or(start);
+        .filter(|s| s.parent_span_id == 0 || !ids.contains(&s.parent_span_id))
+        .min_by_key(|s| s.start);
+    let start = spans.iter().map(|s| s.start).min().unwrap_or(0);
+    let end = spans.iter().map(|s| s.end).max().unwrap_or(start);
     TraceSummary {
         trace_id: hex(id),
         root_service: root.map(|r| r.service.to_string()).unwrap_or_default(),
-        root_name: root.map(|r| r.span.name.clone()).unwrap_or_default(),
+        root_name: root.map(|r| r.span().name).unwrap_or_default(),
         start_unix_nanos: start,
         duration_nanos: end.saturating_sub(start),
         span_count: spans.len() as u32,
-        error: spans.iter().any(Stored::is_error),
+        error: spans.iter().any(|s| s.error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
+    use opentelemetry_proto::tonic::trace::v1::Status;
+
+    fn string(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(value.into())),
+            }),
+            ..KeyValue::default()
+        }
+    }
+
+    fn span(trace: u8, id: u8, parent: u8, name: &str, start: u64, error: bool) -> Span {
+        Span {
+            trace_id: vec![trace; 16],
+            span_id: vec![id; 8],
+            parent_span_id: if parent == 0 { vec![] } else { vec![parent; 8] },
+            name: name.into(),
+            kind: 2,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 100,
+            attributes: vec![string("rpc.method", name)],
+            status: error.then(|| Status {
+                code: 2,
+                message: "boom".into(),
+            }),
+            ..Span::default()
+        }
+    }
+
+    fn export(service: &str, spans: Vec<Span>) -> Vec<(Arc<str>, SpanHead, Bytes)> {
+        spans
+            .into_iter()
+            .map(|span| {
+                let encoded = Bytes::from(span.encode_to_vec());
+                let head = SpanHead::decode(encoded.clone()).expect("a span");
+                (service.into(), head, encoded)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn spans_come_back_as_sent_with_their_trace_summary() {
+        let store = TraceStore::default();
+        store.add(export(
+            "shop.v1.OrderService",
+            vec![
+                span(1, 2, 1, "child", 20, true),
+                span(1, 1, 0, "root", 10, false),
+            ],
+        ));
+        let list = store.list(10);
+        assert_eq!(list.len(), 1);
+        let t = &list[0];
+        assert_eq!(
+            (t.root_name.as_str(), t.root_service.as_str()),
+            ("root", "shop.v1.OrderService")
+        );
+        assert_eq!(
+            (t.start_unix_nanos, t.duration_nanos, t.span_count, t.error),
+            (10, 110, 2, true)
+        );
+        let views = store.get(&"01".repeat(16)).expect("the trace");
+        let child = views.iter().find(|v| v.name == "child").expect("child");
+        assert_eq!(child.parent_span_id, "01".repeat(8));
+        assert_eq!(
+            (child.status.as_str(), child.status_message.as_str()),
+            ("error", "boom")
+        );
+        assert_eq!(
+            child.attributes.get("rpc.method").map(String::as_str),
+            Some("child")
+        );
+        assert!(store.get("02").is_none());
+    }
+
+    #[test]
+    fn the_oldest_traces_go_first_when_over_the_memory_budget() {
+        let store = TraceStore::default();
+        let per_span = export("s", vec![span(0, 1, 0, "x", 0, false)])
+            .iter()
+            .map(|(service, head, encoded)| Stored::new(service.clone(), head, encoded).size())
+            .sum::<usize>();
+        let traces = MAX_BYTES / per_span + 10;
+        for t in 0..traces {
+            let mut s = span(0, 1, 0, "x", t as u64, false);
+            s.trace_id = (t as u128).to_be_bytes().to_vec();
+            store.add(export("s", vec![s]));
+        }
+        let inner = store.inner.lock().expect("lock");
+        assert!(inner.bytes <= MAX_BYTES, "{} bytes kept", inner.bytes);
+        assert_eq!(inner.traces.len(), inner.order.len());
+        assert!(inner.traces.len() < traces, "nothing was dropped");
+        assert!(
+            !inner.traces.contains_key(0u128.to_be_bytes().as_slice()),
+            "the oldest stays"
+        );
+        let newest = ((traces - 1) as u128).to_be_bytes().to_vec();
+        assert!(inner.traces.contains_key(&newest), "the newest went");
     }
 }

@@ -1,0 +1,236 @@
+//! The OTLP trace receiver (`opentelemetry.proto.collector.trace.v1.TraceService/Export`) of
+//! `exemesh up`, which files spans without decoding them.
+//!
+//! An export request is read as nested byte ranges: each span stays the protobuf bytes it arrived
+//! as, and only the few fields a trace summary needs are read from it ([`SpanHead`]); names,
+//! attributes and events are skipped, not decoded. The generated OTLP server would decode every
+//! span into a tree of strings and vectors, only for the store to keep a fraction of it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Status as SpanStatus;
+use tonic::{Request, Response, Status};
+
+use super::store::TraceStore;
+
+/// The gRPC service name of the OTLP trace collector.
+pub const SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
+const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The largest export request accepted.
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// `ExportTraceServiceRequest`, its `ResourceSpans` left as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportRequest {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    resource_spans: Vec<Bytes>,
+}
+
+/// `ResourceSpans`: the resource decoded (it names the service), its `ScopeSpans` left as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ResourceSpans {
+    #[prost(message, optional, tag = "1")]
+    resource: Option<Resource>,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    scope_spans: Vec<Bytes>,
+}
+
+/// `ScopeSpans`: its spans left as bytes.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ScopeSpans {
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    spans: Vec<Bytes>,
+}
+
+/// The fields of an OTLP `Span` the store indexes (same tags); decoding skips every other field.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SpanHead {
+    /// 16 bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub trace_id: Vec<u8>,
+    /// 8 bytes.
+    #[prost(bytes = "vec", tag = "2")]
+    pub span_id: Vec<u8>,
+    /// 8 bytes, or none for a root.
+    #[prost(bytes = "vec", tag = "4")]
+    pub parent_span_id: Vec<u8>,
+    /// Start, Unix nanoseconds.
+    #[prost(fixed64, tag = "7")]
+    pub start_time_unix_nano: u64,
+    /// End, Unix nanoseconds.
+    #[prost(fixed64, tag = "8")]
+    pub end_time_unix_nano: u64,
+    /// Its status.
+    #[prost(message, optional, tag = "15")]
+    pub status: Option<SpanStatus>,
+}
+
+/// Receives spans into a [`TraceStore`]: a tower service to mount in `tonic::service::Routes`.
+#[derive(Debug, Clone)]
+pub struct Receiver(pub Arc<TraceStore>);
+
+impl tonic::server::NamedService for Receiver {
+    const NAME: &'static str = SERVICE;
+}
+
+impl<B> tower::Service<http::Request<B>> for Receiver
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != EXPORT {
+            let status = Status::unimplemented(format!("{} is not served", request.uri().path()));
+            return Box::pin(async move { Ok(status.into_http()) });
+        }
+        let store = self.0.clone();
+        Box::pin(async move {
+            let codec =
+                tonic_prost::ProstCodec::<ExportTraceServiceResponse, ExportRequest>::default();
+            let mut grpc = tonic::server::Grpc::new(codec)
+                .apply_max_message_size_config(Some(MAX_REQUEST_BYTES), None);
+            Ok(grpc.unary(Export(store), request).await)
+        })
+    }
+}
+
+/// One export call.
+struct Export(Arc<TraceStore>);
+
+impl tonic::server::UnaryService<ExportRequest> for Export {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<Response<Self::Response>, Status>>;
+
+    fn call(&mut self, request: Request<ExportRequest>) -> Self::Future {
+        std::future::ready(file(&self.0, request.into_inner()).map(|()| {
+            Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            })
+        }))
+    }
+}
+
+/// Files every span of a request; a malformed one fails the request (INVALID_ARGUMENT) before
+/// anything of it is kept.
+fn file(store: &TraceStore, request: ExportRequest) -> Result<(), Status> {
+    use prost::Message as _;
+    let invalid = |what: &str, e: prost::DecodeError| {
+        Status::invalid_argument(format!("malformed OTLP export ({what}): {e}"))
+    };
+    let mut batch = Vec::new();
+    for resource_spans in request.resource_spans {
+        let resource_spans =
+            ResourceSpans::decode(resource_spans).map_err(|e| invalid("ResourceSpans", e))?;
+        let service: Arc<str> = resource_spans
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+            .map(|v| match v {
+                Value::StringValue(s) => s.as_str().into(),
+                other => format!("{other:?}").into(),
+            })
+            .unwrap_or_else(|| "".into());
+        for scope_spans in resource_spans.scope_spans {
+            let scope_spans =
+                ScopeSpans::decode(scope_spans).map_err(|e| invalid("ScopeSpans", e))?;
+            for span in scope_spans.spans {
+                let head = SpanHead::decode(span.clone()).map_err(|e| invalid("Span", e))?;
+                batch.push((service.clone(), head, span));
+            }
+        }
+    }
+    store.add(batch);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::{self as otlp, Span};
+    use prost::Message as _;
+
+    fn request(service: &str, spans: Vec<Span>) -> ExportRequest {
+        let full = ExportTraceServiceRequest {
+            resource_spans: vec![otlp::ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(Value::StringValue(service.into())),
+                        }),
+                        ..KeyValue::default()
+                    }],
+                    ..Resource::default()
+                }),
+                scope_spans: vec![otlp::ScopeSpans {
+                    spans,
+                    ..otlp::ScopeSpans::default()
+                }],
+                ..otlp::ResourceSpans::default()
+            }],
+        };
+        ExportRequest::decode(full.encode_to_vec().as_slice()).expect("the same wire format")
+    }
+
+    #[test]
+    fn spans_are_filed_with_their_service_and_read_back_whole() {
+        let store = TraceStore::default();
+        let span = Span {
+            trace_id: vec![7; 16],
+            span_id: vec![1; 8],
+            name: "shop.v1.UserService/GetUser".into(),
+            start_time_unix_nano: 5,
+            end_time_unix_nano: 9,
+            status: Some(SpanStatus {
+                code: 2,
+                message: "NOT_FOUND".into(),
+            }),
+            ..Span::default()
+        };
+        file(&store, request("shop.v1.UserService", vec![span])).expect("filed");
+        let list = store.list(5);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].root_service, "shop.v1.UserService");
+        assert_eq!(list[0].root_name, "shop.v1.UserService/GetUser");
+        assert_eq!((list[0].duration_nanos, list[0].error), (4, true));
+        let views = store.get("0707").expect("by prefix");
+        assert_eq!(views[0].status_message, "NOT_FOUND");
+    }
+
+    #[test]
+    fn a_malformed_span_fails_the_whole_request_and_keeps_nothing() {
+        let store = TraceStore::default();
+        let mut bad = request("s", vec![Span::default()]);
+        // A ScopeSpans whose span claims 100 bytes it does not have.
+        let scope = ScopeSpans {
+            spans: vec![Bytes::from_static(&[0x0a, 100, 1, 2])],
+        };
+        let resource = ResourceSpans {
+            resource: None,
+            scope_spans: vec![scope.encode_to_vec().into()],
+        };
+        bad.resource_spans.push(resource.encode_to_vec().into());
+        let status = file(&store, bad).expect_err("malformed");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("Span"), "{}", status.message());
+        assert!(store.list(5).is_empty());
+    }
+}
