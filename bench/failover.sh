@@ -65,7 +65,7 @@ print(json.dumps({"variant": "failover", "round": int(sys.argv[3]), "concurrency
   "killed_at_ms": killed, "calls": r["calls"], "errors": r["errors"], "rps": r["rps"],
   "p99_before_us": worst(before), "p99_after_us": worst(after),
   "rps_after": sum(s["calls"] for s in after) / max(len(after), 1) * 10,
-  "latency_us": r["latency_us"]}))
+  "latency_us": r["latency_us"], "timeline": r["timeline"]}))
 PY
   # The other replicas of this round go too (SIGTERM: they deregister).
   for i in 1 3; do kill "${replica[r$round-$i]}" 2>/dev/null || true; done

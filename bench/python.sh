@@ -6,6 +6,8 @@
 #   grpcio-aio    grpcio.aio, one process                      (bench/python/grpcio_server.py aio)
 #   spawn         exemesh serve, spawn mode: one Python process per call (bench/python/spawn.py)
 #   spawn-cat     the same manifest running /bin/cat (it echoes the request): exemesh's fixed cost
+#   spawn-exe     the same manifest running spawn.py built by PyInstaller (--onedir), as a team
+#                 shipping its monolith as an executable would
 # plus the floor for spawn mode: the same programs spawned bare (posix_spawn, pipes, wait; no gRPC),
 # and the RSS of the `exemesh serve` processes (without their workers) idle and after the load.
 # `exemesh bench` calls each server directly (one connection) at 1, 16 and 64 calls in flight.
@@ -22,13 +24,23 @@ fi
 py=$root/.venv/bin/python
 . bench/lib.sh
 bench_init
+# spawn.py as a PyInstaller --onedir executable, rebuilt when its sources change.
+exe_dir=$root/target/bench-pyinstaller
+exe=$exe_dir/dist/spawn/spawn
+if [ ! -x "$exe" ] || [ bench/python/spawn.py -nt "$exe" ] || [ bench/python/handler.py -nt "$exe" ]; then
+  "$py" -m pip install --quiet --disable-pip-version-check pyinstaller==6.22.0
+  "$py" -m PyInstaller --noconfirm --clean --log-level WARN --onedir --name spawn \
+    --paths bench/python --distpath "$exe_dir/dist" --workpath "$exe_dir/build" --specpath "$exe_dir/build" \
+    bench/python/spawn.py
+fi
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
 "$py" -m grpc_tools.protoc -I bench/python --python_out="$work" --grpc_python_out="$work" bench/python/echo.proto
 declare -A addr pid
 sed -e "s|@ROOT@|$root|g" -e 's|argv = \["@PYTHON@", .*|argv = ["/bin/cat"]|' bench/python/spawn.toml >"$work/spawn-cat.toml"
-for mode in worker spawn spawn-cat; do
+sed -e "s|@ROOT@|$root|g" -e "s|argv = \\[\"@PYTHON@\", .*|argv = [\"$exe\"]|" bench/python/spawn.toml >"$work/spawn-exe.toml"
+for mode in worker spawn spawn-cat spawn-exe; do
   [ -f "$work/$mode.toml" ] || sed -e "s|@ROOT@|$root|g" -e "s|@PYTHON@|$py|g" "bench/python/$mode.toml" >"$work/$mode.toml"
   EXEMESH_LOG=warn "$bin" serve "$work/$mode.toml" --listen 127.0.0.1:0 >"$work/$mode.out" 2>"$work/$mode.log" &
   pids+=($!); pid[$mode]=$!
@@ -42,7 +54,7 @@ done
 method=bench.v1.Echo/Unary
 protos=(--proto bench/python/echo.proto -I bench/python)
 # Every variant answers before the clock starts (worker pools ready, grpcio bound).
-for variant in worker spawn spawn-cat grpcio-sync grpcio-aio; do
+for variant in worker spawn spawn-cat spawn-exe grpcio-sync grpcio-aio; do
   for _ in $(seq 1 200); do
     "$bin" call "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"ready"}' >/dev/null 2>&1 && break
     sleep 0.05
@@ -62,13 +74,14 @@ for round in $(seq 1 "$rounds"); do
   done
   # Spawn mode at 1 in flight against its floor: the same program spawned bare, with the
   # environment exemesh gives it (an allow list: PATH here).
-  for variant in spawn spawn-cat; do
+  for variant in spawn spawn-cat spawn-exe; do
     "$bin" bench "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"bench"}' -c 1 -z "${secs}s" --warmup 500ms --json | tag "$variant" "$round" >>"$out"
   done
-  for program in python cat; do
+  for program in python cat exe; do
     case $program in
       python) argv=("$py" "$root/bench/python/spawn.py"); name=bare-spawn ;;
       cat) argv=(/bin/cat); name=bare-cat ;;
+      exe) argv=("$exe"); name=bare-exe ;;
     esac
     env -i PATH="$PATH" "$py" bench/python/bare_spawn.py "$secs" "${argv[@]}" \
       | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'variant':'$name','round':$round,'concurrency':1,'calls':r['calls'],'rps':r['calls']/$secs,'latency_us':{'p50':r['p50_us'],'p99':r['p99_us']},'errors':{}}))" >>"$out"
@@ -83,6 +96,7 @@ echo
 echo "## Spawn mode vs the bare spawn of the same program (1 in flight)"
 python3 bench/report.py "$out" bare-spawn spawn
 python3 bench/report.py "$out" bare-cat spawn-cat
+python3 bench/report.py "$out" bare-exe spawn-exe
 echo
 python3 - "$out" <<'PY'
 import json, sys

@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # The benchmark suite in one command (issue 6): every comparison, each in one run with alternating
 # rounds and ratios against a baseline measured in the same run. Everything runs on 127.0.0.1.
-#   mesh.sh     mesh channel vs a plain tonic channel vs an haproxy hop     (targets 1)
-#   python.sh   worker mode vs grpcio sync/aio; spawn mode vs bare spawn;
-#               exemesh serve RSS idle and after the load                  (targets 2, 3, 5)
-#   tracing.sh  tracing off vs on at 100 % and 10 % sampling               (target 6)
-#   tls.sh      mTLS vs plaintext                                           (issue 5's cost)
+#   mesh.sh       mesh channel vs a plain tonic channel vs an haproxy hop    (target 1)
+#   python.sh     worker mode vs grpcio sync/aio; spawn mode vs bare spawn
+#                 (Python, /bin/cat, a PyInstaller executable); serve RSS    (targets 2, 3, 5)
+#   latency.sh    added latency of a full mesh hop at a fixed 1k calls/s     (target 4)
+#   up.sh         memory of a whole `exemesh up` mesh under load            (target 5)
+#   tracing.sh    tracing off vs on at 100 % and 10 % sampling              (target 6)
+#   discovery.sh  10k instances / 1k watchers on the registry; etcd at 1k   (target 7)
+#   failover.sh   kill -9 of 1 of 3 replicas at 16 in flight                (target 8)
+#   tls.sh        mTLS vs plaintext                                          (issue 5's cost)
+# then renders the results as SVG charts (bench/plot, with the plotters crate) into docs/bench/.
 # Usage: bench/suite.sh [--quick | --full]
-#   --quick (default): 3 rounds x 1 s per variant, about 3 minutes on the reference machine
-#   --full:            7 rounds x 5 s per variant, about 15-20 minutes
-# Writes bench/results/*.jsonl and bench/results/suite.md (the tables, with the machine and commit).
+#   --quick (default): 3 rounds x 1 s per variant (1 round of discovery, 2 failovers), under
+#                      5 minutes on the reference machine
+#   --full:            7 rounds x 5 s per variant (3 rounds of discovery, 5 failovers), 20-30 minutes
+# Writes bench/results/*.jsonl, bench/results/suite.md (the tables, with the machine and commit) and
+# docs/bench/*.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:---quick}
 case "$mode" in
-  --quick) rounds=3 secs=1 ;;
-  --full) rounds=7 secs=5 ;;
+  --quick) rounds=3 secs=1 discovery_rounds=1 failovers=2 up_secs=3 ;;
+  --full) rounds=7 secs=5 discovery_rounds=3 failovers=5 up_secs=10 ;;
   *) echo "usage: bench/suite.sh [--quick | --full]" >&2; exit 2 ;;
 esac
-cargo build --release --locked -q
+cargo build --release --locked -q --workspace
 report=bench/results/suite.md
 mkdir -p bench/results
 {
@@ -29,13 +36,26 @@ mkdir -p bench/results
   echo "- $rounds rounds x ${secs} s per variant and concurrency, variants alternating within each round; medians"
   echo
 } >"$report"
-for part in mesh python tracing tls; do
-  echo "== bench/$part.sh $rounds $secs" >&2
+parts=(
+  "mesh $rounds $secs"
+  "python $rounds $secs"
+  "latency $rounds $secs"
+  "up $up_secs"
+  "tracing $rounds $secs"
+  "discovery $discovery_rounds"
+  "failover $failovers"
+  "tls $rounds $secs"
+)
+for part in "${parts[@]}"; do
+  read -r name args <<<"$part"
+  echo "== bench/$name.sh $args" >&2
   {
-    echo "## bench/$part.sh $rounds $secs"
+    echo "## bench/$name.sh $args"
     echo
-    "bench/$part.sh" "$rounds" "$secs"
+    # shellcheck disable=SC2086 # the arguments are words
+    "bench/$name.sh" $args
     echo
   } >>"$report"
 done
+target/release/bench-plot bench/results docs/bench >&2
 cat "$report"

@@ -24,9 +24,9 @@ fi
 
 cargo build --locked --workspace
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked
+  cargo nextest run --locked --workspace
 else
-  cargo test --locked
+  cargo test --locked --workspace
 fi
 cargo test --locked --doc
 
