@@ -22,7 +22,6 @@ use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::discover::Change;
-use tower::load::{CompleteOnResponse, PeakEwma};
 
 use crate::mesh::discovery::watcher::InstanceSet;
 use crate::mesh::telemetry::metrics::{metrics, name};
@@ -33,12 +32,12 @@ const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The latency assumed for an endpoint with no history: optimistic, so that new and readmitted
 /// endpoints get traffic at once (the first real sample replaces it).
-const DEFAULT_RTT: Duration = Duration::from_micros(100);
+pub const DEFAULT_RTT: Duration = Duration::from_micros(100);
 /// How fast old latency samples fade.
-const DECAY: Duration = Duration::from_secs(1);
+pub const DECAY: Duration = Duration::from_secs(1);
 
 /// One endpoint as the balancer uses it.
-pub type EndpointService = PeakEwma<Reporting>;
+pub type EndpointService = Reporting;
 
 /// A change for the balancer.
 pub type EndpointChange = Result<Change<String, EndpointService>, Infallible>;
@@ -177,12 +176,7 @@ pub async fn manage(
             ejected: Arc::new(AtomicBool::new(false)),
             verdicts: verdict_tx.clone(),
         };
-        Some(PeakEwma::new(
-            reporting,
-            DEFAULT_RTT,
-            DECAY.as_nanos() as f64,
-            CompleteOnResponse::default(),
-        ))
+        Some(reporting)
     };
     let mut sync = true;
     loop {

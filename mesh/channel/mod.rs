@@ -3,12 +3,13 @@
 //! ```text
 //! MeshChannel (per call: deadline = min(own timeout, grpc-timeout, inbound call's deadline);
 //!   │          retries of idempotent methods on UNAVAILABLE, bounded by a retry budget)
-//!   └─ Buffer ─ p2c Balance over peak-EWMA latency (tower)
-//!                └─ endpoints: discovery's instances minus the ejected ones (see [`endpoints`])
+//!   └─ p2c over peak-EWMA latency, picked in the caller's task (see [`balancer`])
+//!       └─ endpoints: discovery's instances minus the ejected ones (see [`endpoints`])
 //! ```
 //!
 //! Generated tonic clients use it directly: `ProductServiceClient::new(mesh_channel)`.
 
+pub mod balancer;
 pub mod endpoints;
 pub mod retry;
 
@@ -24,15 +25,12 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::body::Body;
 use tonic::{Code, Status};
-use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
-use tower::util::BoxService;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
-use self::endpoints::{EndpointStats, is_unavailable, manage};
+use self::balancer::Balancer;
+use self::endpoints::{DECAY, DEFAULT_RTT, EndpointStats, is_unavailable, manage};
 use self::retry::RetryBudget;
 use crate::mesh::deadline::{
     GRPC_TIMEOUT_HEADER, call_deadline, format_grpc_timeout, parse_grpc_timeout,
@@ -45,8 +43,6 @@ use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::TraceContextExt as _;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Inner =
-    Buffer<Request<Body>, Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>>;
 
 /// The pause before the first retry (then 2×, 3×...).
 const RETRY_BACKOFF: Duration = Duration::from_millis(5);
@@ -79,7 +75,7 @@ impl Default for CallPolicy {
 #[derive(Clone)]
 pub struct MeshChannel {
     service: Arc<str>,
-    inner: Inner,
+    balancer: Arc<Balancer>,
     policy: Arc<CallPolicy>,
     budget: Arc<RetryBudget>,
     stats: Arc<EndpointStats>,
@@ -97,12 +93,14 @@ impl std::fmt::Debug for MeshChannel {
 
 struct Tasks {
     manager: JoinHandle<()>,
+    applier: JoinHandle<()>,
     _watcher: Watcher,
 }
 
 impl Drop for Tasks {
     fn drop(&mut self) {
         self.manager.abort();
+        self.applier.abort();
     }
 }
 
@@ -118,16 +116,17 @@ impl MeshChannel {
             changes_tx,
             stats.clone(),
         ));
-        let balance = Balance::new(UnboundedReceiverStream::new(changes_rx));
+        let balancer = Arc::new(Balancer::new(DEFAULT_RTT, DECAY));
+        let applier = tokio::spawn(apply(changes_rx, balancer.clone()));
         MeshChannel {
             service: service.into(),
-            // Balance is not Clone; the buffer's worker task owns it and callers share a handle.
-            inner: Buffer::new(BoxService::new(balance), 1024),
+            balancer,
             policy: Arc::new(policy),
             budget: Arc::new(RetryBudget::default()),
             stats,
             _tasks: Arc::new(Tasks {
                 manager,
+                applier,
                 _watcher: watcher,
             }),
         }
@@ -222,13 +221,22 @@ impl Service<Request<Body>> for MeshChannel {
     }
 }
 
+/// Hands the endpoint manager's changes to the balancer until the channel is dropped.
+async fn apply(
+    mut changes: mpsc::UnboundedReceiver<endpoints::EndpointChange>,
+    balancer: Arc<Balancer>,
+) {
+    while let Some(change) = changes.recv().await {
+        balancer.apply(change);
+    }
+}
+
 impl MeshChannel {
     async fn call_with_retries(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
         self.budget.deposit();
         let idempotent = self.policy.idempotent.contains(request.uri().path());
         if !idempotent || self.policy.max_attempts <= 1 {
-            let mut inner = self.inner.clone();
-            return inner.ready().await?.call(request).await;
+            return self.balancer.pick().await.call(request).await;
         }
         // The body must be replayable: buffer it (a unary request is one small message).
         let (parts, body) = request.into_parts();
@@ -243,11 +251,7 @@ impl MeshChannel {
                 parts.clone(),
                 Body::new(http_body_util::Full::new(bytes.clone())),
             );
-            let mut inner = self.inner.clone();
-            let result = match inner.ready().await {
-                Ok(svc) => svc.call(request).await,
-                Err(e) => Err(e),
-            };
+            let result = self.balancer.pick().await.call(request).await;
             let retryable = match &result {
                 Err(_) => true,
                 Ok(response) => {
