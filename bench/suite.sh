@@ -12,7 +12,7 @@
 #   tls.sh        mTLS vs plaintext                                          (issue 5's cost)
 # then renders the results as SVG charts (bench/plot, with the plotters crate) into docs/bench/.
 # Usage: bench/suite.sh [--quick | --full]
-#   --quick (default): 3 rounds x 1 s per variant (1 round of discovery, 2 failovers), under
+#   --quick (default): 3 rounds x 1 s per variant (1 round of discovery, 1 failover), under
 #                      5 minutes on the reference machine
 #   --full:            7 rounds x 5 s per variant (3 rounds of discovery, 5 failovers), 20-30 minutes
 # Writes bench/results/*.jsonl, bench/results/suite.md (the tables, with the machine and commit) and
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:---quick}
 case "$mode" in
-  --quick) rounds=3 secs=1 discovery_rounds=1 failovers=2 up_secs=3 ;;
+  --quick) rounds=3 secs=1 discovery_rounds=1 failovers=1 up_secs=3 ;;
   --full) rounds=7 secs=5 discovery_rounds=3 failovers=5 up_secs=10 ;;
   *) echo "usage: bench/suite.sh [--quick | --full]" >&2; exit 2 ;;
 esac
@@ -49,13 +49,17 @@ parts=(
 for part in "${parts[@]}"; do
   read -r name args <<<"$part"
   echo "== bench/$name.sh $args" >&2
+  began=$SECONDS
   {
     echo "## bench/$name.sh $args"
     echo
     # shellcheck disable=SC2086 # the arguments are words
     "bench/$name.sh" $args
     echo
+    echo "($((SECONDS - began)) s)"
+    echo
   } >>"$report"
 done
 target/release/bench-plot bench/results docs/bench >&2
+echo "The suite took $((SECONDS / 60)) min $((SECONDS % 60)) s, the release build included." >>"$report"
 cat "$report"
