@@ -7,7 +7,8 @@
 # their reaper guards; not the Python executables) is read from /proc, idle and after the load, as
 # PSS (the processes' share of the memory they use) and as RSS, plus the sum of each process's
 # RSS peak (VmHWM, an upper bound).
-# Usage: bench/up.sh [SECONDS=5]   (writes bench/results/up.jsonl and prints a table)
+# Usage: bench/up.sh [SECONDS=5]   (writes bench/results/up.jsonl and prints a table;
+#        BENCH_DEBUG=1 also prints each process's share)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-5}
@@ -42,7 +43,13 @@ read -r idle idle_pss <<<"$(totals)"
 "$bin" bench --discovery "$reg" shop.v1.OrderService/PlaceOrder '{"userId":"u1","lines":[{"productId":"p1","quantity":1}]}' -c 8 -z "${secs}s" --json >"$work/order.json" &
 wait %2 %3 %4 2>/dev/null || true
 read -r after after_pss <<<"$(totals)"
-if [ -n "${BENCH_DEBUG:-}" ]; then for p in $(own "$up"); do echo "$p $(cut -c1-50 </proc/$p/cmdline | tr "\0" " ") pss $(awk "/^Pss:/ {print \$2}" /proc/$p/smaps_rollup) anon $(awk "/^Pss_Anon/ {print \$2}" /proc/$p/smaps_rollup)"; done >&2; fi
+# BENCH_DEBUG=1: each process's PSS and anonymous memory after the load, on stderr.
+if [ -n "${BENCH_DEBUG:-}" ]; then
+  for p in $(own "$up"); do
+    printf '%s %s pss %s kB anon %s kB\n' "$p" "$(tr '\0' ' ' </proc/"$p"/cmdline | cut -c1-60)" \
+      "$(awk '/^Pss:/ {print $2}' /proc/"$p"/smaps_rollup)" "$(awk '/^Pss_Anon:/ {print $2}' /proc/"$p"/smaps_rollup)"
+  done >&2
+fi
 peak=$(sum VmHWM status)
 mkdir -p bench/results
 python3 - "$work" "$count" "$idle" "$after" "$peak" "$idle_pss" "$after_pss" >bench/results/up.jsonl <<'PY'

@@ -164,16 +164,6 @@ impl Balancer {
         self.changed.notify_waiters();
     }
 
-    /// Endpoints in rotation.
-    pub fn len(&self) -> usize {
-        self.current().len()
-    }
-
-    /// True when there is none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Picks an endpoint for a call, waiting for one while there is none (the caller's deadline
     /// bounds the wait).
     pub async fn pick(&self) -> Picked {
