@@ -222,6 +222,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// Waits until every instance is listening and registered as SERVING (bounded: 120 s).
 async fn wait_all_serving(supervisor: &Supervisor, registry: &str, total: usize) -> bool {
     let start = Instant::now();
+    // The instances this `up` started (their names are their instance ids): other registrations,
+    // such as `up`'s own trace view, do not count.
+    let ours: std::collections::HashSet<&str> = supervisor
+        .states()
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
     while start.elapsed() < Duration::from_secs(120) {
         let listening = supervisor
             .states()
@@ -230,7 +237,13 @@ async fn wait_all_serving(supervisor: &Supervisor, registry: &str, total: usize)
             .count();
         if listening == total
             && let Ok(rows) = super::status::gather(registry, None).await
-            && rows.iter().filter(|r| r.health == "SERVING").count() >= total
+            && rows
+                .iter()
+                .filter(|r| r.health == "SERVING" && ours.contains(r.instance.as_str()))
+                .map(|r| r.instance.as_str())
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                == total
         {
             return true;
         }
