@@ -14,6 +14,7 @@ rounds=${3:-5}
 secs=${4:-3}
 . bench/lib.sh
 bench_init --no-build
+health_serving() { "$after" call "$1" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING; }
 echo_manifest "$work/echo.toml"
 
 declare -A addr
@@ -23,7 +24,7 @@ for variant in before after; do
   pids+=($!)
   addr[$variant]=$(addr_of "$work/$variant.out")
   # Wait until the worker pool is ready (health SERVING).
-  for _ in $(seq 1 300); do "$after" call "${addr[$variant]}" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING && break; sleep 0.05; done
+  until_ok 20 health_serving "${addr[$variant]}"
 done
 
 out=bench/results/compare.jsonl

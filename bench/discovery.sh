@@ -31,10 +31,7 @@ etcd --name bench --data-dir "$work/etcd" \
   --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
   --initial-cluster "bench=http://127.0.0.1:$peer" >"$work/etcd.log" 2>&1 & pids+=($!)
 etcd_pid=$!
-for _ in $(seq 1 200); do
-  python3 -c "import socket; socket.create_connection(('127.0.0.1', $client), 0.2)" 2>/dev/null && break
-  sleep 0.05
-done
+until_ok 20 python3 -c "import socket; socket.create_connection(('127.0.0.1', $client), 0.2)"
 
 out=bench/results/discovery.jsonl
 mkdir -p bench/results

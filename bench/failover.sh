@@ -35,15 +35,9 @@ start_replica() {
 for round in $(seq 1 "$rounds"); do
   for i in 1 2 3; do [ -n "${replica[r$round-$i]:-}" ] || start_replica "r$round-$i"; done
   # Three replicas registered and each pool answering before the clock starts.
-  for _ in $(seq 1 200); do
-    [ "$("$bin" status --discovery "$reg" --json | grep -c SERVING)" = 3 ] && break
-    sleep 0.05
-  done
+  until_ok 20 serving "$reg" 3
   for i in 1 2 3; do
-    for _ in $(seq 1 200); do
-      "$bin" call "${protos[@]}" "$(sed -n 's/^listening on //p' "$work/r$round-$i.out")" "$method" '{"text":"ready"}' >/dev/null 2>&1 && break
-      sleep 0.05
-    done
+    until_ok 20 "$bin" call "${protos[@]}" "$(addr_of "$work/r$round-$i.out")" "$method" '{"text":"ready"}'
   done
   EXEMESH_LOG=error "$bin" bench "${protos[@]}" --discovery "$reg" "$method" '{"text":"failover"}' -c 16 -z 6s \
     --warmup 1s --timeline 100ms --json >"$work/run.json" || true &

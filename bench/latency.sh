@@ -32,11 +32,8 @@ native=$(addr_of "$work/native")
 method=shop.v1.UserService/GetUser
 request='{"id":"u1"}'
 # Ready before the clock starts: both worker pools answer, and discovery lists both replicas.
-for _ in $(seq 1 200); do
-  "$bin" call "$a1" "$method" "$request" >/dev/null 2>&1 \
-    && [ "$("$bin" status --discovery "$reg" --json | grep -c SERVING)" = 2 ] && break
-  sleep 0.05
-done
+until_ok 20 "$bin" call "$a1" "$method" "$request"
+until_ok 20 serving "$reg" 2
 
 out=bench/results/latency.jsonl
 mkdir -p bench/results

@@ -32,6 +32,23 @@ addr_of() {
   exit 1
 }
 
+# until_ok SECONDS CMD...: runs CMD (quietly) every 50 ms until it succeeds; after SECONDS, says
+# which command never did and fails (the scripts run under `set -e`, so they stop there).
+until_ok() {
+  local limit=$1 end=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$end" ]; then
+      echo "not ready after ${limit} s: $*" >&2
+      return 1
+    fi
+    sleep 0.05
+  done
+}
+
+# serving REGISTRY N: true when discovery at REGISTRY lists exactly N SERVING instances.
+serving() { [ "$("$bin" status --discovery "$1" --json | grep -c SERVING)" = "$2" ]; }
+
 # A free TCP port on 127.0.0.1 (for servers that cannot bind port 0 and report it, like haproxy).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

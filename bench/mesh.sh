@@ -40,8 +40,8 @@ backend replicas
   server r2 $a2 proto h2
 CFG
 haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
-for _ in $(seq 1 100); do "$bin" call "127.0.0.1:$hport" grpc.health.v1.Health/Check >/dev/null 2>&1 && break; sleep 0.05; done
-for _ in $(seq 1 100); do "$bin" call --discovery "$reg" grpc.health.v1.Health/Check >/dev/null 2>&1 || true; [ "$("$bin" status --discovery "$reg" --json | grep -c SERVING)" = 2 ] && break; sleep 0.05; done
+until_ok 20 "$bin" call "127.0.0.1:$hport" grpc.health.v1.Health/Check
+until_ok 20 serving "$reg" 2
 
 out=bench/results/mesh.jsonl
 mkdir -p bench/results

@@ -55,10 +55,7 @@ method=bench.v1.Echo/Unary
 protos=(--proto bench/python/echo.proto -I bench/python)
 # Every variant answers before the clock starts (worker pools ready, grpcio bound).
 for variant in worker spawn spawn-cat spawn-exe grpcio-sync grpcio-aio; do
-  for _ in $(seq 1 200); do
-    "$bin" call "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"ready"}' >/dev/null 2>&1 && break
-    sleep 0.05
-  done
+  until_ok 20 "$bin" call "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"ready"}'
 done
 idle_worker=$(rss_kb "${pid[worker]}")
 idle_spawn=$(rss_kb "${pid[spawn]}")

@@ -26,7 +26,7 @@ start off OTEL_SDK_DISABLED=true
 start on100
 start on10 OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1
 for variant in off on100 on10; do
-  for _ in $(seq 1 600); do grep -q "^mesh up:" "$work/$variant.out" 2>/dev/null && break; sleep 0.1; done
+  until_ok 60 grep -q "^mesh up:" "$work/$variant.out"
   registry[$variant]=$(sed -n 's/^registry listening on //p' "$work/$variant.out")
 done
 

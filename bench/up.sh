@@ -17,8 +17,7 @@ bench_init
 "$bin" up examples/shop/mesh.toml --registry-listen 127.0.0.1:0 --state-dir "$work/state" >"$work/up.out" 2>"$work/up.log" &
 pids+=($!)
 up=$!
-for _ in $(seq 1 1200); do grep -q "mesh up:" "$work/up.out" && break; sleep 0.1; done
-grep -q "mesh up:" "$work/up.out" || { cat "$work/up.out" "$work/up.log" >&2; exit 1; }
+until_ok 120 grep -q "mesh up:" "$work/up.out" || { cat "$work/up.out" "$work/up.log" >&2; exit 1; }
 reg=$(sed -n 's/^registry listening on \([^ ]*\).*/\1/p' "$work/up.out")
 export EXEMESH_TLS_DIR=$work/state/tls/cli
 [ -d "$EXEMESH_TLS_DIR" ] || EXEMESH_TLS_DIR=$(sed -n 's/.*export EXEMESH_TLS_DIR=\([^ ]*\).*/\1/p' "$work/up.out")

@@ -13,12 +13,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Status as SpanStatus;
 use tonic::{Request, Response, Status};
 
-use super::store::TraceStore;
+use super::store::{TraceStore, text};
 
 /// The gRPC service name of the OTLP trace collector.
 pub const SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
@@ -140,12 +139,9 @@ fn file(store: &TraceStore, request: ExportRequest) -> Result<(), Status> {
             .resource
             .as_ref()
             .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-            .map(|v| match v {
-                Value::StringValue(s) => s.as_str().into(),
-                other => format!("{other:?}").into(),
-            })
-            .unwrap_or_else(|| "".into());
+            .map(|kv| text(&kv.value))
+            .unwrap_or_default()
+            .into();
         for scope_spans in resource_spans.scope_spans {
             let scope_spans =
                 ScopeSpans::decode(scope_spans).map_err(|e| invalid("ScopeSpans", e))?;
@@ -163,6 +159,7 @@ fn file(store: &TraceStore, request: ExportRequest) -> Result<(), Status> {
 mod tests {
     use super::*;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
     use opentelemetry_proto::tonic::trace::v1::{self as otlp, Span};
     use prost::Message as _;

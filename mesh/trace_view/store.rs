@@ -62,7 +62,8 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-fn text(value: &Option<AnyValue>) -> String {
+/// An attribute value as text (strings as they are, numbers and booleans printed).
+pub(super) fn text(value: &Option<AnyValue>) -> String {
     match value.as_ref().and_then(|v| v.value.as_ref()) {
         Some(Value::StringValue(s)) => s.clone(),
         Some(Value::IntValue(i)) => i.to_string(),
