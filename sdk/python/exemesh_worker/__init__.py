@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from queue import SimpleQueue
 
 __all__ = [
@@ -458,43 +459,99 @@ class OutboundStream:
 
 
 # --------------------------------------------------------------------------
-# Thread pool (daemon threads: a handler that never returns cannot keep the
-# process alive after stdin closes, unlike concurrent.futures' workers).
+# Readers: leader/follower threads (daemons: a handler that never returns
+# cannot keep the process alive after stdin closes).
 
 
-class _Pool:
-    def __init__(self, size):
+class _Readers:
+    """The threads of one ``run()``. One at a time (the leader, holding
+    ``lock``) reads stdin and routes frames. A leader that reads a ``start``
+    frame hands reading over to another thread and runs that call itself, so
+    a call's request, handler and reply stay on one thread: no hand-off to a
+    pool thread, no wake-up, no GIL transfer between reading the request and
+    writing the reply. At most ``size`` handlers run at once (a call started
+    beyond that waits in ``_backlog`` for the next thread to finish), and up
+    to ``size + 1`` threads exist, so one is always free to read (cancels,
+    stream messages, the replies of outbound calls)."""
+
+    def __init__(self, worker, input, size):
+        self._worker = worker
+        self._readline = input.readline
         self._size = size
-        self._queue = SimpleQueue()
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # held by the thread reading
+        self.eof = threading.Event()
+        self._count_lock = threading.Lock()
         self._threads = 0
-        self._idle = 0  # threads that will pick up a task without a reservation
+        self._running = 0  # threads running a handler
+        self._backlog = deque()  # started calls waiting for a handler thread
 
-    def submit(self, task):
-        self._queue.put(task)
-        with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-                return
-            if self._threads >= self._size:
-                return  # every thread busy: the task waits in the queue
+    def start(self):
+        self._spawn()
+
+    def _spawn(self):
+        with self._count_lock:
             self._threads += 1
             number = self._threads
-        thread = threading.Thread(target=self._loop, name="exemesh-worker-%d" % number, daemon=True)
-        thread.start()
+        threading.Thread(target=self._loop, name="exemesh-worker-%d" % number, daemon=True).start()
 
     def _loop(self):
-        get = self._queue.get
-        lock = self._lock
         while True:
-            task = get()
+            task = self._read()
+            if task is None:
+                return
+            with self._count_lock:
+                grow = self._threads == self._running and self._threads <= self._size
+            if grow:
+                self._spawn()  # before releasing the lock: a reader always exists
+            self.lock.release()
+            while task is not None:
+                try:
+                    task[0](*task[1:])
+                except BaseException:  # the runners catch everything; belt and braces
+                    _stderr("exemesh_worker: internal error in a handler thread\n" + traceback.format_exc())
+                with self._count_lock:
+                    if self._backlog:
+                        task = self._backlog.popleft()
+                    else:
+                        task = None
+                        self._running -= 1
+
+    def _admit(self, task):
+        """True when ``task`` may run now (counted as running); else it is
+        queued for the next handler thread that finishes."""
+        with self._count_lock:
+            if self._running < self._size:
+                self._running += 1
+                return True
+            self._backlog.append(task)
+            return False
+
+    def _read(self):
+        """As the leader: routes frames until one starts a call that may run
+        now, and returns that call's task with the lock still held; ``None``
+        (lock released) at end-of-file."""
+        self.lock.acquire()
+        readline = self._readline
+        on_line = self._worker._on_line
+        while not self.eof.is_set():
             try:
-                task[0](*task[1:])
-            except BaseException:  # the runners catch everything; belt and braces
-                _stderr("exemesh_worker: internal error in a pool thread\n" + traceback.format_exc())
-            task = None
-            with lock:
-                self._idle += 1
+                line = readline()
+            except (OSError, ValueError) as exc:
+                _stderr("exemesh_worker: cannot read stdin (%s); stopping\n" % exc)
+                line = b""
+            if not line:
+                self.eof.set()
+                break
+            try:
+                task = on_line(line)
+            except Exception:  # a bug must not take the whole worker down
+                _stderr("exemesh_worker: error handling a stdin line %.200r:\n%s"
+                        % (line, traceback.format_exc()))
+                continue
+            if task is not None and self._admit(task):
+                return task
+        self.lock.release()
+        return None
 
 
 # --------------------------------------------------------------------------
@@ -508,8 +565,8 @@ class Worker:
     """A worker speaking the exemesh stdio protocol.
 
     ``max_in_flight`` is declared in the ready frame (exemesh uses the smaller
-    of it and the pool's ``max_in_flight``) and is the size of the thread pool
-    that runs handlers. ``max_frame_bytes`` defaults to the limit exemesh
+    of it and the pool's ``max_in_flight``) and is how many handlers run at
+    once, each on its own thread (the thread that read the call's start frame). ``max_frame_bytes`` defaults to the limit exemesh
     announces in ``EXEMESH_MAX_FRAME_BYTES`` (else 4 MiB + 64 KiB): a reply
     that would make a longer line is answered with RESOURCE_EXHAUSTED instead
     (and an outbound request that would is refused with RESOURCE_EXHAUSTED).
@@ -533,7 +590,6 @@ class Worker:
         self._write_lock = threading.Lock()
         self._out = None
         self._broken = False
-        self._pool = None
         self.outbound_grace = OUTBOUND_GRACE
         self._outbound = {}  # callId -> _Outbound of the outbound calls in flight
         self._outbound_lock = threading.Lock()
@@ -615,23 +671,14 @@ class Worker:
             self._outbound = {}
         self._broken = False
         self._out = output
-        self._pool = _Pool(self.max_in_flight)
+        readers = _Readers(self, input, self.max_in_flight)
         try:
             ready = {"maxInFlight": self.max_in_flight, "sdk": self.sdk}
             if self.declare_methods and self._handlers:
                 ready["methods"] = sorted(self._handlers)
             self._write(('{"ready":%s}\n' % _encode_json(ready)).encode())
-            readline = input.readline
-            on_line = self._on_line
-            while True:
-                line = readline()
-                if not line:
-                    break
-                try:
-                    on_line(line)
-                except Exception:  # a bug must not take the whole worker down
-                    _stderr("exemesh_worker: error handling a stdin line %.200r:\n%s"
-                            % (line, traceback.format_exc()))
+            readers.start()
+            readers.eof.wait()
         except KeyboardInterrupt:
             pass  # Ctrl-C when run by hand: shut down like at end-of-file
         finally:
@@ -768,8 +815,7 @@ class Worker:
                 return
         start = frame.get("start")
         if start is not None:
-            self._on_start(call_id, start)
-            return
+            return self._on_start(call_id, start)
         ctx = self._calls.get(call_id)
         if ctx is None:
             return  # unknown or finished call: ignored, as the protocol says
@@ -852,19 +898,17 @@ class Worker:
                       start.get("caller") or "")
         self._calls[call_id] = ctx
         if kind == UNARY:
-            self._pool.submit((self._run_unary, function, ctx, start.get("message") or {}))
-        elif kind == SERVER_STREAMING:
-            self._pool.submit((self._run_server_streaming, function, ctx, start.get("message") or {}))
-        else:
-            queue = ctx._queue = SimpleQueue()
-            if "message" in start:
-                queue.put(start["message"])
-            if start.get("halfClose"):
-                queue.put(_HALF_CLOSE)
-            if kind == CLIENT_STREAMING:
-                self._pool.submit((self._run_client_streaming, function, ctx))
-            else:
-                self._pool.submit((self._run_bidi_streaming, function, ctx))
+            return (self._run_unary, function, ctx, start.get("message") or {})
+        if kind == SERVER_STREAMING:
+            return (self._run_server_streaming, function, ctx, start.get("message") or {})
+        queue = ctx._queue = SimpleQueue()
+        if "message" in start:
+            queue.put(start["message"])
+        if start.get("halfClose"):
+            queue.put(_HALF_CLOSE)
+        if kind == CLIENT_STREAMING:
+            return (self._run_client_streaming, function, ctx)
+        return (self._run_bidi_streaming, function, ctx)
 
     # -- outbound calls (in handler threads) ----------------------------------
 
@@ -1000,7 +1044,7 @@ class Worker:
                                             % (out.method, ctx.method)))
             out.queue.put(_CANCEL)
 
-    # -- running handlers (in pool threads) -----------------------------------
+    # -- running handlers (in reader threads) ---------------------------------
 
     def _crash(self, ctx, exc):
         """Answer an unexpected exception with UNKNOWN; traceback to stderr."""

@@ -381,6 +381,24 @@ def test_max_in_flight_one_runs_calls_sequentially(spawn):
     assert w.collect(21)[-1]["error"]["code"] == "DEADLINE_EXCEEDED"
 
 
+def test_frames_are_read_while_every_handler_place_is_busy(spawn):
+    # Two handlers block (max_in_flight=2); a third call waits for a place. The cancels must still be
+    # read (one thread is always free to read), and the waiting call then runs, on a freed thread.
+    w = spawn(TEST_MAX_IN_FLIGHT=2)
+    w.start(40, "test.v1.Echo/Block", {}, requestId="r-40")
+    w.start(41, "test.v1.Echo/Block", {}, requestId="r-41")
+    w.start(42, "test.v1.Echo/Unary", {"n": 42})
+    w.expect_quiet()  # 42 does not run beyond the limit
+    for call_id in (40, 41):
+        w.send({"id": call_id, "cancel": {"reason": "cancelled"}})
+        assert w.recv_for(call_id) == {"id": call_id, "error": {"code": "CANCELLED",
+                                                                "message": "call cancelled: cancelled"}}
+    assert w.collect(42) == [
+        {"id": 42, "message": {"echo": {"n": 42}, "method": "test.v1.Echo/Unary", "kind": "unary"}},
+        {"id": 42, "end": {}},
+    ]
+
+
 def test_many_pipelined_calls_each_answered_once(worker):
     n = 300
     payload = b"".join(
