@@ -5,6 +5,9 @@
 # the change, e.g.:
 #   git worktree add /tmp/before COMMIT && (cd /tmp/before && cargo build --release) &&
 #   bench/compare.sh /tmp/before/target/release/exemesh target/release/exemesh
+# With BEFORE_TREE=DIR (a checkout of the earlier commit), the "before" server runs that checkout's
+# worker and Python helper (sdk/python) too, to measure a change to the helper:
+#   BEFORE_TREE=/tmp/before bench/compare.sh target/release/exemesh target/release/exemesh
 # Usage: bench/compare.sh BEFORE AFTER [ROUNDS=5] [SECONDS=3]   (writes bench/results/compare.jsonl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +18,17 @@ secs=${4:-3}
 . bench/lib.sh
 bench_init --no-build
 health_serving() { "$after" call "$1" grpc.health.v1.Health/Check 2>/dev/null | grep -q SERVING; }
-echo_manifest "$work/echo.toml"
+echo_manifest "$work/after.toml"
+if [ -n "${BEFORE_TREE:-}" ]; then
+  (cd "$BEFORE_TREE" && echo_manifest "$work/before.toml")
+else
+  cp "$work/after.toml" "$work/before.toml"
+fi
 
 declare -A addr
 for variant in before after; do
   bin=${!variant}
-  "$bin" serve "$work/echo.toml" --listen 127.0.0.1:0 >"$work/$variant.out" 2>"$work/$variant.log" &
+  "$bin" serve "$work/$variant.toml" --listen 127.0.0.1:0 >"$work/$variant.out" 2>"$work/$variant.log" &
   pids+=($!)
   addr[$variant]=$(addr_of "$work/$variant.out")
   # Wait until the worker pool is ready (health SERVING).

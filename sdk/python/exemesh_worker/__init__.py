@@ -566,8 +566,9 @@ class Worker:
 
     ``max_in_flight`` is declared in the ready frame (exemesh uses the smaller
     of it and the pool's ``max_in_flight``) and is how many handlers run at
-    once, each on its own thread (the thread that read the call's start frame). ``max_frame_bytes`` defaults to the limit exemesh
-    announces in ``EXEMESH_MAX_FRAME_BYTES`` (else 4 MiB + 64 KiB): a reply
+    once, each on its own thread (the one that read the call's start frame).
+    ``max_frame_bytes`` defaults to the limit exemesh announces in
+    ``EXEMESH_MAX_FRAME_BYTES`` (else 4 MiB + 64 KiB): a reply
     that would make a longer line is answered with RESOURCE_EXHAUSTED instead
     (and an outbound request that would is refused with RESOURCE_EXHAUSTED).
     ``outbound_grace`` is how long (seconds) ``ctx.call()`` waits past its
