@@ -6,7 +6,6 @@
 //! computes it) and calls it directly: no balancer task to hand the call to and no lock held across
 //! a call. Each endpoint is a tonic channel, which already queues calls for its connection.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -144,8 +143,7 @@ impl Balancer {
     }
 
     /// Applies a change from the endpoint manager (an endpoint inserted again replaces the old one).
-    pub fn apply(&self, change: Result<Change<String, Reporting>, Infallible>) {
-        let Ok(change) = change;
+    pub fn apply(&self, change: Change<String, Reporting>) {
         let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         let mut next: Vec<Arc<Slot>> = endpoints.iter().cloned().collect();
         match change {

@@ -8,7 +8,6 @@
 //! like the *best* one and attract traffic.)
 
 use std::collections::{BTreeMap, HashMap};
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::discover::Change;
 
+use super::balancer::Balancer;
 use crate::mesh::discovery::watcher::InstanceSet;
 use crate::mesh::telemetry::metrics::{metrics, name};
 
@@ -35,12 +35,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub const DEFAULT_RTT: Duration = Duration::from_micros(100);
 /// How fast old latency samples fade.
 pub const DECAY: Duration = Duration::from_secs(1);
-
-/// One endpoint as the balancer uses it.
-pub type EndpointService = Reporting;
-
-/// A change for the balancer.
-pub type EndpointChange = Result<Change<String, EndpointService>, Infallible>;
 
 /// Counters shared with the channel, for status and error messages.
 #[derive(Debug, Default)]
@@ -152,16 +146,17 @@ enum MemberState {
     Benched { until: Instant },
 }
 
-/// Runs until the channel is dropped: turns instance sets and ejections into balancer changes.
+/// Runs until the channel is dropped (it aborts this task) or discovery's watcher ends: turns
+/// instance sets and ejections into changes of `balancer`'s endpoints.
 pub async fn manage(
     service: String,
     mut instances: watch::Receiver<InstanceSet>,
-    changes: mpsc::UnboundedSender<EndpointChange>,
+    balancer: Arc<Balancer>,
     stats: Arc<EndpointStats>,
 ) {
     let (verdict_tx, mut verdicts) = mpsc::unbounded_channel::<Verdict>();
     let mut members: HashMap<String, Member> = HashMap::new();
-    let make = |key: &str, address: &str, probation: bool| -> Option<EndpointService> {
+    let make = |key: &str, address: &str, probation: bool| -> Option<Reporting> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .ok()?
             .connect_timeout(Duration::from_secs(1))
@@ -195,7 +190,7 @@ pub async fn manage(
                     return true;
                 }
                 if !matches!(member.state, MemberState::Benched { .. }) {
-                    let _ = changes.send(Ok(Change::Remove(key.clone())));
+                    balancer.apply(Change::Remove(key.clone()));
                 }
                 false
             });
@@ -205,7 +200,7 @@ pub async fn manage(
                 }
                 if let Some(svc) = make(&key, &address, false) {
                     tracing::debug!(service = %service, endpoint = %key, "endpoint added");
-                    let _ = changes.send(Ok(Change::Insert(key.clone(), svc)));
+                    balancer.apply(Change::Insert(key.clone(), svc));
                     members.insert(
                         key,
                         Member {
@@ -241,7 +236,7 @@ pub async fn manage(
                         member.backoff = BACKOFF_START;
                     }
                 }
-                Verdict::Eject(key) => eject(&service, &key, &mut members, &changes, &stats),
+                Verdict::Eject(key) => eject(&service, &key, &mut members, &balancer, &stats),
             },
             _ = sleep_until_opt(next_readmit) => {
                 let now = Instant::now();
@@ -251,14 +246,11 @@ pub async fn manage(
                     {
                         tracing::info!(service = %service, endpoint = %key, "endpoint readmitted on probation");
                         member.state = MemberState::Probation;
-                        let _ = changes.send(Ok(Change::Insert(key.clone(), svc)));
+                        balancer.apply(Change::Insert(key.clone(), svc));
                     }
                 }
                 publish(&members, &stats, &service);
             }
-        }
-        if changes.is_closed() {
-            return;
         }
     }
 }
@@ -267,7 +259,7 @@ fn eject(
     service: &str,
     key: &str,
     members: &mut HashMap<String, Member>,
-    changes: &mpsc::UnboundedSender<EndpointChange>,
+    balancer: &Balancer,
     stats: &EndpointStats,
 ) {
     let Some(member) = members.get_mut(key) else {
@@ -286,7 +278,7 @@ fn eject(
         .client_ejections
         .get_or_create(&name(service))
         .inc();
-    let _ = changes.send(Ok(Change::Remove(key.to_string())));
+    balancer.apply(Change::Remove(key.to_string()));
     publish(members, stats, service);
 }
 

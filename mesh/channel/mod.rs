@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::body::Body;
 use tonic::{Code, Status};
@@ -93,14 +92,12 @@ impl std::fmt::Debug for MeshChannel {
 
 struct Tasks {
     manager: JoinHandle<()>,
-    applier: JoinHandle<()>,
     _watcher: Watcher,
 }
 
 impl Drop for Tasks {
     fn drop(&mut self) {
         self.manager.abort();
-        self.applier.abort();
     }
 }
 
@@ -108,16 +105,14 @@ impl MeshChannel {
     /// A channel to `service` (e.g. `shop.v1.ProductService`) whose instances come from `discovery`.
     pub fn new(discovery: Arc<dyn Discovery>, service: &str, policy: CallPolicy) -> MeshChannel {
         let watcher = Watcher::start(discovery, service);
-        let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(EndpointStats::default());
+        let balancer = Arc::new(Balancer::new(DEFAULT_RTT, DECAY));
         let manager = tokio::spawn(manage(
             service.to_string(),
             watcher.subscribe(),
-            changes_tx,
+            balancer.clone(),
             stats.clone(),
         ));
-        let balancer = Arc::new(Balancer::new(DEFAULT_RTT, DECAY));
-        let applier = tokio::spawn(apply(changes_rx, balancer.clone()));
         MeshChannel {
             service: service.into(),
             balancer,
@@ -126,7 +121,6 @@ impl MeshChannel {
             stats,
             _tasks: Arc::new(Tasks {
                 manager,
-                applier,
                 _watcher: watcher,
             }),
         }
@@ -218,16 +212,6 @@ impl Service<Request<Body>> for MeshChannel {
             }
         };
         Box::pin(call.with_context(span))
-    }
-}
-
-/// Hands the endpoint manager's changes to the balancer until the channel is dropped.
-async fn apply(
-    mut changes: mpsc::UnboundedReceiver<endpoints::EndpointChange>,
-    balancer: Arc<Balancer>,
-) {
-    while let Some(change) = changes.recv().await {
-        balancer.apply(change);
     }
 }
 
