@@ -486,12 +486,11 @@ class _Readers:
         self._backlog = deque()  # started calls waiting for a handler thread
 
     def start(self):
-        self._spawn()
-
-    def _spawn(self):
         with self._count_lock:
-            self._threads += 1
-            number = self._threads
+            self._threads = 1
+        self._start_thread(1)
+
+    def _start_thread(self, number):
         threading.Thread(target=self._loop, name="exemesh-worker-%d" % number, daemon=True).start()
 
     def _loop(self):
@@ -499,10 +498,6 @@ class _Readers:
             task = self._read()
             if task is None:
                 return
-            with self._count_lock:
-                grow = self._threads == self._running and self._threads <= self._size
-            if grow:
-                self._spawn()  # before releasing the lock: a reader always exists
             self.lock.release()
             while task is not None:
                 try:
@@ -517,14 +512,21 @@ class _Readers:
                         self._running -= 1
 
     def _admit(self, task):
-        """True when ``task`` may run now (counted as running); else it is
-        queued for the next handler thread that finishes."""
+        """True when ``task`` may run now: it is counted as running, and a
+        thread is added if none would be left to read. Else it is queued for
+        the next handler thread that finishes."""
         with self._count_lock:
-            if self._running < self._size:
-                self._running += 1
-                return True
-            self._backlog.append(task)
-            return False
+            if self._running >= self._size:
+                self._backlog.append(task)
+                return False
+            self._running += 1
+            grow = self._threads == self._running and self._threads <= self._size
+            if grow:
+                self._threads += 1
+                number = self._threads
+        if grow:
+            self._start_thread(number)  # before the leader lets go of reading
+        return True
 
     def _read(self):
         """As the leader: routes frames until one starts a call that may run
