@@ -1,35 +1,63 @@
 //! A tonic [`Codec`] over [`DynamicMessage`], for contracts loaded at run time.
 //!
-//! The codec knows the descriptor of the message it decodes; encoding needs no descriptor because a
-//! dynamic message carries its own.
+//! The codec knows the descriptor of the message it decodes; encoding needs no descriptor because
+//! what it encodes carries its own: a dynamic message, or anything else that can write itself
+//! ([`Outgoing`]; a server's replies may arrive already encoded).
+
+use std::marker::PhantomData;
 
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-/// Encodes `DynamicMessage`s and decodes bytes into messages of one descriptor.
-#[derive(Debug, Clone)]
-pub struct DynamicCodec {
-    decode_as: MessageDescriptor,
+/// A message on its way out that writes its own protobuf encoding.
+pub trait Outgoing: Send + 'static {
+    /// Writes the message to `dst`.
+    fn encode_to(self, dst: &mut EncodeBuf<'_>) -> Result<(), Status>;
 }
 
-impl DynamicCodec {
-    /// A codec that decodes incoming messages as `decode_as` (the method's input type on a server,
-    /// its output type on a client).
-    pub fn new(decode_as: MessageDescriptor) -> Self {
-        Self { decode_as }
+impl Outgoing for DynamicMessage {
+    fn encode_to(self, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        self.encode(dst).map_err(|e| {
+            Status::internal(format!("encoding {}: {e}", self.descriptor().full_name()))
+        })
     }
 }
 
-impl Codec for DynamicCodec {
-    type Encode = DynamicMessage;
+/// Encodes [`Outgoing`] messages (`DynamicMessage`s by default) and decodes bytes into messages of
+/// one descriptor.
+#[derive(Debug)]
+pub struct DynamicCodec<E = DynamicMessage> {
+    decode_as: MessageDescriptor,
+    encodes: PhantomData<fn(E)>,
+}
+
+impl<E> Clone for DynamicCodec<E> {
+    fn clone(&self) -> Self {
+        Self::new(self.decode_as.clone())
+    }
+}
+
+impl<E> DynamicCodec<E> {
+    /// A codec that decodes incoming messages as `decode_as` (the method's input type on a server,
+    /// its output type on a client).
+    pub fn new(decode_as: MessageDescriptor) -> Self {
+        Self {
+            decode_as,
+            encodes: PhantomData,
+        }
+    }
+}
+
+impl<E: Outgoing> Codec for DynamicCodec<E> {
+    type Encode = E;
     type Decode = DynamicMessage;
-    type Encoder = DynamicEncoder;
+    type Encoder = DynamicEncoder<E>;
     type Decoder = DynamicDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        DynamicEncoder
+        DynamicEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -41,16 +69,14 @@ impl Codec for DynamicCodec {
 
 /// The encoding half of [`DynamicCodec`].
 #[derive(Debug)]
-pub struct DynamicEncoder;
+pub struct DynamicEncoder<E>(PhantomData<fn(E)>);
 
-impl Encoder for DynamicEncoder {
-    type Item = DynamicMessage;
+impl<E: Outgoing> Encoder for DynamicEncoder<E> {
+    type Item = E;
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        item.encode(dst).map_err(|e| {
-            Status::internal(format!("encoding {}: {e}", item.descriptor().full_name()))
-        })
+        item.encode_to(dst)
     }
 }
 

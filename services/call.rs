@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use super::error::CallError;
+use super::reply::Reply;
 use super::rpc_kind::RpcKind;
 
 /// Request messages as they arrive from the client.
@@ -18,7 +19,7 @@ pub type RequestStream = BoxStream<'static, Result<DynamicMessage, Status>>;
 
 /// Where a backend sends replies; an `Err` ends the call with that status. A closed channel without
 /// an error means success.
-pub type ReplySink = mpsc::Sender<Result<DynamicMessage, CallError>>;
+pub type ReplySink = mpsc::Sender<Result<Reply, CallError>>;
 
 /// Something that carries out calls of one method: spawn mode or a worker pool.
 pub trait Executor: Send + Sync + std::fmt::Debug + 'static {

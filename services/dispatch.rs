@@ -25,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::call::{CallContext, Executor, RequestStream};
 use super::error::CallError;
 use super::limiter::Limiter;
+use super::reply::Reply;
 use super::rpc_kind::RpcKind;
 use crate::mesh::codec::DynamicCodec;
 use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout, with_call_deadline};
@@ -108,7 +109,7 @@ where
             });
         };
         Box::pin(async move {
-            let codec = DynamicCodec::new(method.desc.input());
+            let codec = DynamicCodec::<Reply>::new(method.desc.input());
             let mut grpc = Grpc::new(codec)
                 .max_decoding_message_size(method.max_message)
                 .max_encoding_message_size(usize::MAX);
@@ -175,7 +176,7 @@ fn exec_span(method: &str, mode: &'static str, queued: Duration) -> opentelemetr
 /// Adapts one method to tonic's four handler traits.
 struct Handler(Arc<MethodRuntime>);
 
-type Replies = BoxStream<'static, Result<DynamicMessage, Status>>;
+type Replies = BoxStream<'static, Result<Reply, Status>>;
 
 impl MethodRuntime {
     fn context(
@@ -282,7 +283,7 @@ impl MethodRuntime {
         self: Arc<Self>,
         ctx: CallContext,
         input: RequestStream,
-    ) -> Result<Response<DynamicMessage>, Status> {
+    ) -> Result<Response<Reply>, Status> {
         let mut replies = self.clone().start(ctx, input).await?;
         let mut reply = None;
         while let Some(next) = replies.next().await {
@@ -314,8 +315,8 @@ fn single_input(message: DynamicMessage) -> RequestStream {
 }
 
 impl UnaryService<DynamicMessage> for Handler {
-    type Response = DynamicMessage;
-    type Future = BoxFuture<'static, Result<Response<DynamicMessage>, Status>>;
+    type Response = Reply;
+    type Future = BoxFuture<'static, Result<Response<Reply>, Status>>;
 
     fn call(&mut self, request: Request<DynamicMessage>) -> Self::Future {
         let method = self.0.clone();
@@ -325,7 +326,7 @@ impl UnaryService<DynamicMessage> for Handler {
 }
 
 impl ServerStreamingService<DynamicMessage> for Handler {
-    type Response = DynamicMessage;
+    type Response = Reply;
     type ResponseStream = Replies;
     type Future = BoxFuture<'static, Result<Response<Replies>, Status>>;
 
@@ -344,8 +345,8 @@ impl ServerStreamingService<DynamicMessage> for Handler {
 }
 
 impl ClientStreamingService<DynamicMessage> for Handler {
-    type Response = DynamicMessage;
-    type Future = BoxFuture<'static, Result<Response<DynamicMessage>, Status>>;
+    type Response = Reply;
+    type Future = BoxFuture<'static, Result<Response<Reply>, Status>>;
 
     fn call(&mut self, request: Request<Streaming<DynamicMessage>>) -> Self::Future {
         let method = self.0.clone();
@@ -356,7 +357,7 @@ impl ClientStreamingService<DynamicMessage> for Handler {
 }
 
 impl StreamingService<DynamicMessage> for Handler {
-    type Response = DynamicMessage;
+    type Response = Reply;
     type ResponseStream = Replies;
     type Future = BoxFuture<'static, Result<Response<Replies>, Status>>;
 
@@ -380,14 +381,14 @@ impl Drop for AbortOnDrop {
 /// A call's replies, ended by `DEADLINE_EXCEEDED` when the deadline passes first. Dropping it (the
 /// client went away) aborts the call.
 struct ReplyStream {
-    rx: mpsc::Receiver<Result<DynamicMessage, CallError>>,
+    rx: mpsc::Receiver<Result<Reply, CallError>>,
     task: Option<AbortOnDrop>,
     sleep: Pin<Box<Sleep>>,
     deadline_error: Option<CallError>,
 }
 
 impl Stream for ReplyStream {
-    type Item = Result<DynamicMessage, Status>;
+    type Item = Result<Reply, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.task.is_none() {

@@ -5,7 +5,8 @@
 //! [`binding`] (manifest checked against the contract) → [`server`] (tonic server with health and
 //! reflection) → [`dispatch`] (one generic service for every method, deadlines and limits) →
 //! a backend: [`spawn`] (one process per call) or [`worker`] (a pool speaking the worker protocol) →
-//! [`json`] (proto3 JSON both ways) and [`error`] (the one mapping to gRPC statuses).
+//! [`json`] (proto3 JSON both ways), [`reply`] and [`transcode`] (replies straight from JSON to
+//! protobuf on the hot path) and [`error`] (the one mapping to gRPC statuses).
 
 pub mod binding;
 pub mod call;
@@ -21,9 +22,11 @@ pub mod mesh_file;
 pub mod placeholder;
 pub mod process;
 pub mod reaper;
+pub mod reply;
 pub mod rpc_kind;
 pub mod sandbox;
 pub mod server;
 pub mod spawn;
 pub mod supervisor;
+pub mod transcode;
 pub mod worker;

@@ -14,11 +14,12 @@ use tonic::Code;
 use super::call::{CallContext, Executor, ReplySink, RequestStream, first_request};
 use super::error::{CallError, tail};
 use super::exit_status::describe_exit;
-use super::json::{from_json, write_json};
+use super::json::write_json;
 use super::line_reader::{Line, read_line};
 use super::manifest::{Output, SpawnSpec};
 use super::placeholder::render_argv;
 use super::process::{self, Launch};
+use super::reply::{Reply, ReplyReader};
 use crate::mesh::status_code::parse_code;
 use crate::mesh::telemetry::span;
 
@@ -36,7 +37,7 @@ const STDERR_TAIL: usize = 2048;
 #[derive(Debug)]
 pub struct SpawnRunner {
     spec: SpawnSpec,
-    reply_type: MessageDescriptor,
+    reply: ReplyReader,
     max_output: usize,
 }
 
@@ -87,7 +88,7 @@ impl SpawnRunner {
     pub fn new(spec: SpawnSpec, reply_type: MessageDescriptor, max_output: usize) -> Self {
         Self {
             spec,
-            reply_type,
+            reply: ReplyReader::new(reply_type),
             max_output,
         }
     }
@@ -287,15 +288,9 @@ impl SpawnRunner {
         }
     }
 
-    fn parse_reply(&self, ctx: &CallContext, text: &[u8]) -> Result<DynamicMessage, CallError> {
+    fn parse_reply(&self, ctx: &CallContext, text: &[u8]) -> Result<Reply, CallError> {
         match &self.spec.output {
-            Output::Json => {
-                from_json(&self.reply_type, text).map_err(|detail| CallError::BadReply {
-                    method: ctx.method.to_string(),
-                    message_type: self.reply_type.full_name().to_string(),
-                    detail,
-                })
-            }
+            Output::Json => self.reply.read(&ctx.method, text),
             Output::Text { field } => {
                 let mut text = String::from_utf8_lossy(text).into_owned();
                 if ctx.kind.single_reply() && text.ends_with('\n') {
@@ -304,14 +299,14 @@ impl SpawnRunner {
                         text.pop();
                     }
                 }
-                let mut reply = DynamicMessage::new(self.reply_type.clone());
+                let mut reply = DynamicMessage::new(self.reply.descriptor().clone());
                 reply
                     .try_set_field_by_name(field, Value::String(text))
                     .map_err(|e| CallError::Protocol {
                         method: ctx.method.to_string(),
                         detail: format!("setting text field {field}: {e}"),
                     })?;
-                Ok(reply)
+                Ok(Reply::Message(reply))
             }
         }
     }

@@ -11,9 +11,10 @@ use std::sync::OnceLock;
 
 use exemesh::services::json::{from_json, to_json, write_json};
 use exemesh::services::manifest::Manifest;
+use exemesh::services::transcode::json_to_proto::JsonToProto;
 use exemesh::services::worker::frame::parse_inbound;
-use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage, Value};
-use protox::file::{File, FileResolver};
+use prost_reflect::{DynamicMessage, MessageDescriptor};
+use protox::file::{File, FileResolver, GoogleFileResolver};
 
 /// `worker_frame`: any bytes on a worker's stdout become a frame or an error for the log.
 pub fn worker_frame(line: &[u8]) {
@@ -30,23 +31,38 @@ pub fn manifest(data: &[u8]) {
     }
 }
 
-/// `json_proto`: the proto3 JSON mapping never panics on what an executable writes, and what it
-/// accepts survives the trip back.
+/// `json_proto`: the proto3 JSON mapping never panics on what an executable writes, what it
+/// accepts survives the trip back, and the replies' fast path agrees with it.
 ///
-/// The first byte picks a type of [`MESSAGES`] (modulo its length); the rest is the JSON text. When
-/// `from_json` accepts it, `to_json` and `write_json` must write the same bytes, and `from_json`
-/// must parse them to an equal message. "Equal" is proto3 equality: a field without presence that
-/// holds its default value counts as unset, since the canonical JSON omits it (`{"text":""}` and
-/// `{}` are one message).
+/// The first byte picks a type of [`MESSAGES`] (modulo its length); the rest is the JSON text.
+/// When the JSON → protobuf transcoder takes the text, `from_json` must accept it too, and the
+/// transcoder's bytes must decode to the same message. When `from_json` accepts it, `to_json` and
+/// `write_json` must write the same bytes, and `from_json` must parse them to an equal message.
+/// "Equal" means the same canonical JSON: proto3 equality (a field without presence that holds its
+/// default value counts as unset, so `{"text":""}` and `{}` are one message), map order aside,
+/// and NaN equal to itself.
 pub fn json_proto(data: &[u8]) {
     let Some((&selector, text)) = data.split_first() else {
         return;
     };
     let descriptors = descriptors();
     let desc = &descriptors[usize::from(selector) % descriptors.len()];
-    let Ok(mut message) = from_json(desc, text) else {
+    let mut fast = Vec::new();
+    let fast_took = JsonToProto::new(desc).transcode(text, &mut fast);
+    let Ok(message) = from_json(desc, text) else {
+        assert!(!fast_took, "the fast path took JSON from_json rejects");
         return;
     };
+    if fast_took {
+        let decoded = DynamicMessage::decode(desc.clone(), fast.as_slice())
+            .unwrap_or_else(|e| panic!("the fast path wrote undecodable bytes: {e}"));
+        assert_eq!(
+            canonical(&decoded),
+            canonical(&message),
+            "the fast path and from_json disagree on {}",
+            desc.full_name()
+        );
+    }
     let json = to_json(&message);
     let mut written = Vec::new();
     write_json(&message, &mut written);
@@ -56,17 +72,15 @@ pub fn json_proto(data: &[u8]) {
         "write_json and to_json disagree for {}",
         desc.full_name()
     );
-    let mut back = from_json(desc, json.as_bytes()).unwrap_or_else(|e| {
+    let back = from_json(desc, json.as_bytes()).unwrap_or_else(|e| {
         panic!(
             "to_json wrote {json} for {}, which from_json rejects: {e}",
             desc.full_name()
         )
     });
-    normalize(&mut message);
-    normalize(&mut back);
     assert_eq!(
-        message,
-        back,
+        canonical(&message),
+        canonical(&back),
         "{} changed on the round trip through {json}",
         desc.full_name()
     );
@@ -87,6 +101,7 @@ pub const MESSAGES: &[&str] = &[
     "shop.v1.GetOrderRequest",
     "shop.v1.Order",
     "shop.v1.ImportSummary",
+    "kinds.v1.Everything",
 ];
 
 /// The contracts, embedded so the fuzz binary needs no source tree: the echo test fixture and the
@@ -108,6 +123,10 @@ const PROTOS: &[(&str, &str)] = &[
         "shop/v1/order.proto",
         include_str!("../../examples/shop/proto/shop/v1/order.proto"),
     ),
+    (
+        "kinds.proto",
+        include_str!("../../tests/fixtures/transcode/kinds.proto"),
+    ),
 ];
 
 struct EmbeddedProtos;
@@ -116,7 +135,7 @@ impl FileResolver for EmbeddedProtos {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
         match PROTOS.iter().find(|(file, _)| *file == name) {
             Some((file, source)) => File::from_source(file, source),
-            None => Err(protox::Error::file_not_found(name)),
+            None => GoogleFileResolver::new().open_file(name),
         }
     }
 }
@@ -142,23 +161,9 @@ fn descriptors() -> &'static [MessageDescriptor] {
     })
 }
 
-/// Clears, recursively, every field without presence that holds its default value.
-fn normalize(message: &mut DynamicMessage) {
-    let desc = message.descriptor();
-    for field in desc.fields() {
-        if !field.supports_presence() && message.get_field(&field).is_default_for_field(&field) {
-            message.clear_field(&field);
-        } else if message.has_field(&field) {
-            normalize_value(message.get_field_mut(&field));
-        }
-    }
-}
-
-fn normalize_value(value: &mut Value) {
-    match value {
-        Value::Message(message) => normalize(message),
-        Value::List(items) => items.iter_mut().for_each(normalize_value),
-        Value::Map(entries) => entries.values_mut().for_each(normalize_value),
-        _ => {}
-    }
+/// A message as its canonical JSON, parsed: equal for equal messages whatever the order of their
+/// maps, and with NaN equal to itself.
+fn canonical(message: &DynamicMessage) -> serde_json::Value {
+    serde_json::from_str(&to_json(message))
+        .unwrap_or_else(|e| panic!("to_json wrote bad JSON: {e}"))
 }

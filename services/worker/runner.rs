@@ -11,13 +11,14 @@ use super::pool::{Lease, Pool};
 use crate::mesh::telemetry::span;
 use crate::services::call::{CallContext, Executor, ReplySink, RequestStream, first_request};
 use crate::services::error::CallError;
-use crate::services::json::{JsonMessage, from_json};
+use crate::services::json::JsonMessage;
+use crate::services::reply::ReplyReader;
 
 /// Runs calls of one method on a pool.
 #[derive(Debug)]
 pub struct WorkerRunner {
     pool: Arc<Pool>,
-    reply_type: MessageDescriptor,
+    reply: ReplyReader,
     max_output: usize,
 }
 
@@ -47,7 +48,7 @@ impl WorkerRunner {
     pub fn new(pool: Arc<Pool>, reply_type: MessageDescriptor, max_output: usize) -> Self {
         Self {
             pool,
-            reply_type,
+            reply: ReplyReader::new(reply_type),
             max_output,
         }
     }
@@ -119,11 +120,7 @@ impl WorkerRunner {
                         if ctx.kind.single_reply() && sent > 1 {
                             break Err(CallError::Protocol { method: ctx.method.to_string(), detail: format!("worker {} sent more than one reply to a {} call", conn.id(), ctx.kind) });
                         }
-                        let reply = from_json(&self.reply_type, raw.get().as_bytes()).map_err(|detail| CallError::BadReply {
-                            method: ctx.method.to_string(),
-                            message_type: self.reply_type.full_name().to_string(),
-                            detail,
-                        })?;
+                        let reply = self.reply.read(&ctx.method, raw.get().as_bytes())?;
                         if replies.send(Ok(reply)).await.is_err() {
                             break Ok(());
                         }
