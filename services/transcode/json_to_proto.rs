@@ -45,19 +45,31 @@ impl JsonToProto {
     }
 }
 
-/// A set of small indices (fields or oneofs seen so far).
-struct Seen(Vec<u64>);
+/// A set of small indices (fields or oneofs seen so far); no allocation up to 64 of them.
+struct Seen {
+    first: u64,
+    rest: Vec<u64>,
+}
 
 impl Seen {
     fn new(len: usize) -> Self {
-        Self(vec![0; len.div_ceil(64)])
+        let rest = if len > 64 {
+            vec![0; (len - 64).div_ceil(64)]
+        } else {
+            Vec::new()
+        };
+        Self { first: 0, rest }
     }
 
     /// Marks `index`; `true` when it was already marked.
     fn insert(&mut self, index: usize) -> bool {
-        let (word, bit) = (index / 64, 1u64 << (index % 64));
-        let was = self.0[word] & bit != 0;
-        self.0[word] |= bit;
+        let bit = 1u64 << (index % 64);
+        let word = match index / 64 {
+            0 => &mut self.first,
+            n => &mut self.rest[n - 1],
+        };
+        let was = *word & bit != 0;
+        *word |= bit;
         was
     }
 }
@@ -439,5 +451,20 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_> {
         .visit_map(map)?;
         end_len(self.out, start);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Seen;
+
+    #[test]
+    fn seen_marks_each_index_once_below_and_above_64() {
+        let mut seen = Seen::new(300);
+        for index in [0, 63, 64, 127, 128, 299] {
+            assert!(!seen.insert(index), "{index} is new");
+            assert!(seen.insert(index), "{index} was marked");
+        }
+        assert!(!seen.insert(1));
     }
 }
