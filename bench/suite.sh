@@ -10,6 +10,7 @@
 #   discovery.sh  10k instances / 1k watchers on the registry; etcd at 1k   (target 7)
 #   failover.sh   kill -9 of 1 of 3 replicas at 16 in flight                (target 8)
 #   tls.sh        mTLS vs plaintext                                          (issue 5's cost)
+#   transcode.sh  an executable's JSON reply to protobuf: general path vs transcoder (optimisation 7)
 # then renders the results as SVG charts (bench/plot, with the plotters crate) into docs/bench/.
 # Usage: bench/suite.sh [--quick | --full]
 #   --quick (default): 3 rounds x 1 s per variant (1 round of discovery, 1 failover), under
@@ -46,6 +47,7 @@ parts=(
   "discovery $discovery_rounds"
   "failover $failovers"
   "tls $rounds $secs"
+  "transcode"
 )
 for part in "${parts[@]}"; do
   read -r name args <<<"$part"
