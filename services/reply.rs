@@ -72,3 +72,60 @@ impl ReplyReader {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn everything() -> MessageDescriptor {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transcode");
+        crate::services::contract::compile(&[dir.join("kinds.proto")], &[dir])
+            .expect("fixture compiles")
+            .0
+            .get_message_by_name("kinds.v1.Everything")
+            .expect("Everything")
+    }
+
+    #[test]
+    fn a_plain_reply_is_sent_as_the_bytes_of_the_same_message() {
+        let reader = ReplyReader::new(everything());
+        let text = br#"{"maybeText": "hi", "counts": {"a": "3"}, "colours": ["RED", "BLUE"]}"#;
+        let Ok(Reply::Encoded(bytes)) = reader.read("kinds.v1.Test/Get", text) else {
+            panic!("a plain reply takes the fast path");
+        };
+        let decoded = DynamicMessage::decode(everything(), bytes).expect("decodes");
+        let general = from_json(&everything(), text).expect("valid");
+        // Compared as canonical JSON (map order aside; a failure prints JSON, not descriptors).
+        let json = |m: &DynamicMessage| {
+            serde_json::from_str::<serde_json::Value>(&crate::services::json::to_json(m))
+                .expect("JSON")
+        };
+        assert_eq!(json(&decoded), json(&general));
+    }
+
+    #[test]
+    fn a_well_known_type_goes_the_general_way_and_errors_read_as_before() {
+        let reader = ReplyReader::new(everything());
+        let reply = reader.read("kinds.v1.Test/Get", br#"{"at": "2024-01-02T03:04:05Z"}"#);
+        let Ok(Reply::Message(message)) = reply else {
+            panic!("a Timestamp is left to the general path: {reply:?}");
+        };
+        assert!(message.has_field_by_name("at"));
+
+        let bad = br#"{"maybe": "seven"}"#;
+        let expected = from_json(&everything(), bad).expect_err("invalid");
+        match reader.read("kinds.v1.Test/Get", bad) {
+            Err(CallError::BadReply {
+                method,
+                message_type,
+                detail,
+            }) => {
+                assert_eq!(method, "kinds.v1.Test/Get");
+                assert_eq!(message_type, "kinds.v1.Everything");
+                assert_eq!(detail, expected, "the general path words the error");
+            }
+            other => panic!("expected BadReply, got {other:?}"),
+        }
+    }
+}
