@@ -15,29 +15,34 @@ use std::str::FromStr;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::plan::{FieldPlan, MessageIndex, Plans, ScalarKind, Shape, ValueKind};
+use super::plan::{FieldPlan, MessageIndex, Plans, ScalarKind, Shape, ValueKind, is_well_known};
 use super::scalar::{Scalar, decline, decode_base64};
 
 /// Transcodes JSON replies of one message type to protobuf.
 #[derive(Debug, Clone)]
 pub struct JsonToProto {
-    plans: Plans,
+    /// `None` when the type itself is a well-known type (`google.protobuf.Empty`, `Struct`...),
+    /// whose JSON form is its own: every reply then takes the general path.
+    plans: Option<Plans>,
 }
 
 impl JsonToProto {
     /// A transcoder for messages of type `desc` (its plan is computed here, once).
     pub fn new(desc: &prost_reflect::MessageDescriptor) -> Self {
         Self {
-            plans: Plans::new(desc),
+            plans: (!is_well_known(desc.full_name())).then(|| Plans::new(desc)),
         }
     }
 
     /// Appends the protobuf encoding of the JSON `text` to `out` and returns `true`, or returns
     /// `false` when the general path must decide (`out` then holds partial output).
     pub fn transcode(&self, text: &[u8], out: &mut Vec<u8>) -> bool {
+        let Some(plans) = &self.plans else {
+            return false;
+        };
         let mut de = serde_json::Deserializer::from_slice(text);
         let seed = MessageSeed {
-            plans: &self.plans,
+            plans,
             index: 0,
             out,
         };

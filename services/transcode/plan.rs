@@ -202,11 +202,9 @@ impl Builder {
             return ValueKind::Unsupported;
         }
         match field.kind() {
-            Kind::Message(desc) if desc.package_name() == "google.protobuf" => {
-                ValueKind::Unsupported
-            }
+            Kind::Message(desc) if is_well_known(desc.full_name()) => ValueKind::Unsupported,
             Kind::Message(desc) => ValueKind::Message(self.message(&desc)),
-            Kind::Enum(desc) if desc.package_name() == "google.protobuf" => ValueKind::Unsupported,
+            Kind::Enum(desc) if is_well_known(desc.full_name()) => ValueKind::Unsupported,
             Kind::Enum(desc) => ValueKind::Enum(
                 desc.values()
                     .map(|v| (v.name().into(), v.number()))
@@ -215,6 +213,12 @@ impl Builder {
             other => scalar(&other).map_or(ValueKind::Unsupported, ValueKind::Scalar),
         }
     }
+}
+
+/// Whether prost-reflect gives the type a JSON form of its own (it goes by the full name, as here,
+/// so a type that merely lives in a package nested under `google` counts too).
+pub fn is_well_known(full_name: &str) -> bool {
+    full_name.starts_with("google.protobuf.")
 }
 
 fn unsupported(field: &FieldDescriptor, oneof: Option<usize>) -> FieldPlan {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use proptest::prelude::*;
-use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, Value};
 
 use super::json_to_proto::JsonToProto;
 use crate::services::json::{from_json, to_json};
@@ -27,6 +27,26 @@ fn canonical(message: &DynamicMessage) -> serde_json::Value {
     serde_json::from_str(&to_json(message)).expect("to_json writes JSON")
 }
 
+/// Panics when `message` or a message inside it holds unknown fields: the transcoder wrote a field
+/// number the type does not have (canonical JSON would not show it).
+fn assert_no_unknown_fields(message: &DynamicMessage) {
+    assert_eq!(
+        message.unknown_fields().count(),
+        0,
+        "unknown fields in {}",
+        to_json(message)
+    );
+    for (_, value) in message.fields() {
+        let nested: Vec<&DynamicMessage> = match value {
+            Value::Message(m) => vec![m],
+            Value::List(items) => items.iter().filter_map(Value::as_message).collect(),
+            Value::Map(entries) => entries.values().filter_map(Value::as_message).collect(),
+            _ => Vec::new(),
+        };
+        nested.into_iter().for_each(assert_no_unknown_fields);
+    }
+}
+
 /// Runs both paths on `text`. Panics when the fast path answers and the general path disagrees;
 /// returns whether the fast path answered.
 fn agree(desc: &MessageDescriptor, text: &str) -> bool {
@@ -37,6 +57,7 @@ fn agree(desc: &MessageDescriptor, text: &str) -> bool {
         let slow = slow.unwrap_or_else(|e| panic!("fast path took {text}, from_json says {e}"));
         let decoded = DynamicMessage::decode(desc.clone(), out.as_slice())
             .unwrap_or_else(|e| panic!("fast path wrote undecodable bytes for {text}: {e}"));
+        assert_no_unknown_fields(&decoded);
         assert_eq!(
             canonical(&decoded),
             canonical(&slow),
@@ -325,4 +346,53 @@ fn a_nested_message_over_127_bytes_gets_a_two_byte_length() {
     // field 19, length-delimited: a two-byte key, then a two-byte length.
     assert_eq!(&bytes[..2], &[0x9a, 0x01]);
     assert!(bytes[2] & 0x80 != 0, "a multi-byte length");
+}
+
+#[test]
+fn a_well_known_type_as_the_reply_type_always_takes_the_general_path() {
+    let pool = pool();
+    for (name, text) in [
+        ("google.protobuf.Struct", r#"{"a": 1}"#),
+        ("google.protobuf.Struct", r#"{"fields": {}}"#),
+        ("google.protobuf.Value", r#"{"numberValue": 5}"#),
+        ("google.protobuf.ListValue", "{}"),
+        ("google.protobuf.Timestamp", r#"{"seconds": 1}"#),
+    ] {
+        let desc = pool
+            .get_message_by_name(name)
+            .expect("imported by the fixture");
+        let mut out = Vec::new();
+        assert!(
+            !JsonToProto::new(&desc).transcode(text.as_bytes(), &mut out),
+            "{name} took {text}"
+        );
+    }
+}
+
+#[test]
+fn a_json_name_wins_over_a_proto_name_spelled_the_same() {
+    // `alpha` is spelled "beta" in JSON, and `beta` is spelled "gamma".
+    let desc = everything();
+    for (text, alpha, beta) in [
+        (r#"{"beta": 5}"#, 5, 0),
+        (r#"{"gamma": 6}"#, 0, 6),
+        (r#"{"alpha": 7}"#, 7, 0),
+    ] {
+        let bytes = transcode(text).expect("taken");
+        assert!(agree(&desc, text));
+        let decoded = DynamicMessage::decode(desc.clone(), bytes.as_slice()).expect("decodes");
+        let get = |name: &str| decoded.get_field_by_name(name).and_then(|v| v.as_i32());
+        assert_eq!(
+            (get("alpha"), get("beta")),
+            (Some(alpha), Some(beta)),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn minus_zero_keeps_its_sign_where_presence_is_tracked() {
+    let bytes = transcode(r#"{"maybeDouble": -0.0}"#).expect("taken");
+    assert_eq!(bytes, [0xd1, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x80]);
+    assert!(agree(&everything(), r#"{"maybeDouble": -0.0}"#));
 }
