@@ -11,9 +11,15 @@ use crate::services::json::{from_json, to_json};
 
 fn pool() -> DescriptorPool {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transcode");
-    crate::services::contract::compile(&[dir.join("kinds.proto")], &[dir])
-        .expect("fixture compiles")
+    crate::services::contract::compile(&[dir.join("kinds.proto"), dir.join("legacy.proto")], &[dir])
+        .expect("fixtures compile")
         .0
+}
+
+fn legacy() -> MessageDescriptor {
+    pool()
+        .get_message_by_name("kinds.v2.Legacy")
+        .expect("Legacy")
 }
 
 fn everything() -> MessageDescriptor {
@@ -95,6 +101,7 @@ impl Gen<'_> {
                 0 => field.name().to_string(),
                 1 => "unknownField".to_string(),
                 2 if depth == 0 => "[kinds.v1.ext]".to_string(),
+                3 if depth == 0 => "[kinds.v2.remark]".to_string(),
                 _ => field.json_name().to_string(),
             };
             let value = if self.pick(12) == 0 {
@@ -260,6 +267,15 @@ proptest! {
     }
 
     #[test]
+    fn the_fast_path_never_disagrees_on_proto2(
+        choices in proptest::collection::vec(any::<u8>(), 0..400),
+    ) {
+        let desc = legacy();
+        let text = Gen { choices: &choices, at: 0 }.message(&desc, 0);
+        agree(&desc, &text);
+    }
+
+    #[test]
     fn the_fast_path_takes_every_canonical_reply_without_well_known_types(
         choices in proptest::collection::vec(any::<u8>(), 0..400),
     ) {
@@ -395,4 +411,22 @@ fn minus_zero_keeps_its_sign_where_presence_is_tracked() {
     let bytes = transcode(r#"{"maybeDouble": -0.0}"#).expect("taken");
     assert_eq!(bytes, [0xd1, 0x01, 0, 0, 0, 0, 0, 0, 0, 0x80]);
     assert!(agree(&everything(), r#"{"maybeDouble": -0.0}"#));
+}
+
+#[test]
+fn proto2_defaults_are_written_when_given_and_groups_and_extensions_are_declined() {
+    let desc = legacy();
+    let mut out = Vec::new();
+    let fast = JsonToProto::new(&desc);
+    // A present field is written even at its type's default (proto2 tracks presence).
+    assert!(fast.transcode(br#"{"id": "", "count": 0, "flag": false}"#, &mut out));
+    assert_eq!(out, [0x0a, 0x00, 0x10, 0x00, 0x30, 0x00]);
+    assert!(agree(&desc, r#"{"id": "", "count": 0, "flag": false}"#));
+    for text in [
+        r#"{"extra": {"note": "x"}}"#,
+        r#"{"[kinds.v2.remark]": "x"}"#,
+    ] {
+        out.clear();
+        assert!(!fast.transcode(text.as_bytes(), &mut out), "took {text}");
+    }
 }
