@@ -2,6 +2,7 @@
 //! and means the same message; and it answers for every canonical JSON of the types it handles.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use proptest::prelude::*;
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, Value};
@@ -9,11 +10,17 @@ use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MessageDescriptor, Val
 use super::json_to_proto::JsonToProto;
 use crate::services::json::{from_json, to_json};
 
+/// The fixtures, compiled once per test process (the property tests ask for them per case).
 fn pool() -> DescriptorPool {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transcode");
-    crate::services::contract::compile(&[dir.join("kinds.proto"), dir.join("legacy.proto")], &[dir])
-        .expect("fixtures compile")
-        .0
+    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transcode");
+        let files = [dir.join("kinds.proto"), dir.join("legacy.proto")];
+        crate::services::contract::compile(&files, &[dir])
+            .expect("fixtures compile")
+            .0
+    })
+    .clone()
 }
 
 fn legacy() -> MessageDescriptor {
