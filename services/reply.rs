@@ -76,16 +76,7 @@ impl ReplyReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn everything() -> MessageDescriptor {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transcode");
-        crate::services::contract::compile(&[dir.join("kinds.proto")], &[dir])
-            .expect("fixture compiles")
-            .0
-            .get_message_by_name("kinds.v1.Everything")
-            .expect("Everything")
-    }
+    use crate::services::transcode::tests::{canonical, everything};
 
     #[test]
     fn a_plain_reply_is_sent_as_the_bytes_of_the_same_message() {
@@ -97,11 +88,7 @@ mod tests {
         let decoded = DynamicMessage::decode(everything(), bytes).expect("decodes");
         let general = from_json(&everything(), text).expect("valid");
         // Compared as canonical JSON (map order aside; a failure prints JSON, not descriptors).
-        let json = |m: &DynamicMessage| {
-            serde_json::from_str::<serde_json::Value>(&crate::services::json::to_json(m))
-                .expect("JSON")
-        };
-        assert_eq!(json(&decoded), json(&general));
+        assert_eq!(canonical(&decoded), canonical(&general));
     }
 
     #[test]

@@ -294,30 +294,24 @@ impl<'p, 'o> FieldSeed<'p, 'o> {
 }
 
 fn write_map_key<E: Error>(kind: ScalarKind, text: &str, out: &mut Vec<u8>) -> Result<(), E> {
+    // A map key is the entry's field 1; JSON spells every key as a string.
     let scalar = match kind {
-        ScalarKind::Int32 | ScalarKind::Sint32 | ScalarKind::Sfixed32 => {
-            Scalar::I32(i32::from_str(text).map_err(|_| decline::<E>())?)
-        }
-        ScalarKind::Int64 | ScalarKind::Sint64 | ScalarKind::Sfixed64 => {
-            Scalar::I64(i64::from_str(text).map_err(|_| decline::<E>())?)
-        }
-        ScalarKind::Uint32 | ScalarKind::Fixed32 => {
-            Scalar::U32(u32::from_str(text).map_err(|_| decline::<E>())?)
-        }
-        ScalarKind::Uint64 | ScalarKind::Fixed64 => {
-            Scalar::U64(u64::from_str(text).map_err(|_| decline::<E>())?)
-        }
-        ScalarKind::Bool => Scalar::Bool(bool::from_str(text).map_err(|_| decline::<E>())?),
         ScalarKind::String => {
-            encode_key(1, WireType::LengthDelimited, out);
-            encode_varint(text.len() as u64, out);
-            out.extend_from_slice(text.as_bytes());
+            write_bytes_field(1, text.as_bytes(), out);
             return Ok(());
         }
-        _ => return Err(decline()),
+        ScalarKind::Bool => Scalar::Bool(bool::from_str(text).map_err(|_| decline::<E>())?),
+        integer => Scalar::from_text(integer, text)?,
     };
     scalar.write(kind, Some((1, false)), out);
     Ok(())
+}
+
+/// Writes a length-delimited field: its key, the length, the bytes.
+fn write_bytes_field(number: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
 }
 
 /// One value of a kind: a field's value, a list element or a map value.
@@ -364,17 +358,13 @@ impl<'p, 'o> ValueSeed<'p, 'o> {
     }
 
     fn write_len<E: Error>(self, bytes: &[u8]) -> Result<(), E> {
-        if let Some((number, skip_default)) = self.tag {
-            if skip_default && bytes.is_empty() {
-                return Ok(());
-            }
-            encode_key(number, WireType::LengthDelimited, self.out);
-        } else {
-            // Strings and bytes are never packed.
+        // Strings and bytes are never packed, so they always come with a key.
+        let Some((number, skip_default)) = self.tag else {
             return Err(decline());
+        };
+        if !(skip_default && bytes.is_empty()) {
+            write_bytes_field(number, bytes, self.out);
         }
-        encode_varint(bytes.len() as u64, self.out);
-        self.out.extend_from_slice(bytes);
         Ok(())
     }
 }

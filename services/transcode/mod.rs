@@ -9,4 +9,4 @@ pub mod plan;
 pub mod scalar;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

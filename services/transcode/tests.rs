@@ -11,7 +11,7 @@ use super::json_to_proto::JsonToProto;
 use crate::services::json::{from_json, to_json};
 
 /// The fixtures, compiled once per test process (the property tests ask for them per case).
-fn pool() -> DescriptorPool {
+pub(crate) fn pool() -> DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
     POOL.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/transcode");
@@ -29,14 +29,15 @@ fn legacy() -> MessageDescriptor {
         .expect("Legacy")
 }
 
-fn everything() -> MessageDescriptor {
+/// `kinds.v1.Everything`: every field shape of proto3.
+pub(crate) fn everything() -> MessageDescriptor {
     pool()
         .get_message_by_name("kinds.v1.Everything")
         .expect("Everything")
 }
 
 /// The message as canonical JSON, parsed (so that map order and float spelling do not matter).
-fn canonical(message: &DynamicMessage) -> serde_json::Value {
+pub(crate) fn canonical(message: &DynamicMessage) -> serde_json::Value {
     serde_json::from_str(&to_json(message)).expect("to_json writes JSON")
 }
 
