@@ -14,8 +14,9 @@ use exemesh::mesh::dynamic_client;
 use exemesh::mesh::status_code::code_name;
 use exemesh::mesh::telemetry::propagation;
 use exemesh::mesh::telemetry::rpc_span::{client_span, record_status};
+use exemesh::services::json::write_json;
 use opentelemetry::trace::TraceContextExt as _;
-use prost_reflect::{DeserializeOptions, DynamicMessage, MethodDescriptor, SerializeOptions};
+use prost_reflect::{DeserializeOptions, DynamicMessage, MethodDescriptor};
 use tonic::transport::Endpoint;
 
 /// Call a method: JSON in, JSON out.
@@ -178,15 +179,10 @@ where
             let mut stdout = std::io::stdout().lock();
             while let Some(reply) = replies.message().await? {
                 let mut line = Vec::new();
-                let mut ser = serde_json::Serializer::new(&mut line);
-                if reply
-                    .serialize_with_options(&mut ser, &SerializeOptions::new())
-                    .is_ok()
-                {
-                    line.push(b'\n');
-                    let _ = stdout.write_all(&line);
-                    let _ = stdout.flush();
-                }
+                write_json(&reply, &mut line);
+                line.push(b'\n');
+                let _ = stdout.write_all(&line);
+                let _ = stdout.flush();
             }
             Ok::<_, tonic::Status>(())
         },

@@ -8,7 +8,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::services::json::JsonMessage;
+use crate::services::json::{JsonMessage, json_writer};
 use crate::services::spawn::ErrorBody;
 use prost_reflect::DynamicMessage;
 
@@ -94,7 +94,7 @@ struct OutFrame<'a> {
 fn line(id: u32, kind: Outbound<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     // Serializing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &OutFrame { id, kind });
+    let _ = OutFrame { id, kind }.serialize(&mut json_writer(&mut out));
     out.push(b'\n');
     out
 }
@@ -138,7 +138,7 @@ struct ReplyFrame<'a> {
 fn reply_line(call_id: u32, kind: Reply<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     // Serializing into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut out, &ReplyFrame { call_id, kind });
+    let _ = ReplyFrame { call_id, kind }.serialize(&mut json_writer(&mut out));
     out.push(b'\n');
     out
 }
@@ -376,6 +376,23 @@ mod tests {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = parse_inbound(&bytes);
+        }
+    }
+
+    #[test]
+    fn frames_write_the_largest_float_so_that_it_reads_back() {
+        let desc = crate::services::transcode::tests::everything();
+        let mut message = DynamicMessage::new(desc.clone());
+        message.set_field_by_name("ratio", prost_reflect::Value::F32(f32::MAX));
+        for line in [message_line(3, &message), reply_message_line(3, &message)] {
+            let frame: serde_json::Value = serde_json::from_slice(&line).expect("a JSON line");
+            let text = frame["message"].to_string();
+            let back = crate::services::json::from_json(&desc, text.as_bytes())
+                .unwrap_or_else(|e| panic!("{text} does not read back: {e}"));
+            assert_eq!(
+                back.get_field_by_name("ratio").and_then(|v| v.as_f32()),
+                Some(f32::MAX)
+            );
         }
     }
 
