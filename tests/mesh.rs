@@ -260,6 +260,93 @@ async fn kill_9_of_a_replica_under_load_fails_no_idempotent_call() {
     .await;
 }
 
+/// Lists `address` in the registry as instance `id` of the echo service (lease of 30 s, not kept
+/// alive); returns the discovery client and the lease.
+async fn register_instance(
+    registry: &str,
+    id: &str,
+    address: String,
+) -> (Arc<dyn Discovery>, exemesh::mesh::discovery::Lease) {
+    let discovery = connect(registry).expect("discovery");
+    let instance = Instance {
+        id: id.into(),
+        services: vec![SERVICE.into()],
+        address,
+        ..Default::default()
+    };
+    let lease = discovery
+        .register(instance, Duration::from_secs(30))
+        .await
+        .expect("register");
+    (discovery, lease)
+}
+
+/// A server that answers one call with response headers and then dies, as a replica killed between
+/// a reply's headers and its message would: it closes the connection and stops listening. The
+/// receiver fires once the client holds those headers.
+async fn headers_then_death() -> (String, tokio::sync::oneshot::Receiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let (hit, hit_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        drop(listener);
+        let mut connection = h2::server::handshake(socket).await.expect("handshake");
+        let mut ping_pong = connection.ping_pong().expect("ping pong");
+        let (_request, mut respond) = connection
+            .accept()
+            .await
+            .expect("a call")
+            .expect("a request");
+        let driver = tokio::spawn(async move { while connection.accept().await.is_some() {} });
+        let headers = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .expect("headers");
+        let _stream = respond.send_response(headers, false).expect("send headers");
+        // Frames leave in order: once the pong is back, the client has the headers.
+        ping_pong
+            .ping(h2::Ping::opaque())
+            .await
+            .expect("the client answers the ping");
+        driver.abort();
+        let _ = driver.await;
+        let _ = hit.send(());
+    });
+    (address, hit_rx)
+}
+
+#[tokio::test]
+async fn a_replica_dying_between_reply_headers_and_message_fails_no_idempotent_call() {
+    let registry = Registry::start("127.0.0.1:0");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _a = replica(dir.path(), &registry.addr, "hd-a", "").await;
+    let (address, mut hit) = headers_then_death().await;
+    let _dying = register_instance(&registry.addr, "hd-dying", address).await;
+    let channel = channel(&registry.addr);
+    let client = EchoClient::new_with(channel.clone());
+    wait_until("2 endpoints", Duration::from_secs(10), || {
+        channel.active_endpoints() == 2
+    })
+    .await;
+    // Sequential calls until one has met the dying server (p2c spreads them over both), then a few
+    // more: every one must be answered, the one that met the death by a retry on the replica.
+    let mut after_hit = None;
+    for i in 0..200 {
+        let reply = client.unary(req(&i.to_string(), "")).await;
+        assert!(reply.is_ok(), "call {i} failed: {:?}", reply.err());
+        if after_hit.is_none() && hit.try_recv().is_ok() {
+            after_hit = Some(i);
+        }
+        if after_hit.is_some_and(|first| i >= first + 5) {
+            return;
+        }
+    }
+    panic!("no call reached the dying server (after_hit = {after_hit:?})");
+}
+
 #[tokio::test]
 async fn sigterm_of_a_replica_under_load_fails_no_call() {
     let registry = Registry::start("127.0.0.1:0");
@@ -457,17 +544,8 @@ async fn a_dead_endpoint_is_ejected_then_readmitted_when_it_comes_back() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port");
-    let discovery = connect(&registry.addr).expect("discovery");
-    let ghost = Instance {
-        id: "comeback".into(),
-        services: vec![SERVICE.into()],
-        address: format!("127.0.0.1:{port}"),
-        ..Default::default()
-    };
-    let lease = discovery
-        .register(ghost, Duration::from_secs(30))
-        .await
-        .expect("register");
+    let (discovery, lease) =
+        register_instance(&registry.addr, "comeback", format!("127.0.0.1:{port}")).await;
     let channel = channel(&registry.addr);
     let client = EchoClient::new_with(channel.clone());
     wait_until("2 endpoints", Duration::from_secs(10), || {

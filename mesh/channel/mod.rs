@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! MeshChannel (per call: deadline = min(own timeout, grpc-timeout, inbound call's deadline);
-//!   │          retries of idempotent methods on UNAVAILABLE, bounded by a retry budget)
+//!   │          retries of idempotent methods on UNAVAILABLE or on a reply that breaks before
+//!   │          its first message (see [`first_frame`]), bounded by a retry budget)
 //!   └─ p2c over peak-EWMA latency, picked in the caller's task (see [`balancer`])
 //!       └─ endpoints: discovery's instances minus the ejected ones (see [`endpoints`])
 //! ```
@@ -11,6 +12,7 @@
 
 pub mod balancer;
 pub mod endpoints;
+pub mod first_frame;
 pub mod retry;
 
 use std::collections::HashSet;
@@ -29,7 +31,8 @@ use tonic::{Code, Status};
 use tower::Service;
 
 use self::balancer::Balancer;
-use self::endpoints::{DECAY, DEFAULT_RTT, EndpointStats, is_unavailable, manage};
+use self::endpoints::{DECAY, DEFAULT_RTT, EndpointStats, manage};
+use self::first_frame::{First, first_frame};
 use self::retry::RetryBudget;
 use crate::mesh::deadline::{
     GRPC_TIMEOUT_HEADER, call_deadline, format_grpc_timeout, parse_grpc_timeout,
@@ -216,6 +219,12 @@ impl Service<Request<Body>> for MeshChannel {
 }
 
 impl MeshChannel {
+    /// True when an idempotent call answered with `code` may be retried: `UNAVAILABLE` always, other
+    /// codes when the policy lists them.
+    fn retries_on(&self, code: Code) -> bool {
+        code == Code::Unavailable || self.policy.retry_on.contains(&code)
+    }
+
     async fn call_with_retries(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
         self.budget.deposit();
         let idempotent = self.policy.idempotent.contains(request.uri().path());
@@ -235,15 +244,20 @@ impl MeshChannel {
                 parts.clone(),
                 Body::new(http_body_util::Full::new(bytes.clone())),
             );
-            let result = self.balancer.pick().await.call(request).await;
-            let retryable = match &result {
-                Err(_) => true,
-                Ok(response) => {
-                    is_unavailable(response)
-                        || retry::status_of(response).is_some_and(|c| {
-                            c != Code::Unavailable && self.policy.retry_on.contains(&c)
-                        })
-                }
+            let (retryable, result) = match self.balancer.pick().await.call(request).await {
+                Err(e) => (true, Err(e)),
+                Ok(response) => match retry::status_of(&response) {
+                    Some(code) => (self.retries_on(code), Ok(response)),
+                    None => {
+                        let (first, response) = first_frame(response).await;
+                        let retryable = match first {
+                            First::Broken => true,
+                            First::Trailers(Some(code)) => self.retries_on(code),
+                            First::Data | First::Trailers(None) | First::End => false,
+                        };
+                        (retryable, Ok(response))
+                    }
+                },
             };
             if !retryable || attempt >= self.policy.max_attempts || !self.budget.withdraw() {
                 return result;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::Response;
+use http::{HeaderMap, Response};
 use prost_reflect::{MethodDescriptor, Value};
 use tonic::Code;
 use tower::retry::budget::{Budget, TpsBudget};
@@ -33,8 +33,12 @@ impl RetryBudget {
 
 /// The status of a trailers-only response (an error answered without messages), if it is one.
 pub fn status_of<B>(response: &Response<B>) -> Option<Code> {
-    let value = response
-        .headers()
+    status_in(response.headers())
+}
+
+/// The `grpc-status` among `headers` (response headers or trailers), if present and readable.
+pub fn status_in(headers: &HeaderMap) -> Option<Code> {
+    let value = headers
         .get("grpc-status")?
         .to_str()
         .ok()?
