@@ -5,15 +5,17 @@
 //! `cargo bench --bench transcode` (release build; a few seconds). docs/benchmarks.md records its
 //! output. Every reply is checked to take the fast path, so the comparison is of the two paths.
 
+mod support;
+
 use std::hint::black_box;
 use std::path::Path;
-use std::time::Instant;
 
 use exemesh::services::contract::compile;
 use exemesh::services::json::from_json;
 use exemesh::services::transcode::json_to_proto::JsonToProto;
 use prost::Message as _;
 use prost_reflect::MessageDescriptor;
+use support::{median, ns_per_call};
 
 const ROUNDS: usize = 7;
 const CALLS: usize = 20_000;
@@ -49,22 +51,6 @@ fn descriptor(name: &str) -> MessageDescriptor {
     pool.get_message_by_name(name).expect("the type exists")
 }
 
-/// Nanoseconds per reply of `run`, over `CALLS` replies.
-fn time(mut run: impl FnMut() -> usize) -> f64 {
-    let started = Instant::now();
-    let mut bytes = 0;
-    for _ in 0..CALLS {
-        bytes += run();
-    }
-    black_box(bytes);
-    started.elapsed().as_nanos() as f64 / CALLS as f64
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     println!("| reply | bytes | general path, ns | transcoder, ns | general / transcoder |");
     println!("|---|---:|---:|---:|---:|");
@@ -78,11 +64,11 @@ fn main() {
         );
         let (mut general, mut transcoder) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            general.push(time(|| {
+            general.push(ns_per_call(CALLS, || {
                 let message = from_json(&desc, black_box(text.as_bytes())).expect("valid");
                 message.encode_to_vec().len()
             }));
-            transcoder.push(time(|| {
+            transcoder.push(ns_per_call(CALLS, || {
                 let mut out = Vec::with_capacity(text.len());
                 fast.transcode(black_box(text.as_bytes()), &mut out);
                 out.len()
