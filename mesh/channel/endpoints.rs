@@ -1,7 +1,7 @@
 //! The endpoints of a service as the balancer sees them: discovery's instances minus the ejected ones.
 //!
-//! Passive outlier ejection: every endpoint counts its consecutive failures (a transport error, or a
-//! trailers-only `UNAVAILABLE`). At the threshold it is *benched*: removed from the balancer for a
+//! Passive outlier ejection: every endpoint counts its consecutive failures (a transport error, a
+//! response body that breaks before its first frame, or `UNAVAILABLE` before any message). At the threshold it is *benched*: removed from the balancer for a
 //! backoff (1 s doubling to 30 s). Then it is readmitted on probation, where a single failure benches it
 //! again with a longer backoff and a success clears its record. An endpoint is never dropped for good
 //! while discovery lists it. (A dead endpoint fails fast, so under peak-EWMA it would otherwise look
@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tower::discover::Change;
 
 use super::balancer::Balancer;
+use super::retry::status_in;
 use crate::mesh::discovery::watcher::InstanceSet;
 use crate::mesh::telemetry::metrics::{metrics, name};
 
@@ -125,12 +126,67 @@ impl tower::Service<Request<Body>> for Reporting {
         let call = self.channel.call(request);
         Box::pin(async move {
             let result = call.await;
-            this.record(
-                matches!(&result, Ok(r) if !is_unavailable(r)),
-                result.is_err(),
-            );
-            result
+            let answered = matches!(&result, Ok(r) if !is_unavailable(r));
+            this.record(answered, result.is_err());
+            if !answered {
+                return result;
+            }
+            Ok(result?.map(|body| {
+                Body::new(Watched {
+                    body,
+                    reporting: Some(this),
+                })
+            }))
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that tells its endpoint how it begins: a body that breaks before any frame
+    /// (the endpoint died after sending the headers) benches the endpoint at once, like a refused
+    /// connection, and trailers with `UNAVAILABLE` before any message count like a trailers-only
+    /// `UNAVAILABLE`.
+    struct Watched {
+        #[pin]
+        body: Body,
+        reporting: Option<Reporting>,
+    }
+}
+
+impl http_body::Body for Watched {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(outcome) = &polled
+            && let Some(reporting) = this.reporting.take()
+        {
+            match outcome {
+                Some(Err(_)) => reporting.record(false, true),
+                Some(Ok(frame))
+                    if frame
+                        .trailers_ref()
+                        .is_some_and(|t| status_in(t) == Some(tonic::Code::Unavailable)) =>
+                {
+                    reporting.record(false, false)
+                }
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -302,4 +358,73 @@ fn publish(members: &HashMap<String, Member>, stats: &EndpointStats, service: &s
         .client_endpoints
         .get_or_create(&name(service))
         .set((members.len() - benched) as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+    use http_body_util::{BodyExt as _, StreamBody};
+
+    fn reporting() -> (Reporting, mpsc::UnboundedReceiver<Verdict>) {
+        let (verdicts, rx) = mpsc::unbounded_channel();
+        let reporting = Reporting {
+            // Never called: the tests hand the body over directly.
+            channel: Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+            key: "e@127.0.0.1:1".into(),
+            failures: Arc::new(AtomicU32::new(0)),
+            probation: Arc::new(AtomicBool::new(false)),
+            ejected: Arc::new(AtomicBool::new(false)),
+            verdicts,
+        };
+        (reporting, rx)
+    }
+
+    async fn read(
+        reporting: Reporting,
+        frames: Vec<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>,
+    ) {
+        let mut body = Watched {
+            body: Body::new(StreamBody::new(stream::iter(frames))),
+            reporting: Some(reporting),
+        };
+        while body.frame().await.is_some() {}
+    }
+
+    fn trailers(status: &'static str) -> http_body::Frame<bytes::Bytes> {
+        let mut map = http::HeaderMap::new();
+        map.insert("grpc-status", http::HeaderValue::from_static(status));
+        http_body::Frame::trailers(map)
+    }
+
+    #[tokio::test]
+    async fn a_body_broken_before_any_frame_benches_the_endpoint_at_once() {
+        let (reporting, mut verdicts) = reporting();
+        read(reporting, vec![Err(tonic::Status::unknown("broken pipe"))]).await;
+        assert!(matches!(verdicts.try_recv(), Ok(Verdict::Eject(_))));
+    }
+
+    #[tokio::test]
+    async fn unavailable_trailers_before_a_message_count_as_a_failure() {
+        let (reporting, mut verdicts) = reporting();
+        for _ in 0..EJECT_AFTER {
+            assert!(verdicts.try_recv().is_err(), "benched too early");
+            read(reporting.clone(), vec![Ok(trailers("14"))]).await;
+        }
+        assert!(matches!(verdicts.try_recv(), Ok(Verdict::Eject(_))));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_starts_with_a_message_reports_nothing_whatever_follows() {
+        let (reporting, mut verdicts) = reporting();
+        read(
+            reporting,
+            vec![
+                Ok(http_body::Frame::data(bytes::Bytes::from_static(b"m"))),
+                Err(tonic::Status::unknown("later")),
+            ],
+        )
+        .await;
+        assert!(verdicts.try_recv().is_err());
+    }
 }
