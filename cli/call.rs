@@ -179,7 +179,9 @@ where
             let mut stdout = std::io::stdout().lock();
             while let Some(reply) = replies.message().await? {
                 let mut line = Vec::new();
-                write_json(&reply, &mut line);
+                if let Err(e) = write_json(&reply, &mut line) {
+                    return Err(tonic::Status::internal(format!("the reply: {e}")));
+                }
                 line.push(b'\n');
                 let _ = stdout.write_all(&line);
                 let _ = stdout.flush();

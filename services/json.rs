@@ -10,7 +10,9 @@
 
 use std::io;
 
-use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor, SerializeOptions};
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, MessageDescriptor, ReflectMessage as _, SerializeOptions,
+};
 use serde::Serialize;
 use serde_json::ser::{CompactFormatter, Formatter};
 
@@ -60,18 +62,35 @@ pub fn json_writer<W: io::Write>(writer: W) -> serde_json::Serializer<W, ProtoJs
     serde_json::Serializer::with_formatter(writer, ProtoJsonFormatter)
 }
 
-/// Appends the JSON of `message` to `out`.
-pub fn write_json(message: &DynamicMessage, out: &mut Vec<u8>) {
-    let mut ser = json_writer(out);
-    // Writing into a Vec cannot fail, and a DynamicMessage always serializes.
-    let _ = JsonMessage(message).serialize(&mut ser);
+/// Appends the JSON of `message` to `out`. Most messages always serialize; a well-known type can
+/// hold what JSON cannot say (an `Any` of a type the contract does not know, a `Timestamp` or
+/// `Duration` out of range, a non-finite number in a `Struct`). Then the error names the type and
+/// `out` is left as it was.
+pub fn write_json(message: &DynamicMessage, out: &mut Vec<u8>) -> Result<(), String> {
+    let len = out.len();
+    let written = JsonMessage(message).serialize(&mut json_writer(&mut *out));
+    written.map_err(|e| {
+        out.truncate(len);
+        unwritable(message, &e)
+    })
 }
 
-/// The JSON text of `message`.
-pub fn to_json(message: &DynamicMessage) -> String {
+/// The error for a `message` that cannot be written as JSON.
+pub fn unwritable(message: &DynamicMessage, error: &dyn std::fmt::Display) -> String {
+    bounded(
+        &format!(
+            "a {} cannot be written as JSON: {error}",
+            message.descriptor().full_name()
+        ),
+        MAX_PARSE_DETAIL,
+    )
+}
+
+/// The JSON text of `message` (see [`write_json`]).
+pub fn to_json(message: &DynamicMessage) -> Result<String, String> {
     let mut out = Vec::new();
-    write_json(message, &mut out);
-    String::from_utf8(out).unwrap_or_default()
+    write_json(message, &mut out)?;
+    String::from_utf8(out).map_err(|e| e.to_string())
 }
 
 /// Parses `text` as a message of type `desc`; the error is a bounded description.
@@ -121,7 +140,7 @@ mod tests {
             message.set_field_by_name("timeout_ms", Value::I64(timeout));
             message.set_field_by_name("argv", Value::List(argv.into_iter().map(Value::String).collect()));
             message.set_field_by_name("env", Value::Map(env.into_iter().map(|(k, v)| (MapKey::String(k), Value::String(v))).collect()));
-            let json = to_json(&message);
+            let json = to_json(&message).expect("writable");
             if big != 0 {
                 let expected = format!("\"big\":\"{big}\"");
                 prop_assert!(json.contains(&expected), "int64 is a JSON string: {}", json);
@@ -147,7 +166,7 @@ mod tests {
             let mut message = DynamicMessage::new(desc.clone());
             message.set_field_by_name("maybe_double", Value::F64(double));
             message.set_field_by_name("ratio", Value::F32(float));
-            let json = to_json(&message);
+            let json = to_json(&message).expect("writable");
             let back = from_json(&desc, json.as_bytes()).expect("reads back");
             let read_double = back.get_field_by_name("maybe_double").and_then(|v| v.as_f64());
             let read_float = back.get_field_by_name("ratio").and_then(|v| v.as_f32());
@@ -180,7 +199,7 @@ mod tests {
         ] {
             let mut message = DynamicMessage::new(desc.clone());
             message.set_field_by_name("ratio", Value::F32(value));
-            let json = to_json(&message);
+            let json = to_json(&message).expect("writable");
             let back = from_json(&desc, json.as_bytes())
                 .unwrap_or_else(|e| panic!("{value:e} written as {json} does not read back: {e}"));
             let read = back.get_field_by_name("ratio").and_then(|v| v.as_f32());
@@ -192,6 +211,19 @@ mod tests {
                 assert_eq!(json, expected);
             }
         }
+    }
+
+    #[test]
+    fn a_message_json_cannot_say_is_an_error_and_leaves_the_output_as_it_was() {
+        let message = crate::services::transcode::tests::unwritable();
+        let mut out = b"{\"id\":1,\"message\":".to_vec();
+        let error = write_json(&message, &mut out).expect_err("out of range");
+        assert_eq!(out, b"{\"id\":1,\"message\":");
+        assert!(
+            error.contains("kinds.v1.Everything cannot be written as JSON"),
+            "{error}"
+        );
+        assert!(to_json(&message).is_err());
     }
 
     #[test]

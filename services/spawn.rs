@@ -107,6 +107,11 @@ impl SpawnRunner {
             self.spec.allow_option_values,
         )
         .map_err(|e| CallError::BadRequest(format!("{}: {e}", ctx.method)))?;
+        // Written before anything starts: a request JSON cannot say fails here, having run nothing.
+        let first = first
+            .as_ref()
+            .map(|m| json_line(&ctx.method, m))
+            .transpose()?;
         let timeout_ms = ctx.remaining().as_millis().max(1).to_string();
         let deadline_ms = ctx.deadline_unix_ms().to_string();
         let mut extra: Vec<(&str, &str)> = vec![
@@ -155,7 +160,7 @@ impl SpawnRunner {
             let outcome = async {
                 let io = async {
                     tokio::try_join!(
-                        feed(stdin, first, input),
+                        feed(&ctx.method, stdin, first, input),
                         self.read_output(ctx, stdout, replies)
                     )
                 };
@@ -312,22 +317,29 @@ impl SpawnRunner {
     }
 }
 
-/// Writes the request messages to stdin as JSON lines, then closes it; returns the bytes written. A
-/// process that exits without reading its input is not an error.
+/// `message` as a JSON line, or [`CallError::BadRequest`] when JSON cannot say it.
+fn json_line(method: &str, message: &DynamicMessage) -> Result<Vec<u8>, CallError> {
+    let mut line = Vec::new();
+    write_json(message, &mut line).map_err(|e| CallError::BadRequest(format!("{method}: {e}")))?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Writes the request to stdin as JSON lines (`first`, already written, or the messages of
+/// `input`), then closes it; returns the bytes written. A process that exits without reading its
+/// input is not an error.
 async fn feed(
+    method: &str,
     stdin: Option<tokio::process::ChildStdin>,
-    first: Option<DynamicMessage>,
+    first: Option<Vec<u8>>,
     mut input: RequestStream,
 ) -> Result<u64, CallError> {
     let Some(mut stdin) = stdin else {
         return Ok(0);
     };
-    let mut buf = Vec::new();
-    if let Some(message) = first {
-        write_json(&message, &mut buf);
-        buf.push(b'\n');
-        let _ = stdin.write_all(&buf).await;
-        return Ok(buf.len() as u64);
+    if let Some(line) = first {
+        let _ = stdin.write_all(&line).await;
+        return Ok(line.len() as u64);
     }
     let mut written = 0;
     while let Some(next) = input.next().await {
@@ -335,13 +347,11 @@ async fn feed(
             code: status.code(),
             message: status.message().to_string(),
         })?;
-        buf.clear();
-        write_json(&message, &mut buf);
-        buf.push(b'\n');
-        if stdin.write_all(&buf).await.is_err() {
+        let line = json_line(method, &message)?;
+        if stdin.write_all(&line).await.is_err() {
             break;
         }
-        written += buf.len() as u64;
+        written += line.len() as u64;
     }
     Ok(written)
 }

@@ -423,3 +423,78 @@ async fn calls_over_the_per_connection_limit_get_resource_exhausted() {
         "again"
     );
 }
+
+/// `kinds.v1.Everything` (tests/fixtures/transcode/kinds.proto) with `maybe_text` (field 3) set, and
+/// with `at` (field 20, a `Timestamp`) at `seconds` when given.
+fn everything(text: &[u8], at_seconds: Option<u64>) -> Vec<u8> {
+    let mut message = vec![0x1a, text.len() as u8];
+    message.extend_from_slice(text);
+    if let Some(mut seconds) = at_seconds {
+        let mut timestamp = vec![0x08];
+        while seconds >= 0x80 {
+            timestamp.push((seconds as u8 & 0x7f) | 0x80);
+            seconds >>= 7;
+        }
+        timestamp.push(seconds as u8);
+        message.extend_from_slice(&[0xa2, 0x01, timestamp.len() as u8]);
+        message.extend_from_slice(&timestamp);
+    }
+    message
+}
+
+#[tokio::test]
+async fn a_request_that_json_cannot_say_is_refused_and_harms_no_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixtures = support::fixture("transcode");
+    let text = format!(
+        r#"[service]
+name = "kinds.v1.Kinds"
+protos = ["{f}/kinds.proto"]
+include = ["{f}"]
+inherit_env = ["PATH"]
+
+[pools.kinds]
+argv = ["{f}/kinds_worker.py"]
+workers = 1
+
+[methods.Echo]
+mode = "worker"
+
+[methods.Cat]
+mode = "spawn"
+argv = ["/bin/cat"]
+"#,
+        f = fixtures.display()
+    );
+    let path = dir.path().join("kinds.toml");
+    std::fs::write(&path, text).expect("write manifest");
+    let served = Served::start_with_args(&path, &[]).await;
+    for method in ["/kinds.v1.Kinds/Echo", "/kinds.v1.Kinds/Cat"] {
+        // Valid protobuf, but year 31,690,708: RFC 3339, and so proto3 JSON, cannot write it.
+        let bad = everything(b"bad", Some(1_000_000_000_000_000));
+        let status = unary_raw(&served.addr, method, &bad, &[])
+            .await
+            .expect("answered");
+        assert_eq!(
+            status.code,
+            Code::InvalidArgument as i32,
+            "{method}: {status:?}"
+        );
+        assert!(
+            status
+                .message
+                .contains("kinds.v1.Everything cannot be written as JSON"),
+            "{method}: {status:?}"
+        );
+        // The executable is unharmed (the worker never saw a broken line): a valid call is served.
+        let status = unary_raw(&served.addr, method, &everything(b"fine", None), &[])
+            .await
+            .expect("answered");
+        assert_eq!(status.code, 0, "{method}: {status:?}");
+    }
+    let log = served.log();
+    assert!(
+        !log.contains("protocol") && !log.contains("restart"),
+        "the worker was disturbed: {log}"
+    );
+}

@@ -69,9 +69,11 @@ pub fn json_proto(data: &[u8]) {
             desc.full_name()
         );
     }
-    let json = to_json(&message);
+    // Whatever from_json accepts, JSON can say.
+    let json = to_json(&message)
+        .unwrap_or_else(|e| panic!("from_json accepted what to_json cannot write: {e}"));
     let mut written = Vec::new();
-    write_json(&message, &mut written);
+    let _ = write_json(&message, &mut written);
     assert_eq!(
         written,
         json.as_bytes(),
@@ -172,6 +174,6 @@ fn descriptors() -> &'static [MessageDescriptor] {
 /// A message as its canonical JSON, parsed: equal for equal messages whatever the order of their
 /// maps, and with NaN equal to itself.
 fn canonical(message: &DynamicMessage) -> serde_json::Value {
-    serde_json::from_str(&to_json(message))
-        .unwrap_or_else(|e| panic!("to_json wrote bad JSON: {e}"))
+    let text = to_json(message).unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("to_json wrote bad JSON: {e}"))
 }

@@ -8,7 +8,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::services::json::{JsonMessage, json_writer};
+use crate::services::json::{JsonMessage, json_writer, unwritable};
 use crate::services::spawn::ErrorBody;
 use prost_reflect::DynamicMessage;
 
@@ -91,32 +91,44 @@ struct OutFrame<'a> {
     kind: Outbound<'a>,
 }
 
-fn line(id: u32, kind: Outbound<'_>) -> Vec<u8> {
+/// A frame as one line. Only a message inside can fail to serialize (see
+/// [`crate::services::json::write_json`]); the error is serde_json's.
+fn line(id: u32, kind: Outbound<'_>) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(256);
-    // Serializing into a Vec cannot fail.
-    let _ = OutFrame { id, kind }.serialize(&mut json_writer(&mut out));
+    OutFrame { id, kind }.serialize(&mut json_writer(&mut out))?;
     out.push(b'\n');
-    out
+    Ok(out)
 }
 
-/// `{"id":N,"start":{...}}\n`
-pub fn start_line(id: u32, start: Start<'_>) -> Vec<u8> {
-    line(id, Outbound::Start(start))
+/// `{"id":N,"start":{...}}\n`; an error when the request message cannot be written as JSON.
+pub fn start_line(id: u32, start: Start<'_>) -> Result<Vec<u8>, String> {
+    let message = start.message.as_ref().map(|m| m.0);
+    line(id, Outbound::Start(start)).map_err(|e| unwritable_or(message, &e))
 }
 
-/// `{"id":N,"message":{...}}\n`
-pub fn message_line(id: u32, message: &DynamicMessage) -> Vec<u8> {
-    line(id, Outbound::Message(JsonMessage(message)))
+/// `{"id":N,"message":{...}}\n`; an error when `message` cannot be written as JSON.
+pub fn message_line(id: u32, message: &DynamicMessage) -> Result<Vec<u8>, String> {
+    line(id, Outbound::Message(JsonMessage(message))).map_err(|e| unwritable(message, &e))
 }
 
 /// `{"id":N,"halfClose":{}}\n`
 pub fn half_close_line(id: u32) -> Vec<u8> {
-    line(id, Outbound::HalfClose(Empty {}))
+    // No message inside: it always serializes.
+    line(id, Outbound::HalfClose(Empty {})).unwrap_or_default()
 }
 
 /// `{"id":N,"cancel":{"reason":...}}\n`
 pub fn cancel_line(id: u32, reason: &str) -> Vec<u8> {
-    line(id, Outbound::Cancel { reason })
+    // No message inside: it always serializes.
+    line(id, Outbound::Cancel { reason }).unwrap_or_default()
+}
+
+/// The error of a frame that failed to serialize: the message's, when it holds one.
+fn unwritable_or(message: Option<&DynamicMessage>, error: &serde_json::Error) -> String {
+    match message {
+        Some(message) => unwritable(message, error),
+        None => error.to_string(),
+    }
 }
 
 #[derive(Serialize)]
@@ -135,27 +147,29 @@ struct ReplyFrame<'a> {
     kind: Reply<'a>,
 }
 
-fn reply_line(call_id: u32, kind: Reply<'_>) -> Vec<u8> {
+fn reply_line(call_id: u32, kind: Reply<'_>) -> Result<Vec<u8>, serde_json::Error> {
     let mut out = Vec::with_capacity(128);
-    // Serializing into a Vec cannot fail.
-    let _ = ReplyFrame { call_id, kind }.serialize(&mut json_writer(&mut out));
+    ReplyFrame { call_id, kind }.serialize(&mut json_writer(&mut out))?;
     out.push(b'\n');
-    out
+    Ok(out)
 }
 
-/// `{"callId":C,"message":{...}}\n`: a reply to the worker's outbound call.
-pub fn reply_message_line(call_id: u32, message: &DynamicMessage) -> Vec<u8> {
-    reply_line(call_id, Reply::Message(JsonMessage(message)))
+/// `{"callId":C,"message":{...}}\n`: a reply to the worker's outbound call; an error when
+/// `message` cannot be written as JSON.
+pub fn reply_message_line(call_id: u32, message: &DynamicMessage) -> Result<Vec<u8>, String> {
+    reply_line(call_id, Reply::Message(JsonMessage(message))).map_err(|e| unwritable(message, &e))
 }
 
 /// `{"callId":C,"end":{}}\n`
 pub fn reply_end_line(call_id: u32) -> Vec<u8> {
-    reply_line(call_id, Reply::End(Empty {}))
+    // No message inside: it always serializes.
+    reply_line(call_id, Reply::End(Empty {})).unwrap_or_default()
 }
 
 /// `{"callId":C,"error":{"code":...,"message":...}}\n`
 pub fn reply_error_line(call_id: u32, code: &str, message: &str) -> Vec<u8> {
-    reply_line(call_id, Reply::Error { code, message })
+    // No message inside: it always serializes.
+    reply_line(call_id, Reply::Error { code, message }).unwrap_or_default()
 }
 
 /// The worker's handshake.
@@ -311,7 +325,7 @@ mod tests {
                 method: &method, kind: "unary", timeout_ms, traceparent: traceparent.as_deref(), tracestate: None, caller: "",
                 request_id: "r1", metadata: Metadata(&meta), message: Some(JsonMessage(&payload)), half_close,
             };
-            let text = start_line(id, start);
+            let text = start_line(id, start).expect("writable");
             prop_assert_eq!(text.last(), Some(&b'\n'));
             prop_assert_eq!(text.iter().filter(|b| **b == b'\n').count(), 1);
             let parsed = as_contract(&text[..text.len() - 1]);
@@ -320,10 +334,10 @@ mod tests {
             prop_assert_eq!(json["start"]["method"].as_str().unwrap_or(""), method.as_str());
             prop_assert_eq!(json["start"]["message"]["code"].as_str(), Some("x\"y\n"));
             for line in [
-                message_line(id, &payload),
+                message_line(id, &payload).expect("writable"),
                 half_close_line(id),
                 cancel_line(id, "cancelled"),
-                reply_message_line(id, &payload),
+                reply_message_line(id, &payload).expect("writable"),
                 reply_end_line(id),
                 reply_error_line(id, "NOT_FOUND", &method),
             ] {
@@ -384,7 +398,8 @@ mod tests {
         let desc = crate::services::transcode::tests::everything();
         let mut message = DynamicMessage::new(desc.clone());
         message.set_field_by_name("ratio", prost_reflect::Value::F32(f32::MAX));
-        for line in [message_line(3, &message), reply_message_line(3, &message)] {
+        let lines = [message_line(3, &message), reply_message_line(3, &message)];
+        for line in lines.into_iter().map(|l| l.expect("writable")) {
             let frame: serde_json::Value = serde_json::from_slice(&line).expect("a JSON line");
             let text = frame["message"].to_string();
             let back = crate::services::json::from_json(&desc, text.as_bytes())
@@ -392,6 +407,37 @@ mod tests {
             assert_eq!(
                 back.get_field_by_name("ratio").and_then(|v| v.as_f32()),
                 Some(f32::MAX)
+            );
+        }
+    }
+
+    #[test]
+    fn a_message_json_cannot_say_is_an_error_not_a_broken_line() {
+        let message = crate::services::transcode::tests::unwritable();
+        let meta = Vec::new();
+        let start = Start {
+            method: "kinds.v1.Kinds/Echo",
+            kind: "unary",
+            timeout_ms: 5,
+            traceparent: None,
+            tracestate: None,
+            caller: "",
+            request_id: "r1",
+            metadata: Metadata(&meta),
+            message: Some(JsonMessage(&message)),
+            half_close: true,
+        };
+        for error in [
+            start_line(1, start),
+            message_line(1, &message),
+            reply_message_line(1, &message),
+        ]
+        .into_iter()
+        .map(|line| line.expect_err("unwritable"))
+        {
+            assert!(
+                error.contains("kinds.v1.Everything cannot be written as JSON"),
+                "{error}"
             );
         }
     }

@@ -204,7 +204,10 @@ impl Outbound {
             .await?
             .into_inner();
         while let Some(reply) = replies.message().await? {
-            if !conn.send(frame::reply_message_line(call_id, &reply)).await {
+            let line = frame::reply_message_line(call_id, &reply).map_err(|e| {
+                Status::internal(format!("outbound call to {}: the reply: {e}", call.method))
+            })?;
+            if !conn.send(line).await {
                 return Err(Status::cancelled("the worker went away"));
             }
         }

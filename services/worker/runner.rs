@@ -90,7 +90,15 @@ impl WorkerRunner {
             half_close: first.is_some(),
         };
         let conn = lease.conn.clone();
-        if !conn.send(frame::start_line(lease.id, start)).await {
+        let start = match frame::start_line(lease.id, start) {
+            Ok(line) => line,
+            Err(e) => {
+                // The worker never hears of this call.
+                guard.done = true;
+                return Err(CallError::BadRequest(format!("{}: {e}", ctx.method)));
+            }
+        };
+        if !conn.send(start).await {
             return Err(self.lost(ctx, &lease, "is closing"));
         }
         let mut input_open = first.is_none();
@@ -99,7 +107,11 @@ impl WorkerRunner {
             tokio::select! {
                 next = input.next(), if input_open => match next {
                     Some(Ok(message)) => {
-                        if !conn.send(frame::message_line(lease.id, &message)).await {
+                        let line = match frame::message_line(lease.id, &message) {
+                            Ok(line) => line,
+                            Err(e) => break Err(CallError::BadRequest(format!("{}: {e}", ctx.method))),
+                        };
+                        if !conn.send(line).await {
                             break Err(self.lost(ctx, &lease, "is closing"));
                         }
                     }
