@@ -3,7 +3,7 @@
 //! ```text
 //! MeshChannel (per call: deadline = min(own timeout, grpc-timeout, inbound call's deadline);
 //!   │          retries of idempotent methods on UNAVAILABLE or on a reply that breaks before
-//!   │          its first message (see [`first_frame`]), bounded by a retry budget)
+//!   │          its first message (see [`first_message`]), bounded by a retry budget)
 //!   └─ p2c over peak-EWMA latency, picked in the caller's task (see [`balancer`])
 //!       └─ endpoints: discovery's instances minus the ejected ones (see [`endpoints`])
 //! ```
@@ -12,7 +12,7 @@
 
 pub mod balancer;
 pub mod endpoints;
-pub mod first_frame;
+pub mod first_message;
 pub mod retry;
 
 use std::collections::HashSet;
@@ -32,7 +32,7 @@ use tower::Service;
 
 use self::balancer::Balancer;
 use self::endpoints::{DECAY, DEFAULT_RTT, EndpointStats, manage};
-use self::first_frame::{First, first_frame};
+use self::first_message::{First, first_message};
 use self::retry::RetryBudget;
 use crate::mesh::deadline::{
     GRPC_TIMEOUT_HEADER, call_deadline, format_grpc_timeout, parse_grpc_timeout,
@@ -249,11 +249,11 @@ impl MeshChannel {
                 Ok(response) => match retry::status_of(&response) {
                     Some(code) => (self.retries_on(code), Ok(response)),
                     None => {
-                        let (first, response) = first_frame(response).await;
+                        let (first, response) = first_message(response).await;
                         let retryable = match first {
                             First::Broken => true,
                             First::Trailers(Some(code)) => self.retries_on(code),
-                            First::Data | First::Trailers(None) | First::End => false,
+                            First::Message | First::Trailers(None) | First::End => false,
                         };
                         (retryable, Ok(response))
                     }
