@@ -41,16 +41,14 @@ impl Serialize for JsonMessage<'_> {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProtoJsonFormatter;
 
-/// `f32::MAX` as [`ProtoJsonFormatter`] writes it.
-const FLOAT_MAX_TEXT: &[u8] = b"3.402823466e+38";
+/// `f32::MAX` as exemesh writes it for executables (in JSON and in argument placeholders): below
+/// `f32::MAX` as a double, yet nearer to `f32::MAX` than to any other `float`.
+pub const FLOAT_MAX_READABLE: f64 = 3.402823466e38;
 
 impl Formatter for ProtoJsonFormatter {
     fn write_f32<W: ?Sized + io::Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
         if value.abs() == f32::MAX {
-            if value < 0.0 {
-                writer.write_all(b"-")?;
-            }
-            writer.write_all(FLOAT_MAX_TEXT)
+            CompactFormatter.write_f64(writer, FLOAT_MAX_READABLE.copysign(f64::from(value)))
         } else {
             CompactFormatter.write_f32(writer, value)
         }
@@ -204,6 +202,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{value:e} written as {json} does not read back: {e}"));
             let read = back.get_field_by_name("ratio").and_then(|v| v.as_f32());
             assert_eq!(read.map(f32::to_bits), Some(value.to_bits()), "{json}");
+            if value == f32::MAX {
+                assert_eq!(json, r#"{"ratio":3.402823466e+38}"#);
+            }
             if value.abs() != f32::MAX {
                 let mut shortest = Vec::new();
                 serde_json::to_writer(&mut shortest, &value).expect("a float");

@@ -273,6 +273,10 @@ fn scalar_text(field: &FieldDescriptor, value: &Value) -> String {
         Value::I64(n) => n.to_string(),
         Value::U32(n) => n.to_string(),
         Value::U64(n) => n.to_string(),
+        // The largest float's shortest text lies above its range as a double (services/json.rs).
+        Value::F32(n) if n.abs() == f32::MAX => crate::services::json::FLOAT_MAX_READABLE
+            .copysign(f64::from(*n))
+            .to_string(),
         Value::F32(n) => n.to_string(),
         Value::F64(n) => n.to_string(),
         Value::EnumNumber(n) => match field.kind() {
@@ -307,6 +311,19 @@ mod tests {
             ArgTemplate::parse("").expect("valid").parts,
             vec![Part::Text(String::new())]
         );
+    }
+
+    #[test]
+    fn the_largest_float_is_an_argument_a_double_reader_takes_back() {
+        let desc = crate::services::transcode::tests::everything();
+        let field = desc.get_field_by_name("ratio").expect("a float field");
+        for value in [f32::MAX, -f32::MAX] {
+            let text = scalar_text(&field, &Value::F32(value));
+            let read: f64 = text.parse().expect("a number");
+            assert!(read.abs() <= f64::from(f32::MAX), "{text}");
+            assert_eq!(read as f32, value, "{text}");
+        }
+        assert_eq!(scalar_text(&field, &Value::F32(1.5)), "1.5");
     }
 
     #[test]
