@@ -91,12 +91,26 @@ pub fn to_json(message: &DynamicMessage) -> Result<String, String> {
     String::from_utf8(out).map_err(|e| e.to_string())
 }
 
+/// A parse error, with a way out where the cause is a known trap.
+fn with_hint(error: String) -> String {
+    if error.starts_with("float value out of range") {
+        // Go's protojson and Java write the largest float rounded up to 3.4028235e+38, which lies
+        // above it as a double; prost-reflect, like protobuf's C++ and Python parsers before their
+        // fixes, refuses that.
+        return format!(
+            "{error} (a float holds at most 3.4028234663852886e38; write the largest one as \
+             3.402823466e38, not 3.4028235e38)"
+        );
+    }
+    error
+}
+
 /// Parses `text` as a message of type `desc`; the error is a bounded description.
 pub fn from_json(desc: &MessageDescriptor, text: &[u8]) -> Result<DynamicMessage, String> {
     let mut de = serde_json::Deserializer::from_slice(text);
     let options = DeserializeOptions::new().deny_unknown_fields(false);
     let message = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &options)
-        .map_err(|e| bounded(&e.to_string(), MAX_PARSE_DETAIL))?;
+        .map_err(|e| bounded(&with_hint(e.to_string()), MAX_PARSE_DETAIL))?;
     de.end().map_err(|e| {
         bounded(
             &format!("trailing data after the message: {e}"),
@@ -225,6 +239,18 @@ mod tests {
             "{error}"
         );
         assert!(to_json(&message).is_err());
+    }
+
+    #[test]
+    fn the_rounded_up_largest_float_is_refused_with_a_way_out() {
+        let desc = crate::services::transcode::tests::everything();
+        let error = from_json(&desc, br#"{"ratio": 3.4028235e+38}"#).expect_err("out of range");
+        assert!(
+            error.contains("write the largest one as 3.402823466e38"),
+            "{error}"
+        );
+        let error = from_json(&desc, br#"{"ratio": "x"}"#).expect_err("not a number");
+        assert!(!error.contains("largest"), "{error}");
     }
 
     #[test]
