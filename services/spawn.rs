@@ -108,10 +108,14 @@ impl SpawnRunner {
         )
         .map_err(|e| CallError::BadRequest(format!("{}: {e}", ctx.method)))?;
         // Written before anything starts: a request JSON cannot say fails here, having run nothing.
-        let first = first
-            .as_ref()
-            .map(|m| json_line(&ctx.method, m))
-            .transpose()?;
+        let first = match &first {
+            Some(message) => {
+                let mut line = Vec::new();
+                json_line(&ctx.method, message, &mut line)?;
+                Some(line)
+            }
+            None => None,
+        };
         let timeout_ms = ctx.remaining().as_millis().max(1).to_string();
         let deadline_ms = ctx.deadline_unix_ms().to_string();
         let mut extra: Vec<(&str, &str)> = vec![
@@ -317,12 +321,13 @@ impl SpawnRunner {
     }
 }
 
-/// `message` as a JSON line, or [`CallError::BadRequest`] when JSON cannot say it.
-fn json_line(method: &str, message: &DynamicMessage) -> Result<Vec<u8>, CallError> {
-    let mut line = Vec::new();
-    write_json(message, &mut line).map_err(|e| CallError::BadRequest(format!("{method}: {e}")))?;
+/// Replaces `line` with `message` as a JSON line, or fails with [`CallError::BadRequest`] when JSON
+/// cannot say it.
+fn json_line(method: &str, message: &DynamicMessage, line: &mut Vec<u8>) -> Result<(), CallError> {
+    line.clear();
+    write_json(message, line).map_err(|e| CallError::BadRequest(format!("{method}: {e}")))?;
     line.push(b'\n');
-    Ok(line)
+    Ok(())
 }
 
 /// Writes the request to stdin as JSON lines (`first`, already written, or the messages of
@@ -342,12 +347,13 @@ async fn feed(
         return Ok(line.len() as u64);
     }
     let mut written = 0;
+    let mut line = Vec::new();
     while let Some(next) = input.next().await {
         let message = next.map_err(|status| CallError::Reported {
             code: status.code(),
             message: status.message().to_string(),
         })?;
-        let line = json_line(method, &message)?;
+        json_line(method, &message, &mut line)?;
         if stdin.write_all(&line).await.is_err() {
             break;
         }

@@ -23,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tower::discover::Change;
 
 use super::balancer::Balancer;
-use super::retry::status_in;
+use super::retry::{status_in, status_of};
 use crate::mesh::discovery::watcher::InstanceSet;
 use crate::mesh::telemetry::metrics::{metrics, name};
 
@@ -67,14 +67,6 @@ enum Verdict {
     Eject(Arc<str>),
     /// It served a call on probation: it is healthy again.
     Recovered(Arc<str>),
-}
-
-/// True when a response is a trailers-only `UNAVAILABLE`.
-pub fn is_unavailable<B>(response: &Response<B>) -> bool {
-    response
-        .headers()
-        .get("grpc-status")
-        .is_some_and(|v| v.as_bytes() == b"14")
 }
 
 impl Reporting {
@@ -126,7 +118,8 @@ impl tower::Service<Request<Body>> for Reporting {
         let call = self.channel.call(request);
         Box::pin(async move {
             let result = call.await;
-            let answered = matches!(&result, Ok(r) if !is_unavailable(r));
+            let answered =
+                matches!(&result, Ok(r) if status_of(r) != Some(tonic::Code::Unavailable));
             this.record(answered, result.is_err());
             if !answered {
                 return result;
