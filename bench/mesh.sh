@@ -5,7 +5,9 @@
 #   haproxy  exemesh bench -> haproxy (h2c, Debian package) -> 2 replicas
 # The method is grpc.health.v1.Health/Check, served natively by every exemesh server, so the numbers
 # measure the path, not an executable. Everything runs on 127.0.0.1.
-# Usage: bench/mesh.sh [ROUNDS=5] [SECONDS=3]   (writes bench/results/mesh.json and prints a table)
+# Usage: bench/mesh.sh [ROUNDS=5] [SECONDS=3]   (writes bench/results/mesh.jsonl and prints a table)
+# With BEFORE=BINARY (an exemesh built from an earlier commit), a fourth variant, mesh-before, runs
+# that binary's client through the same mesh: the before/after of a change to the mesh channel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
@@ -49,15 +51,17 @@ mkdir -p bench/results
 method=grpc.health.v1.Health/Check
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
-    for variant in direct mesh haproxy; do
+    for variant in direct ${BEFORE:+mesh-before} mesh haproxy; do
+      client=$bin
       case $variant in
         direct) args=("$a1" "$method") ;;
         mesh) args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
+        mesh-before) client=$(realpath "$BEFORE"); args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
         haproxy) args=("127.0.0.1:$hport" "$method") ;;
       esac
-      "$bin" bench "${args[@]}" -c "$c" -z "${secs}s" --warmup 500ms --json \
+      "$client" bench "${args[@]}" -c "$c" -z "${secs}s" --warmup 500ms --json \
         | tag "$variant" "$round" >>"$out"
     done
   done
 done
-python3 bench/report.py "$out"
+python3 bench/report.py "$out" direct ${BEFORE:+mesh-before} mesh haproxy

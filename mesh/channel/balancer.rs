@@ -4,7 +4,8 @@
 //! it. A call picks two endpoints at random from the current list, takes the one with the lower
 //! cost (its decayed peak-EWMA round-trip time × (calls in flight + 1), as tower's `PeakEwma`
 //! computes it) and calls it directly: no balancer task to hand the call to and no lock held across
-//! a call. Each endpoint is a tonic channel, which already queues calls for its connection.
+//! a call. Each endpoint is one shared HTTP/2 connection ([`super::link::Link`]), which the call
+//! sends on directly.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,7 +16,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tonic::body::Body;
 use tower::discover::Change;
-use tower::{Service, ServiceExt};
 
 use super::endpoints::Reporting;
 
@@ -112,14 +112,10 @@ impl Drop for Picked {
 impl Picked {
     /// Makes the call on the endpoint, timing its round trip (to the response headers).
     pub async fn call(self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
-        let mut service = self.slot.service.clone();
         let sent = Instant::now();
-        let result = match service.ready().await {
-            Ok(ready) => ready.call(request).await,
-            Err(e) => Err(e),
-        };
+        let result = self.slot.service.call(request).await;
         self.slot.load.observe(sent, Instant::now());
-        result.map_err(Into::into)
+        result
     }
 }
 

@@ -8,7 +8,6 @@
 //! like the *best* one and attract traffic.)
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -19,13 +18,15 @@ use http::{Request, Response};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
 use tower::discover::Change;
 
 use super::balancer::Balancer;
+use super::link::Link;
 use super::retry::{status_in, status_of};
 use crate::mesh::discovery::watcher::InstanceSet;
 use crate::mesh::telemetry::metrics::{metrics, name};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Consecutive failures that bench an endpoint.
 pub const EJECT_AFTER: u32 = 3;
@@ -48,15 +49,21 @@ pub struct EndpointStats {
     pub ejections: AtomicUsize,
 }
 
-/// A tonic channel to one endpoint that reports failures to the endpoint manager.
+/// The connection to one endpoint, reporting every call's outcome to the endpoint manager.
 #[derive(Debug, Clone)]
 pub struct Reporting {
-    channel: Channel,
+    link: Link,
+    health: Arc<Health>,
+}
+
+/// One incarnation of an endpoint's record (a readmission creates a new one).
+#[derive(Debug)]
+struct Health {
     key: Arc<str>,
-    failures: Arc<AtomicU32>,
-    probation: Arc<AtomicBool>,
-    /// Set once this incarnation has been benched (a readmission creates a new one).
-    ejected: Arc<AtomicBool>,
+    failures: AtomicU32,
+    probation: AtomicBool,
+    /// Set once this incarnation has been benched.
+    ejected: AtomicBool,
     verdicts: mpsc::UnboundedSender<Verdict>,
 }
 
@@ -70,67 +77,69 @@ enum Verdict {
 }
 
 impl Reporting {
+    fn new(
+        link: Link,
+        key: &str,
+        probation: bool,
+        verdicts: mpsc::UnboundedSender<Verdict>,
+    ) -> Reporting {
+        Reporting {
+            link,
+            health: Arc::new(Health {
+                key: key.into(),
+                failures: AtomicU32::new(0),
+                probation: AtomicBool::new(probation),
+                ejected: AtomicBool::new(false),
+                verdicts,
+            }),
+        }
+    }
+
+    /// Makes one call on the endpoint; the response comes with its headers, and its body reports
+    /// how it begins.
+    pub async fn call(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+        let result = self.link.send(request).await;
+        let answered = matches!(&result, Ok(r) if status_of(r) != Some(tonic::Code::Unavailable));
+        self.record(answered, result.is_err());
+        if !answered {
+            return result;
+        }
+        Ok(result?.map(|body| {
+            Body::new(Watched {
+                body,
+                reporting: Some(self.clone()),
+            })
+        }))
+    }
+
     /// Records an outcome. `unreachable` (the connection failed) benches the endpoint at once: nothing
     /// listens there, and a fast failure would otherwise make it look like the best endpoint.
     fn record(&self, ok: bool, unreachable: bool) {
+        let health = &*self.health;
         if ok {
-            self.failures.store(0, Ordering::Relaxed);
-            if self.probation.swap(false, Ordering::Relaxed) {
-                let _ = self.verdicts.send(Verdict::Recovered(self.key.clone()));
+            health.failures.store(0, Ordering::Relaxed);
+            if health.probation.swap(false, Ordering::Relaxed) {
+                let _ = health.verdicts.send(Verdict::Recovered(health.key.clone()));
             }
             return;
         }
-        let threshold = if unreachable || self.probation.load(Ordering::Relaxed) {
+        let threshold = if unreachable || health.probation.load(Ordering::Relaxed) {
             1
         } else {
             EJECT_AFTER
         };
-        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= threshold
-            && !self.ejected.swap(true, Ordering::Relaxed)
+        if health.failures.fetch_add(1, Ordering::Relaxed) + 1 >= threshold
+            && !health.ejected.swap(true, Ordering::Relaxed)
         {
             // An event on the span of the call whose failure benched the endpoint.
             crate::mesh::telemetry::span::event("endpoint ejected", || {
                 vec![opentelemetry::KeyValue::new(
                     "endpoint",
-                    self.key.to_string(),
+                    health.key.to_string(),
                 )]
             });
-            let _ = self.verdicts.send(Verdict::Eject(self.key.clone()));
+            let _ = health.verdicts.send(Verdict::Eject(health.key.clone()));
         }
-    }
-}
-
-impl tower::Service<Request<Body>> for Reporting {
-    type Response = Response<Body>;
-    type Error = tonic::transport::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let ready = self.channel.poll_ready(cx);
-        if let Poll::Ready(Err(_)) = &ready {
-            self.record(false, true);
-        }
-        ready
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let this = self.clone();
-        let call = self.channel.call(request);
-        Box::pin(async move {
-            let result = call.await;
-            let answered =
-                matches!(&result, Ok(r) if status_of(r) != Some(tonic::Code::Unavailable));
-            this.record(answered, result.is_err());
-            if !answered {
-                return result;
-            }
-            Ok(result?.map(|body| {
-                Body::new(Watched {
-                    body,
-                    reporting: Some(this),
-                })
-            }))
-        })
     }
 }
 
@@ -206,21 +215,8 @@ pub async fn manage(
     let (verdict_tx, mut verdicts) = mpsc::unbounded_channel::<Verdict>();
     let mut members: HashMap<String, Member> = HashMap::new();
     let make = |key: &str, address: &str, probation: bool| -> Option<Reporting> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .ok()?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let reporting = Reporting {
-            channel: crate::mesh::tls::client::lazy(endpoint, Some(&service)),
-            key: key.into(),
-            failures: Arc::new(AtomicU32::new(0)),
-            probation: Arc::new(AtomicBool::new(probation)),
-            ejected: Arc::new(AtomicBool::new(false)),
-            verdicts: verdict_tx.clone(),
-        };
-        Some(reporting)
+        let link = Link::new(address, Some(&service)).ok()?;
+        Some(Reporting::new(link, key, probation, verdict_tx.clone()))
     };
     let mut sync = true;
     loop {
@@ -361,15 +357,9 @@ mod tests {
 
     fn reporting() -> (Reporting, mpsc::UnboundedReceiver<Verdict>) {
         let (verdicts, rx) = mpsc::unbounded_channel();
-        let reporting = Reporting {
-            // Never called: the tests hand the body over directly.
-            channel: Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
-            key: "e@127.0.0.1:1".into(),
-            failures: Arc::new(AtomicU32::new(0)),
-            probation: Arc::new(AtomicBool::new(false)),
-            ejected: Arc::new(AtomicBool::new(false)),
-            verdicts,
-        };
+        // Never called: the tests hand the body over directly.
+        let link = Link::with_tls("127.0.0.1:1", None).expect("a valid address");
+        let reporting = Reporting::new(link, "e@127.0.0.1:1", false, verdicts);
         (reporting, rx)
     }
 

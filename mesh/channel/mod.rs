@@ -13,6 +13,7 @@
 pub mod balancer;
 pub mod endpoints;
 pub mod first_message;
+pub mod link;
 pub mod retry;
 
 use std::collections::HashSet;
