@@ -7,7 +7,7 @@
 //! the connection's handle under a short lock and sends on it directly (one hand-off, to the
 //! connection's task). The connection's settings are those the channel had: TCP_NODELAY, a 1 s
 //! connect timeout, HTTP/2 keep-alive pings every 10 s answered within 5 s, and mTLS when the
-//! process has an identity ([`crate::mesh::tls`]).
+//! process has an identity ([`crate::mesh::tls`]); the TLS handshake now has 5 s too.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,8 +25,10 @@ use tonic::body::Body;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long opening a connection (TCP, and the TLS handshake) may take.
+/// How long opening a TCP connection may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the TLS handshake may take once connected.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const USER_AGENT: &str = concat!("exemesh/", env!("CARGO_PKG_VERSION"));
@@ -171,36 +173,39 @@ impl Link {
     }
 }
 
-/// Opens a connection to `address` within [`CONNECT_TIMEOUT`] and starts its task.
+/// Opens a connection to `address` (TCP within [`CONNECT_TIMEOUT`], then the TLS handshake within
+/// [`HANDSHAKE_TIMEOUT`]) and starts its task.
 async fn open(
     address: Arc<str>,
     tls: Option<Arc<ClientConfig>>,
 ) -> Result<SendRequest<Body>, Arc<str>> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, handshake(&address, tls)).await {
-        Ok(Ok(sender)) => Ok(sender),
-        Ok(Err(e)) => Err(format!("connecting to {address}: {e}").into()),
-        Err(_) => Err(format!(
-            "connecting to {address}: no connection within {}ms",
-            CONNECT_TIMEOUT.as_millis()
-        )
-        .into()),
-    }
+    handshake(&address, tls)
+        .await
+        .map_err(|e| format!("connecting to {address}: {e}").into())
 }
 
 async fn handshake(
     address: &str,
     tls: Option<Arc<ClientConfig>>,
 ) -> Result<SendRequest<Body>, BoxError> {
-    let tcp = tokio::net::TcpStream::connect(address).await?;
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| format!("no connection within {}ms", CONNECT_TIMEOUT.as_millis()))??;
     let _ = tcp.set_nodelay(true);
     match tls {
         None => start(TokioIo::new(tcp)).await,
         Some(config) => {
             let host = Authority::try_from(address)?;
             let name = ServerName::try_from(host.host().trim_matches(['[', ']']).to_string())?;
-            let stream = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls)
+                .await
+                .map_err(|_| {
+                    format!(
+                        "no TLS handshake within {}ms",
+                        HANDSHAKE_TIMEOUT.as_millis()
+                    )
+                })??;
             start(TokioIo::new(stream)).await
         }
     }
