@@ -215,7 +215,13 @@ pub async fn manage(
     let (verdict_tx, mut verdicts) = mpsc::unbounded_channel::<Verdict>();
     let mut members: HashMap<String, Member> = HashMap::new();
     let make = |key: &str, address: &str, probation: bool| -> Option<Reporting> {
-        let link = Link::new(address, Some(&service)).ok()?;
+        let link = match Link::new(address, Some(&service)) {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::warn!(service = %service, endpoint = %key, "endpoint left out: {e}");
+                return None;
+            }
+        };
         Some(Reporting::new(link, key, probation, verdict_tx.clone()))
     };
     let mut sync = true;

@@ -1,14 +1,17 @@
 //! One HTTP/2 connection to one endpoint, shared by every call to it: opened by the first call,
 //! reopened by the first call after it closes.
 //!
-//! This is what a tonic `Channel` per endpoint used to do, minus its queue: a `Channel` hands every
-//! call to a tower `Buffer` task that owns the connection, and that task hands it to the
-//! connection's own task, so each call crossed two tasks before reaching HTTP/2. Here a call clones
-//! the connection's handle under a short lock and sends on it directly (one hand-off, to the
-//! connection's task). The connection's settings are those the channel had: TCP_NODELAY, a 1 s
-//! connect timeout, HTTP/2 keep-alive pings every 10 s answered within 5 s, and mTLS when the
-//! process has an identity ([`crate::mesh::tls`]); the TLS handshake now has 5 s too.
+//! This replaces a tonic `Channel` per endpoint, minus its queue: a `Channel` hands every call to a
+//! tower `Buffer` task that owns the connection, and that task hands it to the connection's own
+//! task, so each call crossed two tasks before reaching HTTP/2. Here a call clones the connection's
+//! handle under a short lock and sends on it directly (one hand-off, to the connection's task).
+//!
+//! The connection: TCP with `TCP_NODELAY`, each resolved address tried for 1 s; mTLS when the
+//! process has an identity ([`crate::mesh::tls`]), its handshake within 1 s; HTTP/2 with hyper's
+//! default windows and keep-alive pings every 10 s while calls are open, answered within 5 s.
+//! Opening runs in its own task, so it completes even when every call waiting for it gave up.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,18 +23,40 @@ use hyper::client::conn::http2::{Builder, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
-use tonic::Status;
+use tokio::net::TcpStream;
 use tonic::body::Body;
+use tonic::{Code, Status};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long opening a TCP connection may take.
+/// How long a TCP connection to one address, and then the TLS handshake, may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long the TLS handshake may take once connected.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long resolving a host name may take.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const USER_AGENT: &str = concat!("exemesh/", env!("CARGO_PKG_VERSION"));
+
+/// Why an endpoint's address cannot be connected to.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    /// Not `host:port`.
+    #[error("endpoint address '{address}' is not host:port: {detail}")]
+    Invalid {
+        /// The address as discovery gave it.
+        address: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A TLS connection needs the host as a server name (an IP address or a DNS name).
+    #[error("endpoint address '{address}': '{host}' is not a TLS server name")]
+    ServerName {
+        /// The address as discovery gave it.
+        address: String,
+        /// Its host part.
+        host: String,
+    },
+}
 
 /// A connection being opened, awaited by every call that arrived meanwhile. The error is the
 /// reason, worded for a status message.
@@ -39,7 +64,11 @@ type Opening = Shared<BoxFuture<'static, Result<SendRequest<Body>, Arc<str>>>>;
 
 enum State {
     Closed,
-    Opening(Opening),
+    /// The `attempt`-th opening of this link.
+    Opening {
+        attempt: u64,
+        opening: Opening,
+    },
     Open(SendRequest<Body>),
 }
 
@@ -53,8 +82,18 @@ pub struct Link {
 struct Inner {
     address: Arc<str>,
     authority: Authority,
-    tls: Option<Arc<ClientConfig>>,
+    scheme: Scheme,
+    tls: Option<Tls>,
     state: Mutex<State>,
+    /// Openings started so far.
+    attempts: std::sync::atomic::AtomicU64,
+}
+
+/// What a TLS connection needs, worked out once.
+#[derive(Clone)]
+struct Tls {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
 }
 
 impl std::fmt::Debug for Link {
@@ -69,7 +108,7 @@ impl std::fmt::Debug for Link {
 impl Link {
     /// A link to `address` (`host:port`), not yet connected: over mTLS when the process has an
     /// identity, in which case the server must prove to be `service` when it is given.
-    pub fn new(address: &str, service: Option<&str>) -> Result<Link, http::uri::InvalidUri> {
+    pub fn new(address: &str, service: Option<&str>) -> Result<Link, AddressError> {
         let tls = crate::mesh::tls::installed().map(|identity| {
             crate::mesh::tls::client::client_config(identity, service.map(str::to_string))
         });
@@ -77,34 +116,64 @@ impl Link {
     }
 
     /// A link to `address` with an explicit TLS configuration (`None`: plaintext h2c).
-    pub fn with_tls(
-        address: &str,
-        tls: Option<Arc<ClientConfig>>,
-    ) -> Result<Link, http::uri::InvalidUri> {
+    pub fn with_tls(address: &str, tls: Option<Arc<ClientConfig>>) -> Result<Link, AddressError> {
+        let invalid = |detail: String| AddressError::Invalid {
+            address: address.to_string(),
+            detail,
+        };
+        let authority = Authority::try_from(address).map_err(|e| invalid(e.to_string()))?;
+        if authority.port_u16().is_none() {
+            return Err(invalid("no port".into()));
+        }
+        let tls = match tls {
+            None => None,
+            Some(config) => {
+                let host = authority.host().trim_matches(['[', ']']).to_string();
+                let name =
+                    ServerName::try_from(host.clone()).map_err(|_| AddressError::ServerName {
+                        address: address.to_string(),
+                        host,
+                    })?;
+                Some(Tls { config, name })
+            }
+        };
         Ok(Link {
             inner: Arc::new(Inner {
                 address: address.into(),
-                authority: Authority::try_from(address)?,
+                authority,
+                scheme: if tls.is_some() {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                },
                 tls,
                 state: Mutex::new(State::Closed),
+                attempts: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
 
     /// Sends `request` (its URI is a path; the link supplies scheme and authority) and returns the
-    /// response as soon as its headers arrive. An error is `UNAVAILABLE` when no connection could be
-    /// opened, otherwise HTTP/2's own (mapped to a status by [`Status::from_error`]).
+    /// response as soon as its headers arrive. Errors are statuses: `UNAVAILABLE` when no
+    /// connection could be opened or the connection failed or closed under the call, otherwise what
+    /// the peer's HTTP/2 error means (`REFUSED_STREAM`: `UNAVAILABLE`, `ENHANCE_YOUR_CALM`:
+    /// `RESOURCE_EXHAUSTED`…).
     ///
-    /// A request that the connection gave back unsent (it closed as the call arrived) is sent once
-    /// more, on a new connection.
+    /// A request that the connection gave back unsent (it was closing as the call arrived) is sent
+    /// once more, on a new connection.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
         let request = self.with_origin(request)?;
         let mut sender = self.sender().await?;
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
             Err(mut error) => match error.take_message() {
-                Some(unsent) => self.sender().await?.send_request(unsent).await?,
-                None => return Err(error.into_error().into()),
+                Some(unsent) => self
+                    .sender()
+                    .await?
+                    .send_request(unsent)
+                    .await
+                    .map_err(|e| self.status_of(e))?,
+                None => return Err(self.status_of(error.into_error()).into()),
             },
         };
         Ok(response.map(Body::new))
@@ -117,29 +186,32 @@ impl Link {
 
     /// The open connection's handle, opening the connection first if there is none.
     async fn sender(&self) -> Result<SendRequest<Body>, Status> {
-        let opening = {
+        let (attempt, opening) = {
             let mut state = self.state();
             match &*state {
                 State::Open(sender) if !sender.is_closed() => return Ok(sender.clone()),
-                State::Opening(opening) => opening.clone(),
+                State::Opening { attempt, opening } => (*attempt, opening.clone()),
                 State::Open(_) | State::Closed => {
-                    let opening = open(self.inner.address.clone(), self.inner.tls.clone())
-                        .boxed()
-                        .shared();
-                    *state = State::Opening(opening.clone());
-                    opening
+                    let attempt = self
+                        .inner
+                        .attempts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let opening = open_in_task(Arc::downgrade(&self.inner), attempt);
+                    *state = State::Opening {
+                        attempt,
+                        opening: opening.clone(),
+                    };
+                    (attempt, opening)
                 }
             }
         };
-        let outcome = opening.clone().await;
-        let mut state = self.state();
-        if let State::Opening(current) = &*state
-            && current.ptr_eq(&opening)
-        {
-            *state = match &outcome {
-                Ok(sender) => State::Open(sender.clone()),
-                Err(_) => State::Closed,
-            };
+        let outcome = opening.await;
+        if outcome.is_err() {
+            // The task records its outcome itself, unless it panicked: never keep a failed opening.
+            let mut state = self.state();
+            if matches!(&*state, State::Opening { attempt: current, .. } if *current == attempt) {
+                *state = State::Closed;
+            }
         }
         outcome.map_err(|reason| Status::unavailable(reason.to_string()))
     }
@@ -151,12 +223,26 @@ impl Link {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// A failed exchange as a status. hyper reports a connection that closed or failed under the
+    /// call as "canceled" or as an I/O error; for the caller both mean the endpoint was unavailable.
+    fn status_of(&self, error: hyper::Error) -> Status {
+        let status = Status::from_error(Box::new(error));
+        match status.code() {
+            Code::Unknown | Code::Cancelled => Status::unavailable(format!(
+                "connection to {}: {}",
+                self.inner.address,
+                status.message()
+            )),
+            _ => status,
+        }
+    }
+
     /// The request with this endpoint's origin in its URI (HTTP/2 sends it as `:scheme` and
     /// `:authority`), and a user agent unless it has one.
     fn with_origin(&self, request: Request<Body>) -> Result<Request<Body>, Status> {
         let (mut head, body) = request.into_parts();
         let mut uri = std::mem::take(&mut head.uri).into_parts();
-        uri.scheme = Some(Scheme::HTTP);
+        uri.scheme = Some(self.inner.scheme.clone());
         uri.authority = Some(self.inner.authority.clone());
         if uri.path_and_query.is_none() {
             uri.path_and_query = Some(PathAndQuery::from_static("/"));
@@ -173,42 +259,90 @@ impl Link {
     }
 }
 
-/// Opens a connection to `address` (TCP within [`CONNECT_TIMEOUT`], then the TLS handshake within
-/// [`HANDSHAKE_TIMEOUT`]) and starts its task.
-async fn open(
-    address: Arc<str>,
-    tls: Option<Arc<ClientConfig>>,
-) -> Result<SendRequest<Body>, Arc<str>> {
+/// Opens a connection for `link` in a task of its own, which then records the outcome in the link's
+/// state (unless the link is gone, or a newer attempt replaced this one). The opening thus completes
+/// even when every call waiting for it gave up.
+fn open_in_task(link: std::sync::Weak<Inner>, attempt: u64) -> Opening {
+    let Some(inner) = link.upgrade() else {
+        return futures_util::future::ready(Err(Arc::from("the link was dropped")))
+            .boxed()
+            .shared();
+    };
+    let address = inner.address.clone();
+    let tls = inner.tls.clone();
+    drop(inner);
+    let task = tokio::spawn({
+        let address = address.clone();
+        async move {
+            let outcome = open(address, tls).await;
+            if let Some(inner) = link.upgrade() {
+                let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+                if matches!(&*state, State::Opening { attempt: current, .. } if *current == attempt)
+                {
+                    *state = match &outcome {
+                        Ok(sender) => State::Open(sender.clone()),
+                        Err(_) => State::Closed,
+                    };
+                }
+            }
+            outcome
+        }
+    });
+    async move {
+        task.await
+            .unwrap_or_else(|e| Err(format!("connecting to {address}: {e}").into()))
+    }
+    .boxed()
+    .shared()
+}
+
+/// Opens a connection to `address` and starts its task; the error says what failed.
+async fn open(address: Arc<str>, tls: Option<Tls>) -> Result<SendRequest<Body>, Arc<str>> {
     handshake(&address, tls)
         .await
         .map_err(|e| format!("connecting to {address}: {e}").into())
 }
 
-async fn handshake(
-    address: &str,
-    tls: Option<Arc<ClientConfig>>,
-) -> Result<SendRequest<Body>, BoxError> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
-        .await
-        .map_err(|_| format!("no connection within {}ms", CONNECT_TIMEOUT.as_millis()))??;
-    let _ = tcp.set_nodelay(true);
+async fn handshake(address: &str, tls: Option<Tls>) -> Result<SendRequest<Body>, BoxError> {
+    let tcp = tcp(address).await?;
     match tls {
         None => start(TokioIo::new(tcp)).await,
-        Some(config) => {
-            let host = Authority::try_from(address)?;
-            let name = ServerName::try_from(host.host().trim_matches(['[', ']']).to_string())?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
-            let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls)
+        Some(Tls { config, name }) => {
+            let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
                 .await
                 .map_err(|_| {
-                    format!(
-                        "no TLS handshake within {}ms",
-                        HANDSHAKE_TIMEOUT.as_millis()
-                    )
+                    format!("no TLS handshake within {}ms", CONNECT_TIMEOUT.as_millis())
                 })??;
             start(TokioIo::new(stream)).await
         }
     }
+}
+
+/// A TCP connection to the first of `address`'s resolved addresses that accepts one.
+async fn tcp(address: &str) -> Result<TcpStream, BoxError> {
+    let resolved: Vec<SocketAddr> =
+        tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(address))
+            .await
+            .map_err(|_| format!("no address within {}ms", RESOLVE_TIMEOUT.as_millis()))??
+            .collect();
+    let mut failure = String::from("the name has no address");
+    for socket in resolved {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(socket)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok(tcp);
+            }
+            Ok(Err(e)) => failure = e.to_string(),
+            Err(_) => {
+                failure = format!(
+                    "no connection to {socket} within {}ms",
+                    CONNECT_TIMEOUT.as_millis()
+                )
+            }
+        }
+    }
+    Err(failure.into())
 }
 
 /// The HTTP/2 handshake on `io`; the connection then runs in its own task until it closes.
@@ -242,31 +376,32 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address").to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let mut connection = h2::server::handshake(socket).await.expect("handshake");
-                    let mut served = 0;
-                    while let Some(Ok((_, mut respond))) = connection.accept().await {
-                        let head = http::Response::builder()
-                            .header("content-type", "application/grpc")
-                            .body(())
-                            .expect("response");
-                        let mut stream = respond.send_response(head, false).expect("headers");
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                        stream.send_trailers(trailers).expect("trailers");
-                        served += 1;
-                        if Some(served) == close_after {
-                            connection.graceful_shutdown();
-                        }
-                    }
-                });
-            }
-        });
+        tokio::spawn(serve(listener, accepted.clone(), close_after));
         (address, accepted)
+    }
+
+    async fn serve(listener: TcpListener, accepted: Arc<AtomicUsize>, close_after: Option<usize>) {
+        while let Ok((socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(socket).await.expect("handshake");
+                let mut served = 0;
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .expect("response");
+                    let mut stream = respond.send_response(head, false).expect("headers");
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    stream.send_trailers(trailers).expect("trailers");
+                    served += 1;
+                    if Some(served) == close_after {
+                        connection.graceful_shutdown();
+                    }
+                }
+            });
+        }
     }
 
     fn call() -> Request<Body> {
@@ -317,20 +452,115 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_address_where_nothing_listens_is_unavailable_and_named() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address").to_string();
-        drop(listener);
+    async fn a_refused_connection_is_unavailable_named_and_not_kept() {
+        // A bound socket that does not listen yet: connecting to it is refused, and no other test
+        // can take its port meanwhile.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let address = socket.local_addr().expect("address").to_string();
         let link = Link::with_tls(&address, None).expect("link");
         let error = link.send(call()).await.expect_err("nothing listens");
         let status = error.downcast_ref::<Status>().expect("a status");
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains(&address), "{}", status.message());
         assert!(!link.is_open());
+        // Once something listens there, the next call connects.
+        let listener = socket.listen(16).expect("listen");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(serve(listener, accepted.clone(), None));
+        let response = link.send(call()).await.expect("answered once listening");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_host_name_is_resolved_and_its_addresses_tried_in_turn() {
+        let (address, accepted) = server(None).await;
+        let port = address.rsplit(':').next().expect("a port");
+        // localhost may resolve to ::1 first, where nothing listens.
+        let link = Link::with_tls(&format!("localhost:{port}"), None).expect("link");
+        let response = link.send(call()).await.expect("answered");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_meets_a_closing_connection_is_sent_on_a_new_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let (closing_seen, seen) = tokio::sync::oneshot::channel();
+        let accepted = Arc::new(AtomicUsize::new(1));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            // The first connection: hold its first call open, announce the shutdown (GOAWAY),
+            // and make sure the client has read it (a ping sent after it comes back).
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut connection = h2::server::handshake(socket).await.expect("handshake");
+            let mut ping_pong = connection.ping_pong().expect("ping pong");
+            let held = connection
+                .accept()
+                .await
+                .expect("a call")
+                .expect("a stream");
+            connection.graceful_shutdown();
+            let pong = ping_pong.ping(h2::Ping::opaque());
+            tokio::pin!(pong);
+            loop {
+                tokio::select! {
+                    answered = &mut pong => { answered.expect("pong"); break; }
+                    stream = connection.accept() => assert!(stream.is_none(), "a call on a closing connection"),
+                }
+            }
+            let _ = closing_seen.send(());
+            tokio::spawn(async move {
+                let _held = held;
+                while connection.accept().await.is_some() {}
+            });
+            serve(listener, counter, None).await;
+        });
+        let link = Link::with_tls(&address, None).expect("link");
+        let first = tokio::spawn({
+            let link = link.clone();
+            async move { link.send(call()).await.map(|_| ()) }
+        });
+        seen.await
+            .expect("the server read the first call and closed");
+        let response = link.send(call()).await.expect("sent on a new connection");
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        first.abort();
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_opened_even_when_every_waiting_call_gave_up() {
+        let (address, accepted) = server(None).await;
+        let link = Link::with_tls(&address, None).expect("link");
+        // A call that gives up at once, before its connection is open.
+        let gave_up = tokio::time::timeout(Duration::ZERO, link.send(call())).await;
+        assert!(gave_up.is_err(), "the call should not have finished");
+        // The connection is opened all the same…
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !link.is_open() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the connection was never opened"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // …and the next call uses it.
+        link.send(call())
+            .await
+            .expect("answered on that connection");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert!(link.is_open());
     }
 
     #[test]
-    fn an_address_that_is_no_authority_is_refused() {
+    fn an_address_must_be_host_and_port() {
         assert!(Link::with_tls("not an address", None).is_err());
+        assert!(Link::with_tls("127.0.0.1", None).is_err());
+        assert!(Link::with_tls("[::1]:80", None).is_ok());
     }
 }

@@ -169,7 +169,7 @@ impl Service<Request<Body>> for MeshChannel {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Readiness is awaited per attempt inside the call (a retry needs it again anyway).
+        // Always ready: each attempt picks an endpoint and, if need be, waits for its connection.
         Poll::Ready(Ok(()))
     }
 
