@@ -49,6 +49,7 @@ out=bench/results/mesh.jsonl
 mkdir -p bench/results
 : >"$out"
 method=grpc.health.v1.Health/Check
+before=${BEFORE:+$(realpath "$BEFORE")}
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
     for variant in direct ${BEFORE:+mesh-before} mesh haproxy; do
@@ -56,7 +57,7 @@ for round in $(seq 1 "$rounds"); do
       case $variant in
         direct) args=("$a1" "$method") ;;
         mesh) args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
-        mesh-before) client=$(realpath "$BEFORE"); args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
+        mesh-before) client=$before; args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
         haproxy) args=("127.0.0.1:$hport" "$method") ;;
       esac
       "$client" bench "${args[@]}" -c "$c" -z "${secs}s" --warmup 500ms --json \

@@ -172,8 +172,8 @@ impl Link {
                     .await?
                     .send_request(unsent)
                     .await
-                    .map_err(|e| self.status_of(e))?,
-                None => return Err(self.status_of(error.into_error()).into()),
+                    .map_err(|e| self.transport_status(e))?,
+                None => return Err(self.transport_status(error.into_error()).into()),
             },
         };
         Ok(response.map(Body::new))
@@ -196,7 +196,7 @@ impl Link {
                         .inner
                         .attempts
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let opening = open_in_task(Arc::downgrade(&self.inner), attempt);
+                    let opening = open_in_task(&self.inner, attempt);
                     *state = State::Opening {
                         attempt,
                         opening: opening.clone(),
@@ -206,13 +206,8 @@ impl Link {
             }
         };
         let outcome = opening.await;
-        if outcome.is_err() {
-            // The task records its outcome itself, unless it panicked: never keep a failed opening.
-            let mut state = self.state();
-            if matches!(&*state, State::Opening { attempt: current, .. } if *current == attempt) {
-                *state = State::Closed;
-            }
-        }
+        // The task records the outcome itself; recording it here too covers a task that panicked.
+        self.inner.settle(attempt, &outcome);
         outcome.map_err(|reason| Status::unavailable(reason.to_string()))
     }
 
@@ -225,7 +220,7 @@ impl Link {
 
     /// A failed exchange as a status. hyper reports a connection that closed or failed under the
     /// call as "canceled" or as an I/O error; for the caller both mean the endpoint was unavailable.
-    fn status_of(&self, error: hyper::Error) -> Status {
+    fn transport_status(&self, error: hyper::Error) -> Status {
         let status = Status::from_error(Box::new(error));
         match status.code() {
             Code::Unknown | Code::Cancelled => Status::unavailable(format!(
@@ -259,31 +254,18 @@ impl Link {
     }
 }
 
-/// Opens a connection for `link` in a task of its own, which then records the outcome in the link's
+/// Opens a connection for the link `inner` in a task of its own, which then records the outcome in its
 /// state (unless the link is gone, or a newer attempt replaced this one). The opening thus completes
 /// even when every call waiting for it gave up.
-fn open_in_task(link: std::sync::Weak<Inner>, attempt: u64) -> Opening {
-    let Some(inner) = link.upgrade() else {
-        return futures_util::future::ready(Err(Arc::from("the link was dropped")))
-            .boxed()
-            .shared();
-    };
+fn open_in_task(inner: &Arc<Inner>, attempt: u64) -> Opening {
     let address = inner.address.clone();
-    let tls = inner.tls.clone();
-    drop(inner);
+    let link = Arc::downgrade(inner);
     let task = tokio::spawn({
-        let address = address.clone();
+        let (address, tls) = (address.clone(), inner.tls.clone());
         async move {
             let outcome = open(address, tls).await;
             if let Some(inner) = link.upgrade() {
-                let mut state = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
-                if matches!(&*state, State::Opening { attempt: current, .. } if *current == attempt)
-                {
-                    *state = match &outcome {
-                        Ok(sender) => State::Open(sender.clone()),
-                        Err(_) => State::Closed,
-                    };
-                }
+                inner.settle(attempt, &outcome);
             }
             outcome
         }
@@ -294,6 +276,19 @@ fn open_in_task(link: std::sync::Weak<Inner>, attempt: u64) -> Opening {
     }
     .boxed()
     .shared()
+}
+
+impl Inner {
+    /// Records the outcome of opening `attempt`, unless a newer attempt replaced it.
+    fn settle(&self, attempt: u64, outcome: &Result<SendRequest<Body>, Arc<str>>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(&*state, State::Opening { attempt: current, .. } if *current == attempt) {
+            *state = match outcome {
+                Ok(sender) => State::Open(sender.clone()),
+                Err(_) => State::Closed,
+            };
+        }
+    }
 }
 
 /// Opens a connection to `address` and starts its task; the error says what failed.
