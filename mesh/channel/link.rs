@@ -1,31 +1,41 @@
 //! One HTTP/2 connection to one endpoint, shared by every call to it: opened by the first call,
 //! reopened by the first call after it closes.
 //!
-//! This replaces a tonic `Channel` per endpoint, minus its queue: a `Channel` hands every call to a
-//! tower `Buffer` task that owns the connection, and that task hands it to the connection's own
-//! task, so each call crossed two tasks before reaching HTTP/2. Here a call clones the connection's
-//! handle under a short lock and sends on it directly (one hand-off, to the connection's task).
+//! A call clones the connection's handle under a short lock and opens its stream on it directly,
+//! in its own task (h2's `SendRequest`): the request's headers and body are queued from the
+//! caller's task, and the response wakes the caller's task. A tonic `Channel` per endpoint would
+//! hand every call to a tower `Buffer` task, then to hyper's connection task, which spawns one
+//! more task per call to await its response: three task hand-offs per call where this has none
+//! (only the connection's own task, which reads and writes the socket). See
+//! [`stream`](super::stream) for the streams themselves.
 //!
 //! The connection: TCP with `TCP_NODELAY`, each resolved address tried for 1 s; mTLS when the
 //! process has an identity ([`crate::mesh::tls`]), its handshake within 1 s; HTTP/2 with hyper's
-//! default windows and keep-alive pings every 10 s while calls are open, answered within 5 s.
-//! Opening runs in its own task, so it completes even when every call waiting for it gave up.
+//! client settings (2 MB stream and 5 MB connection windows) and keep-alive pings every 10 s while
+//! calls are open, answered within 5 s or the connection is closed. Opening runs in its own task, so
+//! it completes even when every call waiting for it gave up.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
+use h2::client::SendRequest;
+use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
-use hyper::client::conn::http2::{Builder, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use http_body::Body as _;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tonic::Status;
 use tonic::body::Body;
-use tonic::{Code, Status};
+
+use super::stream::{OpenCall, ResponseBody, send_body, transport_status};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -58,9 +68,27 @@ pub enum AddressError {
     },
 }
 
+/// An open HTTP/2 connection: the handle calls open streams with, and what its task shares.
+#[derive(Clone)]
+struct Connection {
+    sender: SendRequest<Bytes>,
+    /// Set by the connection's task when the connection has ended.
+    closed: Arc<AtomicBool>,
+    /// Calls open on it (keep-alive pings are sent only while there are some).
+    open_calls: Arc<AtomicUsize>,
+    /// The opening that made it.
+    attempt: u64,
+}
+
+impl Connection {
+    fn is_usable(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+}
+
 /// A connection being opened, awaited by every call that arrived meanwhile. The error is the
 /// reason, worded for a status message.
-type Opening = Shared<BoxFuture<'static, Result<SendRequest<Body>, Arc<str>>>>;
+type Opening = Shared<BoxFuture<'static, Result<Connection, Arc<str>>>>;
 
 enum State {
     Closed,
@@ -69,7 +97,7 @@ enum State {
         attempt: u64,
         opening: Opening,
     },
-    Open(SendRequest<Body>),
+    Open(Connection),
 }
 
 /// A lazily opened, reopening HTTP/2 connection to one endpoint (see the module docs). Clones share
@@ -86,7 +114,7 @@ struct Inner {
     tls: Option<Tls>,
     state: Mutex<State>,
     /// Openings started so far.
-    attempts: std::sync::atomic::AtomicU64,
+    attempts: AtomicU64,
 }
 
 /// What a TLS connection needs, worked out once.
@@ -148,7 +176,7 @@ impl Link {
                 },
                 tls,
                 state: Mutex::new(State::Closed),
-                attempts: std::sync::atomic::AtomicU64::new(0),
+                attempts: AtomicU64::new(0),
             }),
         })
     }
@@ -157,45 +185,54 @@ impl Link {
     /// response as soon as its headers arrive. Errors are statuses: `UNAVAILABLE` when no
     /// connection could be opened or the connection failed or closed under the call, otherwise what
     /// the peer's HTTP/2 error means (`REFUSED_STREAM`: `UNAVAILABLE`, `ENHANCE_YOUR_CALM`:
-    /// `RESOURCE_EXHAUSTED`…).
+    /// `RESOURCE_EXHAUSTED`…). The response body's errors are statuses too.
     ///
-    /// A request that the connection gave back unsent (it was closing as the call arrived) is sent
-    /// once more, on a new connection.
+    /// A request that a closing connection refused before it left (the peer announced its shutdown,
+    /// or the connection had just failed) is sent once more, on a new connection.
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
-        let request = self.with_origin(request)?;
-        let mut sender = self.sender().await?;
-        let response = match sender.try_send_request(request).await {
-            Ok(response) => response,
-            Err(mut error) => match error.take_message() {
-                Some(unsent) => self
-                    .sender()
-                    .await?
-                    .send_request(unsent)
-                    .await
-                    .map_err(|e| self.transport_status(e))?,
-                None => return Err(self.transport_status(error.into_error()).into()),
-            },
+        let (head, body) = self.with_origin(request)?.into_parts();
+        let end_of_stream = body.is_end_stream();
+        let mut connection = self.connection().await?;
+        let (response, stream) = match connection
+            .sender
+            .send_request(head_of(&head), end_of_stream)
+        {
+            Ok(sent) => sent,
+            Err(error) if error.is_go_away() || error.is_io() => {
+                self.forget(&connection);
+                connection = self.connection().await?;
+                connection
+                    .sender
+                    .send_request(Request::from_parts(head, ()), end_of_stream)
+                    .map_err(|e| self.transport_status(&e))?
+            }
+            Err(error) => return Err(self.transport_status(&error).into()),
         };
-        Ok(response.map(Body::new))
+        let open = OpenCall::new(&connection.open_calls);
+        let request = if end_of_stream {
+            None
+        } else {
+            send_body(body, stream).await?
+        };
+        let response = response.await.map_err(|e| self.transport_status(&e))?;
+        let address = self.inner.address.clone();
+        Ok(response.map(|recv| Body::new(ResponseBody::new(recv, address, open, request))))
     }
 
     /// True while a connection is open (not merely being opened).
     pub fn is_open(&self) -> bool {
-        matches!(&*self.state(), State::Open(sender) if !sender.is_closed())
+        matches!(&*self.state(), State::Open(connection) if connection.is_usable())
     }
 
-    /// The open connection's handle, opening the connection first if there is none.
-    async fn sender(&self) -> Result<SendRequest<Body>, Status> {
+    /// The open connection, opening one first if there is none.
+    async fn connection(&self) -> Result<Connection, Status> {
         let (attempt, opening) = {
             let mut state = self.state();
             match &*state {
-                State::Open(sender) if !sender.is_closed() => return Ok(sender.clone()),
+                State::Open(connection) if connection.is_usable() => return Ok(connection.clone()),
                 State::Opening { attempt, opening } => (*attempt, opening.clone()),
                 State::Open(_) | State::Closed => {
-                    let attempt = self
-                        .inner
-                        .attempts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let attempt = self.inner.attempts.fetch_add(1, Ordering::Relaxed);
                     let opening = open_in_task(&self.inner, attempt);
                     *state = State::Opening {
                         attempt,
@@ -211,6 +248,14 @@ impl Link {
         outcome.map_err(|reason| Status::unavailable(reason.to_string()))
     }
 
+    /// Drops `connection` from the state if it is still the current one: it refuses new calls.
+    fn forget(&self, connection: &Connection) {
+        let mut state = self.state();
+        if matches!(&*state, State::Open(current) if current.attempt == connection.attempt) {
+            *state = State::Closed;
+        }
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner
             .state
@@ -218,18 +263,8 @@ impl Link {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A failed exchange as a status. hyper reports a connection that closed or failed under the
-    /// call as "canceled" or as an I/O error; for the caller both mean the endpoint was unavailable.
-    fn transport_status(&self, error: hyper::Error) -> Status {
-        let status = Status::from_error(Box::new(error));
-        match status.code() {
-            Code::Unknown | Code::Cancelled => Status::unavailable(format!(
-                "connection to {}: {}",
-                self.inner.address,
-                status.message()
-            )),
-            _ => status,
-        }
+    fn transport_status(&self, error: &h2::Error) -> Status {
+        transport_status(&self.inner.address, error)
     }
 
     /// The request with this endpoint's origin in its URI (HTTP/2 sends it as `:scheme` and
@@ -254,6 +289,17 @@ impl Link {
     }
 }
 
+/// A copy of a request's head for h2 (which takes it by value), kept so the request can be sent
+/// again if the connection refuses it. Extensions are not copied: h2 does not send them.
+fn head_of(head: &Parts) -> Request<()> {
+    let mut request = Request::new(());
+    *request.method_mut() = head.method.clone();
+    *request.uri_mut() = head.uri.clone();
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers.clone();
+    request
+}
+
 /// Opens a connection for the link `inner` in a task of its own, which then records the outcome in its
 /// state (unless the link is gone, or a newer attempt replaced this one). The opening thus completes
 /// even when every call waiting for it gave up.
@@ -263,7 +309,7 @@ fn open_in_task(inner: &Arc<Inner>, attempt: u64) -> Opening {
     let task = tokio::spawn({
         let (address, tls) = (address.clone(), inner.tls.clone());
         async move {
-            let outcome = open(address, tls).await;
+            let outcome = open(address, tls, attempt).await;
             if let Some(inner) = link.upgrade() {
                 inner.settle(attempt, &outcome);
             }
@@ -280,11 +326,11 @@ fn open_in_task(inner: &Arc<Inner>, attempt: u64) -> Opening {
 
 impl Inner {
     /// Records the outcome of opening `attempt`, unless a newer attempt replaced it.
-    fn settle(&self, attempt: u64, outcome: &Result<SendRequest<Body>, Arc<str>>) {
+    fn settle(&self, attempt: u64, outcome: &Result<Connection, Arc<str>>) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if matches!(&*state, State::Opening { attempt: current, .. } if *current == attempt) {
             *state = match outcome {
-                Ok(sender) => State::Open(sender.clone()),
+                Ok(connection) => State::Open(connection.clone()),
                 Err(_) => State::Closed,
             };
         }
@@ -292,16 +338,16 @@ impl Inner {
 }
 
 /// Opens a connection to `address` and starts its task; the error says what failed.
-async fn open(address: Arc<str>, tls: Option<Tls>) -> Result<SendRequest<Body>, Arc<str>> {
-    handshake(&address, tls)
+async fn open(address: Arc<str>, tls: Option<Tls>, attempt: u64) -> Result<Connection, Arc<str>> {
+    handshake(&address, tls, attempt)
         .await
         .map_err(|e| format!("connecting to {address}: {e}").into())
 }
 
-async fn handshake(address: &str, tls: Option<Tls>) -> Result<SendRequest<Body>, BoxError> {
+async fn handshake(address: &str, tls: Option<Tls>, attempt: u64) -> Result<Connection, BoxError> {
     let tcp = tcp(address).await?;
     match tls {
-        None => start(TokioIo::new(tcp)).await,
+        None => start(tcp, address, attempt).await,
         Some(Tls { config, name }) => {
             let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
             let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
@@ -309,7 +355,7 @@ async fn handshake(address: &str, tls: Option<Tls>) -> Result<SendRequest<Body>,
                 .map_err(|_| {
                     format!("no TLS handshake within {}ms", CONNECT_TIMEOUT.as_millis())
                 })??;
-            start(TokioIo::new(stream)).await
+            start(stream, address, attempt).await
         }
     }
 }
@@ -340,23 +386,73 @@ async fn tcp(address: &str) -> Result<TcpStream, BoxError> {
     Err(failure.into())
 }
 
-/// The HTTP/2 handshake on `io`; the connection then runs in its own task until it closes.
-async fn start<T>(io: T) -> Result<SendRequest<Body>, BoxError>
+/// The HTTP/2 handshake on `io`, with hyper's client settings; the connection then runs in its own
+/// task until it closes, and that task sends the keep-alive pings.
+async fn start<T>(io: T, address: &str, attempt: u64) -> Result<Connection, BoxError>
 where
-    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .handshake(io)
+    let (sender, mut connection) = h2::client::Builder::new()
+        .initial_max_send_streams(100)
+        .initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
         .await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "connection to an endpoint ended");
+    let closed = Arc::new(AtomicBool::new(false));
+    let open_calls = Arc::new(AtomicUsize::new(0));
+    let ping_pong = connection.ping_pong();
+    tokio::spawn({
+        let (closed, open_calls, address) =
+            (closed.clone(), open_calls.clone(), address.to_string());
+        async move {
+            tokio::select! {
+                ended = &mut connection => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, %address, "connection to an endpoint ended");
+                    }
+                }
+                reason = keep_alive(ping_pong, &open_calls) => {
+                    tracing::debug!(%address, "closing the connection to an endpoint: {reason}");
+                }
+            }
+            closed.store(true, Ordering::Release);
         }
     });
-    Ok(sender)
+    Ok(Connection {
+        sender,
+        closed,
+        open_calls,
+        attempt,
+    })
+}
+
+/// Pings the peer every [`KEEP_ALIVE_INTERVAL`] while calls are open; returns why the connection
+/// should close: a ping not answered within [`KEEP_ALIVE_TIMEOUT`], or failed.
+async fn keep_alive(ping_pong: Option<h2::PingPong>, open_calls: &AtomicUsize) -> String {
+    let Some(mut ping_pong) = ping_pong else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
+        if open_calls.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("keep-alive ping failed: {e}"),
+            Err(_) => {
+                return format!(
+                    "no answer to a keep-alive ping within {}s",
+                    KEEP_ALIVE_TIMEOUT.as_secs()
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -386,10 +482,12 @@ mod tests {
                         .header("content-type", "application/grpc")
                         .body(())
                         .expect("response");
-                    let mut stream = respond.send_response(head, false).expect("headers");
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                    stream.send_trailers(trailers).expect("trailers");
+                    // A call its client already gave up (reset) gets no answer.
+                    if let Ok(mut stream) = respond.send_response(head, false) {
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                        stream.send_trailers(trailers).expect("trailers");
+                    }
                     served += 1;
                     if Some(served) == close_after {
                         connection.graceful_shutdown();

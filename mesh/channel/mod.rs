@@ -15,6 +15,7 @@ pub mod endpoints;
 pub mod first_message;
 pub mod link;
 pub mod retry;
+pub mod stream;
 
 use std::collections::HashSet;
 use std::future::Future;
