@@ -630,9 +630,10 @@ mod tests {
     async fn a_connection_is_opened_even_when_every_waiting_call_gave_up() {
         let (address, accepted) = server(None).await;
         let link = Link::with_tls(&address, None).expect("link");
-        // A call that gives up at once, before its connection is open.
-        let gave_up = tokio::time::timeout(Duration::ZERO, link.send(call())).await;
-        assert!(gave_up.is_err(), "the call should not have finished");
+        // A call that gives up after its first step, which starts the opening (this test's runtime
+        // has one thread: the opening's task cannot have run yet).
+        let gave_up = link.send(call()).now_or_never();
+        assert!(gave_up.is_none(), "the call should not have finished");
         // The connection is opened all the same…
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !link.is_open() {
@@ -648,6 +649,80 @@ mod tests {
             .expect("answered on that connection");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert!(link.is_open());
+    }
+
+    /// A server that answers the first call and holds the others, until told to stop reading its
+    /// connection (a peer that vanished without closing it: pings go unanswered).
+    async fn vanishing_server() -> (String, tokio::sync::oneshot::Sender<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut connection = h2::server::handshake(socket).await.expect("handshake");
+            let mut held = Vec::new();
+            let serve = async {
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    if !held.is_empty() {
+                        held.push(respond);
+                        continue;
+                    }
+                    let head = http::Response::builder().body(()).expect("response");
+                    let mut stream = respond.send_response(head, false).expect("headers");
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                    stream.send_trailers(trailers).expect("trailers");
+                    held.push(respond);
+                }
+            };
+            tokio::select! {
+                _ = stopped => {}
+                _ = serve => {}
+            }
+            std::future::pending::<()>().await;
+            drop((connection, held, listener));
+        });
+        (address, stop)
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_answering_pings_while_a_call_waits_is_dropped() {
+        let (address, stop) = vanishing_server().await;
+        let link = Link::with_tls(&address, None).expect("link");
+        link.send(call()).await.expect("the first call is answered");
+        let waiting = tokio::spawn({
+            let link = link.clone();
+            async move { link.send(call()).await.map(|_| ()) }
+        });
+        stop.send(()).expect("the server runs");
+        // From here time moves only while every task waits: the keep-alive's 10 s and 5 s pass at
+        // once.
+        tokio::time::pause();
+        let error = tokio::time::timeout(Duration::from_secs(60), waiting)
+            .await
+            .expect("dropped within 15 s of (paused) time")
+            .expect("task")
+            .expect_err("the connection was dropped");
+        let status = error.downcast_ref::<Status>().expect("a status");
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{}",
+            status.message()
+        );
+        assert!(status.message().contains(&address), "{}", status.message());
+        assert!(!link.is_open());
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_not_pinged() {
+        let (address, stop) = vanishing_server().await;
+        let link = Link::with_tls(&address, None).expect("link");
+        link.send(call()).await.expect("the call is answered");
+        stop.send(()).expect("the server runs");
+        tokio::time::pause();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(link.is_open(), "an idle connection was dropped");
     }
 
     #[test]
