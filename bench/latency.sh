@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Added latency of a full mesh hop at a fixed rate (issue 6, target 4), in one run with alternating
 # rounds. The service is the shop example's shop.v1.UserService/GetUser, in its two forms:
-#   native   exemesh bench -> a plain tonic channel -> shop-user-native (the same logic rewritten
-#            in Rust: examples/shop/native)                                       (the baseline)
-#   worker   exemesh bench -> a plain tonic channel -> exemesh serve -> a shop.py worker (user.toml)
+#   native   exemesh bench -> one HTTP/2 connection -> shop-user-native (the same logic rewritten
+#            in Rust, a plain tonic server: examples/shop/native)                 (the baseline)
+#   worker   exemesh bench -> one HTTP/2 connection -> exemesh serve -> a shop.py worker (user.toml)
 #   mesh     exemesh bench -> the mesh channel (discovery, p2c/peak-EWMA, retries) -> 2 replicas of
 #            exemesh serve -> shop.py workers: the full hop a caller in the mesh pays
+# The direct variants use `--client exemesh`, the connection the mesh channel opens to each
+# endpoint, so all three share one client transport and the differences are the servers' (and the
+# mesh channel's balancing).
 # Each variant is paced at RATE calls/s (open loop, --rate: a call that finds every slot busy
 # counts its wait), so the latency is what a steady load sees, not what saturation does.
 # Usage: bench/latency.sh [ROUNDS=5] [SECONDS=3] [RATE=1000]
@@ -41,8 +44,8 @@ mkdir -p bench/results
 for round in $(seq 1 "$rounds"); do
   for variant in native worker mesh; do
     case $variant in
-      native) args=("$native" "$method") ;;
-      worker) args=("$a1" "$method") ;;
+      native) args=(--client exemesh "$native" "$method") ;;
+      worker) args=(--client exemesh "$a1" "$method") ;;
       mesh) args=(--discovery "$reg" "$method") ;;
     esac
     "$bin" bench "${args[@]}" "$request" --rate "$rate" -c 32 -z "${secs}s" --warmup 500ms --json \

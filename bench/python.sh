@@ -10,7 +10,9 @@
 #                 shipping its monolith as an executable would
 # plus the floor for spawn mode: the same programs spawned bare (posix_spawn, pipes, wait; no gRPC),
 # and the RSS of the `exemesh serve` processes (without their workers) idle and after the load.
-# `exemesh bench` calls each server directly (one connection) at 1, 16 and 64 calls in flight.
+# `exemesh bench --client exemesh` calls each server directly (one HTTP/2 connection, the one the
+# mesh channel opens to each endpoint: the lightest client exemesh has, so the most CPU is left to
+# the servers compared) at 1, 16 and 64 calls in flight.
 # Usage: bench/python.sh [ROUNDS=5] [SECONDS=3]   (writes bench/results/python.jsonl and prints tables)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,13 +68,13 @@ mkdir -p bench/results
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
     for variant in worker grpcio-sync grpcio-aio; do
-      "$bin" bench "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"bench"}' -c "$c" -z "${secs}s" --warmup 500ms --json | tag "$variant" "$round" >>"$out"
+      "$bin" bench --client exemesh "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"bench"}' -c "$c" -z "${secs}s" --warmup 500ms --json | tag "$variant" "$round" >>"$out"
     done
   done
   # Spawn mode at 1 in flight against its floor: the same program spawned bare, with the
   # environment exemesh gives it (an allow list: PATH here).
   for variant in spawn spawn-cat spawn-exe; do
-    "$bin" bench "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"bench"}' -c 1 -z "${secs}s" --warmup 500ms --json | tag "$variant" "$round" >>"$out"
+    "$bin" bench --client exemesh "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"bench"}' -c 1 -z "${secs}s" --warmup 500ms --json | tag "$variant" "$round" >>"$out"
   done
   for program in python cat exe; do
     case $program in

@@ -24,9 +24,14 @@ const PATHS: [&str; 2] = [
 /// Why the contracts could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum ReflectionError {
-    /// The server answered with an error status (for example reflection is not served).
-    #[error("server reflection failed: {0}")]
-    Rpc(#[from] Status),
+    /// The server answered with an error status (for example reflection is not served), or could
+    /// not be reached.
+    #[error(
+        "server reflection failed: {}: {}",
+        crate::mesh::status_code::code_name(.0.code()),
+        .0.message()
+    )]
+    Rpc(Status),
     /// The server does not know the symbol.
     #[error("the server does not know {symbol:?}: {message}")]
     UnknownSymbol {
@@ -38,6 +43,12 @@ pub enum ReflectionError {
     /// The descriptors the server sent do not form a valid set.
     #[error("the server sent invalid descriptors: {0}")]
     Invalid(String),
+}
+
+impl From<Status> for ReflectionError {
+    fn from(status: Status) -> Self {
+        ReflectionError::Rpc(status)
+    }
 }
 
 /// Asks the server for the file defining `symbol` (a service or message name) and every file it

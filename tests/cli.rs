@@ -366,6 +366,71 @@ async fn bench_reads_the_contract_from_proto_files_when_asked() {
 }
 
 #[tokio::test]
+async fn bench_with_the_exemesh_client_calls_the_server_and_names_one_it_cannot_reach() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = manifest(
+        dir.path(),
+        "client.toml",
+        include_str!("fixtures/echo/worker.toml"),
+        &marker("bench-client"),
+    );
+    let served = Served::start(&path).await;
+    let out = run(
+        &[
+            "bench",
+            "--client",
+            "exemesh",
+            "--connections",
+            "2",
+            &served.addr,
+            "test.v1.Echo/Unary",
+            r#"{"text":"x"}"#,
+            "-n",
+            "40",
+            "-c",
+            "4",
+            "--warmup",
+            "0s",
+            "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(
+        (report["calls"].as_u64(), report["ok"].as_u64()),
+        (Some(40), Some(40)),
+        "{report}"
+    );
+
+    // A bound socket that does not listen: connecting is refused, and no other test can take it.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let closed = socket.local_addr().expect("address").to_string();
+    let out = run(
+        &[
+            "bench",
+            "--client",
+            "exemesh",
+            &closed,
+            "grpc.health.v1.Health/Check",
+            "-n",
+            "1",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("UNAVAILABLE") && stderr.contains(&closed),
+        "{stderr}"
+    );
+    drop(socket);
+}
+
+#[tokio::test]
 async fn bench_paces_calls_at_a_fixed_rate_and_reports_a_timeline() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = manifest(

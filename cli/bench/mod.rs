@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::descriptors::{self, ProtoArgs};
 use anyhow::{Context as _, bail};
+use exemesh::mesh::channel::link::Link;
 use exemesh::mesh::channel::retry::is_idempotent;
 use exemesh::mesh::channel::{CallPolicy, MeshChannel};
 use exemesh::mesh::dynamic_client::GrpcChannel;
@@ -43,6 +44,11 @@ pub struct Args {
     /// Connections to open (address mode; calls are spread over them).
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// The client in address mode: `tonic`, a plain tonic channel (the reference gRPC client), or
+    /// `exemesh`, the HTTP/2 connection the mesh channel opens to each endpoint (no balancing or
+    /// retries; lighter on the client's CPU, so more of the machine is left to the server).
+    #[arg(long, value_enum, default_value_t = Client::Tonic)]
+    client: Client,
     /// Total calls to make (after the warm-up); exclusive with --duration.
     #[arg(short = 'n', long, conflicts_with = "duration")]
     total: Option<u64>,
@@ -75,6 +81,15 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     protos: ProtoArgs,
+}
+
+/// The client `exemesh bench` calls one address with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Client {
+    /// A plain tonic channel.
+    Tonic,
+    /// The mesh channel's connection to one endpoint.
+    Exemesh,
 }
 
 /// What a run measured.
@@ -116,6 +131,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("the method must be pkg.Service/Method, got {method_name:?}")
     };
     let (report, target) = match &addr {
+        Some(addr) if args.client == Client::Exemesh => {
+            let links = (0..args.connections.max(1))
+                .map(|_| Link::new(addr, None))
+                .collect::<Result<Vec<_>, _>>()?;
+            let method = descriptors::find(links[0].clone(), &args.protos, service, name).await?;
+            (drive(links, &method, &json, &args).await?, addr.clone())
+        }
         Some(addr) => {
             let mut channels = Vec::new();
             for _ in 0..args.connections.max(1) {

@@ -289,6 +289,26 @@ impl Link {
     }
 }
 
+/// A link as a gRPC client for one server (for `exemesh bench --client exemesh`): calls go straight
+/// to [`Link::send`], without the mesh channel's balancing, deadline or retries.
+impl tower::Service<Request<Body>> for Link {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<Body>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let link = self.clone();
+        async move { link.send(request).await }.boxed()
+    }
+}
+
 /// A copy of a request's head for h2 (which takes it by value), kept so the request can be sent
 /// again if the connection refuses it. Extensions are not copied: h2 does not send them.
 fn head_of(head: &Parts) -> Request<()> {
