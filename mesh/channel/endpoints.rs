@@ -100,7 +100,12 @@ impl Reporting {
     pub async fn call(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
         let result = self.link.send(request).await;
         let answered = matches!(&result, Ok(r) if status_of(r) != Some(tonic::Code::Unavailable));
-        self.record(answered, result.is_err());
+        // Only a connection that failed or could not be opened (`UNAVAILABLE`) says that nothing
+        // answers there; another error (a stream the peer reset, a request refused before it left)
+        // counts as one failed call.
+        let unreachable = matches!(&result, Err(e)
+            if e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::Unavailable));
+        self.record(answered, unreachable);
         if !answered {
             return result;
         }

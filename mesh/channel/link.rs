@@ -46,6 +46,14 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 const USER_AGENT: &str = concat!("exemesh/", env!("CARGO_PKG_VERSION"));
+/// Headers of an HTTP/1 connection, which an HTTP/2 request must not carry.
+const CONNECTION_HEADERS: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Why an endpoint's address cannot be connected to.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,12 @@ struct Connection {
 impl Connection {
     fn is_usable(&self) -> bool {
         !self.closed.load(Ordering::Acquire)
+    }
+
+    /// False once the connection can open no more streams: the peer announced its shutdown, the
+    /// connection failed, or its stream IDs ran out.
+    fn takes_streams(&self) -> bool {
+        !matches!(self.sender.clone().ready().now_or_never(), Some(Err(_)))
     }
 }
 
@@ -198,15 +212,17 @@ impl Link {
             .send_request(head_of(&head), end_of_stream)
         {
             Ok(sent) => sent,
-            Err(error) if error.is_go_away() || error.is_io() => {
+            // The connection takes no more streams (the peer announced its shutdown, it failed, or
+            // its stream IDs ran out): the request never left, so it goes on a new connection.
+            Err(_) if !connection.takes_streams() => {
                 self.forget(&connection);
                 connection = self.connection().await?;
                 connection
                     .sender
                     .send_request(Request::from_parts(head, ()), end_of_stream)
-                    .map_err(|e| self.transport_status(&e))?
+                    .map_err(|e| self.refused(&e))?
             }
-            Err(error) => return Err(self.transport_status(&error).into()),
+            Err(error) => return Err(self.refused(&error).into()),
         };
         let open = OpenCall::new(&connection.open_calls);
         let request = if end_of_stream {
@@ -267,6 +283,19 @@ impl Link {
         transport_status(&self.inner.address, error)
     }
 
+    /// A request that the connection refused before sending it: `UNAVAILABLE` when the connection
+    /// was the cause, `INTERNAL` when the request itself was (h2 checks headers before sending).
+    fn refused(&self, error: &h2::Error) -> Status {
+        if error.is_go_away() || error.is_io() {
+            self.transport_status(error)
+        } else {
+            Status::internal(format!(
+                "request to {} refused before sending: {error}",
+                self.inner.address
+            ))
+        }
+    }
+
     /// The request with this endpoint's origin in its URI (HTTP/2 sends it as `:scheme` and
     /// `:authority`), and a user agent unless it has one.
     fn with_origin(&self, request: Request<Body>) -> Result<Request<Body>, Status> {
@@ -279,6 +308,18 @@ impl Link {
         }
         head.uri =
             Uri::from_parts(uri).map_err(|e| Status::internal(format!("request URI: {e}")))?;
+        // HTTP/1 connection headers have no meaning in HTTP/2, and h2 refuses a request that has
+        // them (as hyper's client does, they are dropped; `te` is kept only as `trailers`).
+        for name in CONNECTION_HEADERS {
+            head.headers.remove(name);
+        }
+        if head
+            .headers
+            .get(http::header::TE)
+            .is_some_and(|te| te != "trailers")
+        {
+            head.headers.remove(http::header::TE);
+        }
         if !head.headers.contains_key(http::header::USER_AGENT) {
             head.headers.insert(
                 http::header::USER_AGENT,

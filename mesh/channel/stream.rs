@@ -3,7 +3,7 @@
 //!
 //! A request body is sent in the caller's task as far as it is ready (a unary request always is),
 //! so most calls never leave that task; what is not ready yet (a client stream) is sent by a task
-//! of its own that waits for the peer's flow-control window, as hyper does.
+//! of its own that waits for the peer's flow-control window, as hyper's client does.
 
 use std::future::{Future as _, poll_fn};
 use std::pin::Pin;
@@ -93,7 +93,7 @@ pub async fn send_body(
                 }
             }
             Poll::Ready(Some(Err(status))) => {
-                stream.send_reset(Reason::CANCEL);
+                stream.send_reset(Reason::INTERNAL_ERROR);
                 return Err(status);
             }
         }
@@ -116,20 +116,36 @@ fn send_frame(stream: &mut SendStream<Bytes>, frame: Frame<Bytes>, end_of_stream
     }
 }
 
-/// What stopped a wait in [`pipe`].
+/// What stopped [`pipe`].
 enum Stop {
     /// The peer reset the stream, or it failed.
     Gone,
     /// The caller dropped the response.
     Dropped,
+    /// The request body failed.
+    Failed,
 }
 
-/// Sends the rest of `body`, one frame whenever the peer's window has room; stops when the peer
-/// resets the stream or the caller drops the response (`dropped`).
+/// Sends the rest of `body`: each frame as the body yields it, once the peer's window has room for
+/// some of it (the body is polled first, so an idle client stream holds no window, as in hyper);
+/// stops when the peer resets the stream or the caller drops the response (`dropped`).
 async fn pipe(mut body: Body, mut stream: SendStream<Bytes>, mut dropped: oneshot::Receiver<()>) {
     let stop = loop {
-        if stream.capacity() == 0 {
-            stream.reserve_capacity(1);
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = &mut dropped => break Stop::Dropped,
+            _ = poll_fn(|cx| stream.poll_reset(cx)) => break Stop::Gone,
+        };
+        let frame = match frame {
+            None => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Err(_)) => break Stop::Failed,
+            Some(Ok(frame)) => frame,
+        };
+        if let Some(data) = frame.data_ref().filter(|data| !data.is_empty()) {
+            stream.reserve_capacity(data.len());
             let room = poll_fn(|cx| {
                 if Pin::new(&mut dropped).poll(cx).is_ready() {
                     return Poll::Ready(Err(Stop::Dropped));
@@ -137,39 +153,29 @@ async fn pipe(mut body: Body, mut stream: SendStream<Bytes>, mut dropped: onesho
                 if stream.poll_reset(cx).is_ready() {
                     return Poll::Ready(Err(Stop::Gone));
                 }
-                match ready!(stream.poll_capacity(cx)) {
-                    Some(Ok(_)) => Poll::Ready(Ok(())),
-                    Some(Err(_)) | None => Poll::Ready(Err(Stop::Gone)),
+                loop {
+                    if stream.capacity() > 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    match ready!(stream.poll_capacity(cx)) {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return Poll::Ready(Err(Stop::Gone)),
+                    }
                 }
             })
             .await;
             if let Err(stop) = room {
                 break stop;
             }
-            if stream.capacity() == 0 {
-                continue;
-            }
         }
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            _ = &mut dropped => break Stop::Dropped,
-            _ = poll_fn(|cx| stream.poll_reset(cx)) => break Stop::Gone,
-        };
-        match frame {
-            None => {
-                let _ = stream.send_data(Bytes::new(), true);
-                return;
-            }
-            Some(Ok(frame)) => {
-                if send_frame(&mut stream, frame, body.is_end_stream()) {
-                    return;
-                }
-            }
-            Some(Err(_)) => break Stop::Dropped,
+        if send_frame(&mut stream, frame, body.is_end_stream()) {
+            return;
         }
     };
-    if let Stop::Dropped = stop {
-        stream.send_reset(Reason::CANCEL);
+    match stop {
+        Stop::Gone => {}
+        Stop::Dropped => stream.send_reset(Reason::CANCEL),
+        Stop::Failed => stream.send_reset(Reason::INTERNAL_ERROR),
     }
 }
 
@@ -407,6 +413,72 @@ mod tests {
         let error = outcome.expect_err("the stream was reset");
         assert_eq!(error.reason(), Some(Reason::CANCEL));
         assert!(chunks.is_closed(), "the request body was not dropped");
+    }
+
+    #[tokio::test]
+    async fn http1_connection_headers_are_dropped_before_sending() {
+        let (link, mut calls) = server().await;
+        let mut call = request(Body::empty());
+        for (name, value) in [
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+        ] {
+            call.headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        let sent = tokio::spawn(async move { link.send(call).await.map(|r| r.status()) });
+        let (received, respond) = next_call(&mut calls).await;
+        let headers = received.headers().clone();
+        answer(respond, b"");
+        assert_eq!(
+            sent.await.expect("task").expect("answered"),
+            http::StatusCode::OK
+        );
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "te",
+        ] {
+            assert!(!headers.contains_key(name), "{name} was sent");
+        }
+        assert_eq!(
+            headers.get("x-kept").map(|v| v.as_bytes()),
+            Some(&b"yes"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_body_that_fails_midway_resets_the_stream_as_an_internal_error() {
+        let (link, mut calls) = server().await;
+        let (frames, rx) = mpsc::channel::<Result<Frame<Bytes>, Status>>(4);
+        let body = Body::new(StreamBody::new(ReceiverStream::new(rx)));
+        frames
+            .send(Ok(Frame::data(Bytes::from_static(b"first"))))
+            .await
+            .expect("queued");
+        let call = tokio::spawn(async move { link.send(request(body)).await.map(|_| ()) });
+        let (received, _respond) = next_call(&mut calls).await;
+        let mut stream_body = received.into_body();
+        let first = stream_body.data().await.expect("a frame").expect("data");
+        assert_eq!(&first[..], b"first");
+        // The rest of the body is in the pipe's hands now; it fails.
+        frames
+            .send(Err(Status::out_of_range("message too large")))
+            .await
+            .expect("queued");
+        let reset = read_all(stream_body)
+            .await
+            .expect_err("the stream was reset");
+        assert_eq!(reset.reason(), Some(Reason::INTERNAL_ERROR));
+        let error = call.await.expect("task").expect_err("the call failed");
+        let status = error.downcast_ref::<Status>().expect("a status");
+        assert_eq!(status.code(), Code::Internal, "{}", status.message());
     }
 
     #[tokio::test]
