@@ -23,7 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
-use h2::client::SendRequest;
+use h2::SendStream;
+use h2::client::{ResponseFuture, SendRequest};
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
@@ -35,7 +36,9 @@ use tokio::net::TcpStream;
 use tonic::Status;
 use tonic::body::Body;
 
-use super::stream::{OpenCall, ResponseBody, send_body, transport_status};
+use super::stream::{
+    OpenCall, ResponseBody, Sent, never_processed, send_again, send_body, transport_status,
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -201,38 +204,65 @@ impl Link {
     /// the peer's HTTP/2 error means (`REFUSED_STREAM`: `UNAVAILABLE`, `ENHANCE_YOUR_CALM`:
     /// `RESOURCE_EXHAUSTED`…). The response body's errors are statuses too.
     ///
-    /// A request that a closing connection refused before it left (the peer announced its shutdown,
-    /// or the connection had just failed) is sent once more, on a new connection.
+    /// A request is sent once more, on a new connection, when the connection refused it before it
+    /// left (the peer had announced its shutdown, or the connection had just failed), or when the
+    /// peer's shutdown announcement excluded it unprocessed (it was queued behind the peer's stream
+    /// limit, say), if its body was sent whole from the caller's task (a unary request always is).
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
         let (head, body) = self.with_origin(request)?.into_parts();
         let end_of_stream = body.is_end_stream();
+        let (mut connection, response, stream) = self.open_stream(&head, end_of_stream).await?;
+        let mut open = OpenCall::new(&connection.open_calls);
+        let sent = if end_of_stream {
+            Sent::Whole(Vec::new())
+        } else {
+            send_body(body, stream).await?
+        };
+        let (response, guard) = match (response.await, sent) {
+            (Ok(response), Sent::Whole(_) | Sent::NotKept) => (response, None),
+            (Ok(response), Sent::Piped(guard)) => (response, Some(guard)),
+            // The peer announced its shutdown before it took this stream: send it once more, on a
+            // new connection.
+            (Err(error), Sent::Whole(data)) if never_processed(&error) => {
+                self.forget(&connection);
+                let (again, response, mut stream) = self.open_stream(&head, end_of_stream).await?;
+                connection = again;
+                open = OpenCall::new(&connection.open_calls);
+                if !end_of_stream {
+                    send_again(&mut stream, &data);
+                }
+                let response = response.await.map_err(|e| self.transport_status(&e))?;
+                (response, None)
+            }
+            (Err(error), _) => return Err(self.transport_status(&error).into()),
+        };
+        let address = self.inner.address.clone();
+        Ok(response.map(|recv| Body::new(ResponseBody::new(recv, address, open, guard))))
+    }
+
+    /// Opens a stream for a request with `head` on the open connection (opening one if needed). A
+    /// connection that takes no more streams (the peer announced its shutdown, the connection
+    /// failed, or its stream IDs ran out) is replaced by a new one, once: the request never left.
+    async fn open_stream(
+        &self,
+        head: &Parts,
+        end_of_stream: bool,
+    ) -> Result<(Connection, ResponseFuture, SendStream<Bytes>), Status> {
         let mut connection = self.connection().await?;
-        let (response, stream) = match connection
-            .sender
-            .send_request(head_of(&head), end_of_stream)
+        let (response, stream) = match connection.sender.send_request(head_of(head), end_of_stream)
         {
             Ok(sent) => sent,
-            // The connection takes no more streams (the peer announced its shutdown, it failed, or
-            // its stream IDs ran out): the request never left, so it goes on a new connection.
             Err(_) if !connection.takes_streams() => {
                 self.forget(&connection);
                 connection = self.connection().await?;
                 connection
                     .sender
-                    .send_request(Request::from_parts(head, ()), end_of_stream)
+                    .send_request(head_of(head), end_of_stream)
                     .map_err(|e| self.refused(&e))?
             }
-            Err(error) => return Err(self.refused(&error).into()),
+            Err(error) => return Err(self.refused(&error)),
         };
-        let open = OpenCall::new(&connection.open_calls);
-        let request = if end_of_stream {
-            None
-        } else {
-            send_body(body, stream).await?
-        };
-        let response = response.await.map_err(|e| self.transport_status(&e))?;
-        let address = self.inner.address.clone();
-        Ok(response.map(|recv| Body::new(ResponseBody::new(recv, address, open, request))))
+        Ok((connection, response, stream))
     }
 
     /// True while a connection is open (not merely being opened).
@@ -350,8 +380,8 @@ impl tower::Service<Request<Body>> for Link {
     }
 }
 
-/// A copy of a request's head for h2 (which takes it by value), kept so the request can be sent
-/// again if the connection refuses it. Extensions are not copied: h2 does not send them.
+/// A copy of a request's head for h2 (which takes it by value), so that the request can be sent
+/// again. Extensions are not copied: h2 does not send them.
 fn head_of(head: &Parts) -> Request<()> {
     let mut request = Request::new(());
     *request.method_mut() = head.method.clone();
@@ -558,6 +588,29 @@ mod tests {
         }
     }
 
+    /// Keeps a closing `connection` going, with the call `held` open, and serves new connections on
+    /// `listener` meanwhile.
+    async fn keep_serving<T>(
+        mut connection: h2::server::Connection<TcpStream, Bytes>,
+        held: T,
+        listener: TcpListener,
+        accepted: Arc<AtomicUsize>,
+    ) where
+        T: Send + 'static,
+    {
+        tokio::spawn(async move {
+            let _held = held;
+            while connection.accept().await.is_some() {}
+        });
+        serve(listener, accepted, None).await;
+    }
+
+    /// A call on `link` in a task of its own.
+    fn spawn_call(link: &Link) -> tokio::task::JoinHandle<Result<(), BoxError>> {
+        let link = link.clone();
+        tokio::spawn(async move { link.send(call()).await.map(|_| ()) })
+    }
+
     fn call() -> Request<Body> {
         Request::builder()
             .method("POST")
@@ -668,21 +721,79 @@ mod tests {
                 }
             }
             let _ = closing_seen.send(());
-            tokio::spawn(async move {
-                let _held = held;
-                while connection.accept().await.is_some() {}
-            });
-            serve(listener, counter, None).await;
+            keep_serving(connection, held, listener, counter).await;
         });
         let link = Link::with_tls(&address, None).expect("link");
-        let first = tokio::spawn({
-            let link = link.clone();
-            async move { link.send(call()).await.map(|_| ()) }
-        });
+        let first = spawn_call(&link);
         seen.await
             .expect("the server read the first call and closed");
         let response = link.send(call()).await.expect("sent on a new connection");
         assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        first.abort();
+    }
+
+    /// The open connection of `link`, for tests that look inside it.
+    fn open_connection(link: &Link) -> Option<Connection> {
+        match &*link.state() {
+            State::Open(connection) => Some(connection.clone()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_the_server_left_unprocessed_at_its_shutdown_is_sent_on_a_new_one() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address").to_string();
+        let (holding, held_call) = tokio::sync::oneshot::channel();
+        let (shut, shut_down) = tokio::sync::oneshot::channel::<()>();
+        let accepted = Arc::new(AtomicUsize::new(1));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            // The first connection takes one stream at a time: hold the first call, then announce
+            // the shutdown while the client has a second call queued behind it.
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut connection = h2::server::Builder::new()
+                .max_concurrent_streams(1)
+                .handshake::<_, Bytes>(socket)
+                .await
+                .expect("handshake");
+            let held = connection
+                .accept()
+                .await
+                .expect("a call")
+                .expect("a stream");
+            let _ = holding.send(());
+            tokio::select! {
+                _ = shut_down => {}
+                stream = connection.accept() => panic!("a second stream over the limit: {stream:?}"),
+            }
+            connection.graceful_shutdown();
+            keep_serving(connection, held, listener, counter).await;
+        });
+        let link = Link::with_tls(&address, None).expect("link");
+        let first = spawn_call(&link);
+        held_call.await.expect("the server holds the first call");
+        let connection = open_connection(&link).expect("open");
+        // The server's one-stream limit has reached the client…
+        while connection.sender.current_max_send_streams() != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let second = tokio::spawn({
+            let link = link.clone();
+            async move { link.send(call()).await.map(|r| r.status()) }
+        });
+        // …and the second call waits in its queue.
+        while connection.open_calls.load(Ordering::Relaxed) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shut.send(()).expect("the server runs");
+        let status = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("answered within 10 s")
+            .expect("task")
+            .expect("sent on a new connection");
+        assert_eq!(status, http::StatusCode::OK);
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         first.abort();
     }

@@ -70,13 +70,22 @@ impl Drop for OpenCall {
 /// response) stops that task and resets the stream.
 pub type RequestGuard = oneshot::Sender<()>;
 
+/// How a request body was sent.
+pub enum Sent {
+    /// Whole, from the caller's task: its data, kept to send it again if the peer never processes
+    /// the stream (see [`never_processed`]).
+    Whole(Vec<Bytes>),
+    /// Whole, from the caller's task, with trailers: not kept.
+    NotKept,
+    /// Partly or wholly by a task of its own, which the guard keeps going.
+    Piped(RequestGuard),
+}
+
 /// Sends `body` on `stream`: what is ready now from this task, the rest from a task of its own (see
-/// the module docs). Returns that task's guard when there is one. A request body that fails before
-/// anything is handed off fails the call with its own status.
-pub async fn send_body(
-    mut body: Body,
-    mut stream: SendStream<Bytes>,
-) -> Result<Option<RequestGuard>, Status> {
+/// the module docs). A request body that fails before anything is handed off fails the call with
+/// its own status.
+pub async fn send_body(mut body: Body, mut stream: SendStream<Bytes>) -> Result<Sent, Status> {
+    let mut kept = Vec::new();
     let mut sent = 0;
     while sent < EAGER_LIMIT {
         let next = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
@@ -84,12 +93,21 @@ pub async fn send_body(
             Poll::Pending => break,
             Poll::Ready(None) => {
                 let _ = stream.send_data(Bytes::new(), true);
-                return Ok(None);
+                return Ok(Sent::Whole(kept));
             }
             Poll::Ready(Some(Ok(frame))) => {
-                sent += frame.data_ref().map_or(0, Bytes::len);
+                if let Some(data) = frame.data_ref() {
+                    sent += data.len();
+                    kept.push(data.clone());
+                }
+                let trailers = frame.is_trailers();
                 if send_frame(&mut stream, frame, body.is_end_stream()) {
-                    return Ok(None);
+                    // Trailers are not kept: such a request is not sent again.
+                    return Ok(if trailers {
+                        Sent::NotKept
+                    } else {
+                        Sent::Whole(kept)
+                    });
                 }
             }
             Poll::Ready(Some(Err(status))) => {
@@ -100,7 +118,29 @@ pub async fn send_body(
     }
     let (guard, dropped) = oneshot::channel();
     tokio::spawn(pipe(body, stream, dropped));
-    Ok(Some(guard))
+    Ok(Sent::Piped(guard))
+}
+
+/// Sends a request body kept by [`send_body`] again, on a new stream.
+pub fn send_again(stream: &mut SendStream<Bytes>, data: &[Bytes]) {
+    match data.split_last() {
+        None => {
+            let _ = stream.send_data(Bytes::new(), true);
+        }
+        Some((last, rest)) => {
+            for chunk in rest {
+                let _ = stream.send_data(chunk.clone(), false);
+            }
+            let _ = stream.send_data(last.clone(), true);
+        }
+    }
+}
+
+/// True when the peer never processed the stream that failed with `error`: it announced a graceful
+/// shutdown (GOAWAY, `NO_ERROR`) that excludes the stream, which h2 fails with that GOAWAY. Streams
+/// the peer did take fail otherwise (reset, or the connection's I/O error).
+pub fn never_processed(error: &h2::Error) -> bool {
+    error.is_go_away() && error.is_remote() && error.reason() == Some(Reason::NO_ERROR)
 }
 
 /// Sends one frame; true when it ended the stream (or the stream is gone).
