@@ -7,6 +7,13 @@ use std::process::{Command, Output, Stdio};
 
 use support::{Served, exemesh, fixture, manifest, marker, root};
 
+/// Runs `exemesh` with `args` (a `bench … --json`), which must succeed, and returns its report.
+fn bench_report(args: &[&str]) -> serde_json::Value {
+    let out = run(args, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
 fn run(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(exemesh())
         .args(args)
@@ -339,9 +346,7 @@ async fn bench_reads_the_contract_from_proto_files_when_asked() {
         ]
     };
     let ok = args(proto, include);
-    let out = run(&ok.iter().map(String::as_str).collect::<Vec<_>>(), None);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let report = bench_report(&ok.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(report["calls"], 5, "{report}");
 
     // The descriptor comes from the files, not from the server: a file without the service fails
@@ -375,28 +380,23 @@ async fn bench_with_the_exemesh_client_calls_the_server_and_names_one_it_cannot_
         &marker("bench-client"),
     );
     let served = Served::start(&path).await;
-    let out = run(
-        &[
-            "bench",
-            "--client",
-            "exemesh",
-            "--connections",
-            "2",
-            &served.addr,
-            "test.v1.Echo/Unary",
-            r#"{"text":"x"}"#,
-            "-n",
-            "40",
-            "-c",
-            "4",
-            "--warmup",
-            "0s",
-            "--json",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let report = bench_report(&[
+        "bench",
+        "--client",
+        "exemesh",
+        "--connections",
+        "2",
+        &served.addr,
+        "test.v1.Echo/Unary",
+        r#"{"text":"x"}"#,
+        "-n",
+        "40",
+        "-c",
+        "4",
+        "--warmup",
+        "0s",
+        "--json",
+    ]);
     assert_eq!(
         (report["calls"].as_u64(), report["ok"].as_u64()),
         (Some(40), Some(40)),
@@ -440,28 +440,23 @@ async fn bench_paces_calls_at_a_fixed_rate_and_reports_a_timeline() {
         &marker("bench-rate"),
     );
     let served = Served::start(&path).await;
-    let out = run(
-        &[
-            "bench",
-            &served.addr,
-            "test.v1.Echo/Unary",
-            r#"{"text":"x"}"#,
-            "--rate",
-            "200",
-            "-n",
-            "40",
-            "-c",
-            "4",
-            "--warmup",
-            "0s",
-            "--timeline",
-            "50ms",
-            "--json",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let report = bench_report(&[
+        "bench",
+        &served.addr,
+        "test.v1.Echo/Unary",
+        r#"{"text":"x"}"#,
+        "--rate",
+        "200",
+        "-n",
+        "40",
+        "-c",
+        "4",
+        "--warmup",
+        "0s",
+        "--timeline",
+        "50ms",
+        "--json",
+    ]);
     assert_eq!(
         (report["calls"].as_u64(), report["ok"].as_u64()),
         (Some(40), Some(40)),

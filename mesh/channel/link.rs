@@ -209,7 +209,7 @@ impl Link {
     /// peer's shutdown announcement excluded it unprocessed (it was queued behind the peer's stream
     /// limit, say), if its body was sent whole from the caller's task (a unary request always is).
     pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
-        let (head, body) = self.with_origin(request)?.into_parts();
+        let (head, body) = self.with_origin(request)?;
         let end_of_stream = body.is_end_stream();
         let (mut connection, response, stream) = self.open_stream(&head, end_of_stream).await?;
         let mut open = OpenCall::new(&connection.open_calls);
@@ -326,9 +326,9 @@ impl Link {
         }
     }
 
-    /// The request with this endpoint's origin in its URI (HTTP/2 sends it as `:scheme` and
-    /// `:authority`), and a user agent unless it has one.
-    fn with_origin(&self, request: Request<Body>) -> Result<Request<Body>, Status> {
+    /// The request's head with this endpoint's origin in its URI (HTTP/2 sends it as `:scheme` and
+    /// `:authority`), and a user agent unless it has one; and its body.
+    fn with_origin(&self, request: Request<Body>) -> Result<(Parts, Body), Status> {
         let (mut head, body) = request.into_parts();
         let mut uri = std::mem::take(&mut head.uri).into_parts();
         uri.scheme = Some(self.inner.scheme.clone());
@@ -356,7 +356,7 @@ impl Link {
                 HeaderValue::from_static(USER_AGENT),
             );
         }
-        Ok(Request::from_parts(head, body))
+        Ok((head, body))
     }
 }
 

@@ -75,7 +75,8 @@ pub enum Sent {
     /// Whole, from the caller's task: its data, kept to send it again if the peer never processes
     /// the stream (see [`never_processed`]).
     Whole(Vec<Bytes>),
-    /// Whole, from the caller's task, with trailers: not kept.
+    /// From the caller's task, but not kept: it ended with trailers, or its stream failed while it
+    /// was being sent.
     NotKept,
     /// Partly or wholly by a task of its own, which the guard keeps going.
     Piped(RequestGuard),
@@ -95,21 +96,26 @@ pub async fn send_body(mut body: Body, mut stream: SendStream<Bytes>) -> Result<
                 let _ = stream.send_data(Bytes::new(), true);
                 return Ok(Sent::Whole(kept));
             }
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
                     sent += data.len();
                     kept.push(data.clone());
+                    let end_of_stream = body.is_end_stream();
+                    // A stream that failed while its body was being sent may have lost some of it.
+                    if stream.send_data(data, end_of_stream).is_err() {
+                        return Ok(Sent::NotKept);
+                    }
+                    if end_of_stream {
+                        return Ok(Sent::Whole(kept));
+                    }
                 }
-                let trailers = frame.is_trailers();
-                if send_frame(&mut stream, frame, body.is_end_stream()) {
-                    // Trailers are not kept: such a request is not sent again.
-                    return Ok(if trailers {
-                        Sent::NotKept
-                    } else {
-                        Sent::Whole(kept)
-                    });
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        let _ = stream.send_trailers(trailers);
+                    }
+                    return Ok(Sent::NotKept);
                 }
-            }
+            },
             Poll::Ready(Some(Err(status))) => {
                 stream.send_reset(Reason::INTERNAL_ERROR);
                 return Err(status);
