@@ -12,6 +12,19 @@ pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_
 pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 /// Traces-specific protocol.
 pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+/// `OTEL_EXPORTER_OTLP_HEADERS` (or `..._TRACES_HEADERS`): `key=value,...` sent with every export
+/// (values percent-decoded), e.g. a collector's API key.
+pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+/// Traces-specific headers (take precedence).
+pub const OTEL_EXPORTER_OTLP_TRACES_HEADERS: &str = "OTEL_EXPORTER_OTLP_TRACES_HEADERS";
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (or `..._TRACES_TIMEOUT`): milliseconds an export may take.
+pub const OTEL_EXPORTER_OTLP_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+/// Traces-specific timeout (takes precedence).
+pub const OTEL_EXPORTER_OTLP_TRACES_TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT";
+/// `OTEL_EXPORTER_OTLP_COMPRESSION` (or `..._TRACES_COMPRESSION`): only `none` is supported.
+pub const OTEL_EXPORTER_OTLP_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION";
+/// Traces-specific compression.
+pub const OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION";
 /// `OTEL_SERVICE_NAME`: the service name on every span (default: the served contract).
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 
@@ -33,6 +46,10 @@ pub struct TelemetryConfig {
     pub protocol: Protocol,
     /// The default service name (used when `OTEL_SERVICE_NAME` is unset).
     pub service_name: String,
+    /// Headers sent with every export (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: Vec<(String, String)>,
+    /// How long one export may take (`OTEL_EXPORTER_OTLP_TIMEOUT`; 10 s by default).
+    pub export_timeout: Duration,
     /// How long to wait for the last spans at shutdown.
     pub flush_timeout: Duration,
     /// The sampler (`OTEL_TRACES_SAMPLER`) and its argument; `None` keeps the SDK's default
@@ -85,9 +102,54 @@ impl TelemetryConfig {
                 });
             }
         };
+        let specific = |traces: &'static str, any: &'static str| {
+            get(traces)
+                .map(|v| (traces, v))
+                .or_else(|| get(any).map(|v| (any, v)))
+        };
+        let headers = match specific(
+            OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+            OTEL_EXPORTER_OTLP_HEADERS,
+        ) {
+            Some((variable, value)) => parse_headers(&value).ok_or(ConfigError {
+                variable,
+                value,
+                problem: "expected key=value pairs separated by commas (values percent-encoded)",
+            })?,
+            None => Vec::new(),
+        };
+        let export_timeout = match specific(
+            OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
+            OTEL_EXPORTER_OTLP_TIMEOUT,
+        ) {
+            Some((variable, value)) => match value.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => {
+                    return Err(ConfigError {
+                        variable,
+                        value,
+                        problem: "expected a positive number of milliseconds",
+                    });
+                }
+            },
+            None => Duration::from_secs(10),
+        };
+        if let Some((variable, value)) = specific(
+            OTEL_EXPORTER_OTLP_TRACES_COMPRESSION,
+            OTEL_EXPORTER_OTLP_COMPRESSION,
+        ) && !matches!(value.trim(), "" | "none")
+        {
+            return Err(ConfigError {
+                variable,
+                value,
+                problem: "exemesh exports uncompressed (use none, or compress at a collector)",
+            });
+        }
         Ok(TelemetryConfig {
             endpoint,
             protocol,
+            headers,
+            export_timeout,
             service_name: get(OTEL_SERVICE_NAME).unwrap_or_else(|| default_service.to_string()),
             flush_timeout: Duration::from_secs(5),
             sampler: get("OTEL_TRACES_SAMPLER").map(|s| (s, get("OTEL_TRACES_SAMPLER_ARG"))),
@@ -98,6 +160,45 @@ impl TelemetryConfig {
     pub fn enabled(&self) -> bool {
         self.endpoint.is_some()
     }
+}
+
+/// `key=value,key2=value2` with percent-encoded values; `None` when an entry has no `=` or an
+/// empty key, or a value's percent-encoding is not UTF-8.
+fn parse_headers(text: &str) -> Option<Vec<(String, String)>> {
+    let mut headers = Vec::new();
+    for entry in text.split(',').filter(|e| !e.trim().is_empty()) {
+        let (key, value) = entry.split_once('=')?;
+        let key = key.trim();
+        if key.is_empty() {
+            return None;
+        }
+        headers.push((key.to_string(), percent_decode(value.trim())?));
+    }
+    Some(headers)
+}
+
+/// `%XX` escapes decoded; a `%` not followed by two hex digits is kept as it is.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -156,5 +257,43 @@ mod tests {
                 .service_name,
             "orders"
         );
+    }
+
+    #[test]
+    fn export_headers_timeout_and_compression() {
+        let c = config(&[(
+            OTEL_EXPORTER_OTLP_HEADERS,
+            "api-key=s%3Dcr%2Cet, x-tenant = blue ,",
+        )])
+        .expect("ok");
+        assert_eq!(
+            c.headers,
+            vec![
+                ("api-key".to_string(), "s=cr,et".to_string()),
+                ("x-tenant".to_string(), "blue".to_string())
+            ]
+        );
+        let c = config(&[
+            (OTEL_EXPORTER_OTLP_HEADERS, "a=1"),
+            (OTEL_EXPORTER_OTLP_TRACES_HEADERS, "b=2%"),
+        ])
+        .expect("ok");
+        assert_eq!(c.headers, vec![("b".to_string(), "2%".to_string())]);
+        let bad = config(&[(OTEL_EXPORTER_OTLP_TRACES_HEADERS, "novalue")]).expect_err("bad");
+        assert_eq!(bad.variable, OTEL_EXPORTER_OTLP_TRACES_HEADERS);
+
+        assert_eq!(
+            config(&[]).expect("ok").export_timeout,
+            Duration::from_secs(10)
+        );
+        let c = config(&[(OTEL_EXPORTER_OTLP_TIMEOUT, "2500")]).expect("ok");
+        assert_eq!(c.export_timeout, Duration::from_millis(2500));
+        let bad = config(&[(OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, "soon")]).expect_err("bad");
+        assert_eq!(bad.variable, OTEL_EXPORTER_OTLP_TRACES_TIMEOUT);
+        assert!(bad.to_string().contains("\"soon\""), "{bad}");
+
+        assert!(config(&[(OTEL_EXPORTER_OTLP_COMPRESSION, "none")]).is_ok());
+        let bad = config(&[(OTEL_EXPORTER_OTLP_COMPRESSION, "gzip")]).expect_err("bad");
+        assert_eq!(bad.variable, OTEL_EXPORTER_OTLP_COMPRESSION);
     }
 }

@@ -4,6 +4,7 @@
 //! * [`config`]: every environment variable and setting, read in one place;
 //! * [`metrics`]: golden metrics (Prometheus), and [`admin`]: the HTTP port that serves them;
 //! * [`tracer`]: the tracer provider (batched OTLP export; off unless configured) and its shutdown;
+//!   [`exporter`]: the OTLP/gRPC exporter, and [`otlp`]: the OTLP protobuf it writes from spans;
 //! * [`propagation`]: W3C `traceparent`/`tracestate`/`baggage` in and out of gRPC metadata (B3 accepted
 //!   on input);
 //! * [`rpc_span`]: the one tower layer that opens the server span of every call, with the
@@ -12,7 +13,9 @@
 
 pub mod admin;
 pub mod config;
+pub mod exporter;
 pub mod metrics;
+pub mod otlp;
 pub mod propagation;
 pub mod rpc_span;
 pub mod span;

@@ -1,5 +1,6 @@
-//! The OpenTelemetry tracer provider: batched OTLP export (gRPC or HTTP/protobuf) that never blocks a
-//! call, and a flush at shutdown. Off (no exporter at all) unless an endpoint is configured.
+//! The OpenTelemetry tracer provider: batched OTLP export (gRPC with exemesh's own exporter, or
+//! HTTP/protobuf with opentelemetry-otlp's) that never blocks a call, and a flush at shutdown. Off
+//! (no exporter at all) unless an endpoint is configured.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -8,6 +9,7 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use super::config::{Protocol, TelemetryConfig};
+use super::exporter::GrpcExporter;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +46,14 @@ impl Telemetry {
             endpoint: endpoint.clone(),
             detail,
         };
-        let exporter = match config.protocol {
-            Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                .build(),
+        let resource = Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .build();
+        let builder = match config.protocol {
+            Protocol::Grpc => SdkTracerProvider::builder().with_batch_exporter(
+                GrpcExporter::new(&endpoint, &config.headers, config.export_timeout)
+                    .map_err(error)?,
+            ),
             Protocol::HttpProtobuf => {
                 // The base endpoint gets the signal path; a traces-specific endpoint is used as is.
                 let url = if std::env::var_os(super::config::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
@@ -59,19 +64,15 @@ impl Telemetry {
                 } else {
                     format!("{}/v1/traces", endpoint.trim_end_matches('/'))
                 };
-                opentelemetry_otlp::SpanExporter::builder()
+                let exporter = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_endpoint(url)
                     .build()
+                    .map_err(|e| error(e.to_string()))?;
+                SdkTracerProvider::builder().with_batch_exporter(exporter)
             }
-        }
-        .map_err(|e| error(e.to_string()))?;
-        let resource = Resource::builder()
-            .with_service_name(config.service_name.clone())
-            .build();
-        let mut builder = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(resource);
+        };
+        let mut builder = builder.with_resource(resource);
         if let Some((name, arg)) = &config.sampler {
             builder = builder.with_sampler(sampler(name, arg.as_deref()).map_err(error)?);
         }

@@ -18,19 +18,15 @@ use opentelemetry_proto::tonic::trace::v1::Status as SpanStatus;
 use tonic::{Request, Response, Status};
 
 use super::store::{TraceStore, text};
+use crate::mesh::telemetry::otlp::ExportRequest;
+
+/// The export method's path.
+const EXPORT: &str = crate::mesh::telemetry::otlp::EXPORT_PATH;
 
 /// The gRPC service name of the OTLP trace collector.
 pub const SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
-const EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// The largest export request accepted.
 const MAX_REQUEST_BYTES: usize = 64 << 20;
-
-/// `ExportTraceServiceRequest`, its `ResourceSpans` left as bytes.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ExportRequest {
-    #[prost(bytes = "bytes", repeated, tag = "1")]
-    resource_spans: Vec<Bytes>,
-}
 
 /// `ResourceSpans`: the resource decoded (it names the service), its `ScopeSpans` left as bytes.
 #[derive(Clone, PartialEq, prost::Message)]

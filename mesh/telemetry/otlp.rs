@@ -1,0 +1,381 @@
+//! OTLP trace protobuf written straight from the SDK's finished spans.
+//!
+//! opentelemetry-otlp first converts a batch into the generated OTLP messages (a `String` per name,
+//! key and value, a `Vec` per attribute list), copies that whole tree once more for a possible
+//! retry, then encodes it, computing nested lengths again at every level. Every exported call went
+//! through that twice (server and execution spans). Here each span is written once, field by
+//! field, into the request's buffer: the same bytes on the wire, without the intermediate tree.
+//!
+//! The fields and their mapping follow opentelemetry-proto's conversion (`From<SpanData> for Span`,
+//! `group_spans_by_resource_and_scope`); the tests decode both and compare.
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SpanData;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+/// The path of `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
+pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// `ExportTraceServiceRequest` with its `ResourceSpans` as encoded bytes (the same wire format):
+/// what the exporter sends, and what `exemesh up`'s receiver reads without decoding the spans.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExportRequest {
+    /// Encoded `ResourceSpans` messages.
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub resource_spans: Vec<bytes::Bytes>,
+}
+
+/// `SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`: the flags say whether the parent is remote.
+const HAS_IS_REMOTE: u32 = 0x100;
+/// `SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`.
+const IS_REMOTE: u32 = 0x200;
+
+/// One `ResourceSpans` message (field 1 of `ExportTraceServiceRequest`) holding `spans` of
+/// `resource`, grouped by instrumentation scope in the order the scopes first appear.
+pub fn resource_spans(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64 + spans.len() * 320);
+    nested(&mut buf, 1, |buf| {
+        for (key, value) in resource.iter() {
+            nested(buf, 1, |buf| key_value(buf, key.as_str(), value));
+        }
+    });
+    let mut scopes: Vec<&InstrumentationScope> = Vec::new();
+    for span in spans {
+        if !scopes.contains(&&span.instrumentation_scope) {
+            scopes.push(&span.instrumentation_scope);
+        }
+    }
+    for scope in scopes {
+        nested(&mut buf, 2, |buf| {
+            nested(buf, 1, |buf| {
+                string(buf, 1, scope.name());
+                string(buf, 2, scope.version().unwrap_or_default());
+                attributes(buf, 3, scope.attributes());
+            });
+            for span in spans.iter().filter(|s| &s.instrumentation_scope == scope) {
+                nested(buf, 2, |buf| write_span(buf, span));
+            }
+            string(buf, 3, scope.schema_url().unwrap_or_default());
+        });
+    }
+    string(&mut buf, 3, resource.schema_url().unwrap_or_default());
+    buf
+}
+
+/// An OTLP `Span`.
+fn write_span(buf: &mut Vec<u8>, span: &SpanData) {
+    let context = &span.span_context;
+    bytes(buf, 1, &context.trace_id().to_bytes());
+    bytes(buf, 2, &context.span_id().to_bytes());
+    string(buf, 3, &context.trace_state().header());
+    if span.parent_span_id != SpanId::INVALID {
+        bytes(buf, 4, &span.parent_span_id.to_bytes());
+    }
+    string(buf, 5, &span.name);
+    let kind = match span.span_kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    };
+    varint(buf, 6, kind);
+    fixed64(buf, 7, nanos(span.start_time));
+    fixed64(buf, 8, nanos(span.end_time));
+    attributes(buf, 9, &span.attributes);
+    varint(buf, 10, u64::from(span.dropped_attributes_count));
+    for event in span.events.iter() {
+        nested(buf, 11, |buf| {
+            fixed64(buf, 1, nanos(event.timestamp));
+            string(buf, 2, &event.name);
+            attributes(buf, 3, &event.attributes);
+            varint(buf, 4, u64::from(event.dropped_attributes_count));
+        });
+    }
+    varint(buf, 12, u64::from(span.events.dropped_count));
+    for link in span.links.iter() {
+        nested(buf, 13, |buf| {
+            let linked: &SpanContext = &link.span_context;
+            bytes(buf, 1, &linked.trace_id().to_bytes());
+            bytes(buf, 2, &linked.span_id().to_bytes());
+            string(buf, 3, &linked.trace_state().header());
+            attributes(buf, 4, &link.attributes);
+            varint(buf, 5, u64::from(link.dropped_attributes_count));
+            fixed32(buf, 6, flags(linked.is_remote(), linked));
+        });
+    }
+    varint(buf, 14, u64::from(span.links.dropped_count));
+    nested(buf, 15, |buf| {
+        let (code, message) = match &span.status {
+            Status::Unset => (0, ""),
+            Status::Ok => (1, ""),
+            Status::Error { description } => (2, description.as_ref()),
+        };
+        string(buf, 2, message);
+        varint(buf, 3, code);
+    });
+    fixed32(buf, 16, flags(span.parent_span_is_remote, context));
+}
+
+/// A span's or link's `flags`: the W3C trace flags, and whether the parent is remote.
+fn flags(remote: bool, context: &SpanContext) -> u32 {
+    let flags = u32::from(context.trace_flags().to_u8()) | HAS_IS_REMOTE;
+    if remote { flags | IS_REMOTE } else { flags }
+}
+
+fn nanos(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Repeated `KeyValue`s in field `tag`.
+fn attributes<'a>(buf: &mut Vec<u8>, tag: u32, list: impl IntoIterator<Item = &'a KeyValue>) {
+    for kv in list {
+        nested(buf, tag, |buf| key_value(buf, kv.key.as_str(), &kv.value));
+    }
+}
+
+/// The body of a `KeyValue`.
+fn key_value(buf: &mut Vec<u8>, key: &str, value: &Value) {
+    string(buf, 1, key);
+    nested(buf, 2, |buf| any_value(buf, value));
+}
+
+/// The body of an `AnyValue`: a oneof, so its one field is written even when it holds a default.
+fn any_value(buf: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::Bool(b) => {
+            encode_key(2, WireType::Varint, buf);
+            encode_varint(u64::from(*b), buf);
+        }
+        Value::I64(i) => {
+            encode_key(3, WireType::Varint, buf);
+            encode_varint(*i as u64, buf);
+        }
+        Value::F64(f) => {
+            encode_key(4, WireType::SixtyFourBit, buf);
+            buf.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        Value::String(s) => {
+            encode_key(1, WireType::LengthDelimited, buf);
+            encode_varint(s.as_str().len() as u64, buf);
+            buf.extend_from_slice(s.as_str().as_bytes());
+        }
+        Value::Array(array) => nested(buf, 5, |buf| match array {
+            Array::Bool(values) => array_values(buf, values, |v| Value::Bool(*v)),
+            Array::I64(values) => array_values(buf, values, |v| Value::I64(*v)),
+            Array::F64(values) => array_values(buf, values, |v| Value::F64(*v)),
+            Array::String(values) => array_values(buf, values, |v| Value::String(v.clone())),
+            // A kind of array added after this was written: sent as an empty array.
+            _ => {}
+        }),
+        // A kind of value added after this was written: sent as an empty value.
+        _ => {}
+    }
+}
+
+/// The `values` of an `ArrayValue`.
+fn array_values<T>(buf: &mut Vec<u8>, values: &[T], value: impl Fn(&T) -> Value) {
+    for v in values {
+        nested(buf, 1, |buf| any_value(buf, &value(v)));
+    }
+}
+
+/// A length-delimited field `tag` whose body `write` appends; its length is put in front after.
+fn nested(buf: &mut Vec<u8>, tag: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    let start = buf.len();
+    write(buf);
+    let len = buf.len() - start;
+    let prefix = encoded_len_varint(len as u64);
+    buf.resize(buf.len() + prefix, 0);
+    buf.copy_within(start..start + len, start + prefix);
+    let mut head = &mut buf[start..start + prefix];
+    encode_varint(len as u64, &mut head);
+}
+
+/// A string field (omitted when empty, as proto3 does).
+fn string(buf: &mut Vec<u8>, tag: u32, value: &str) {
+    bytes(buf, tag, value.as_bytes());
+}
+
+/// A bytes field (omitted when empty).
+fn bytes(buf: &mut Vec<u8>, tag: u32, value: &[u8]) {
+    if !value.is_empty() {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
+        buf.extend_from_slice(value);
+    }
+}
+
+/// A varint field (omitted when 0).
+fn varint(buf: &mut Vec<u8>, tag: u32, value: u64) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, buf);
+        encode_varint(value, buf);
+    }
+}
+
+/// A fixed64 field (omitted when 0).
+fn fixed64(buf: &mut Vec<u8>, tag: u32, value: u64) {
+    if value != 0 {
+        encode_key(tag, WireType::SixtyFourBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+/// A fixed32 field (omitted when 0).
+fn fixed32(buf: &mut Vec<u8>, tag: u32, value: u32) {
+    if value != 0 {
+        encode_key(tag, WireType::ThirtyTwoBit, buf);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use opentelemetry::trace::{Event, Link, TraceFlags, TraceId, TraceState};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
+    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
+    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use prost::Message as _;
+
+    fn context(trace: u128, span: u64, remote: bool, state: &str) -> SpanContext {
+        SpanContext::new(
+            TraceId::from(trace),
+            SpanId::from(span),
+            TraceFlags::SAMPLED,
+            remote,
+            TraceState::from_key_value([("k", state)]).expect("a trace state"),
+        )
+    }
+
+    fn span(name: &'static str, scope: &InstrumentationScope, variant: u64) -> SpanData {
+        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789 + variant);
+        let mut events = SpanEvents::default();
+        events.events.push(Event::new(
+            "retry",
+            start + Duration::from_micros(5),
+            vec![KeyValue::new("attempt", 2), KeyValue::new("empty", "")],
+            1,
+        ));
+        events.dropped_count = 3;
+        let mut links = SpanLinks::default();
+        links.links.push(Link::new(
+            context(7, 8, true, "linked"),
+            vec![KeyValue::new("why", "batch")],
+            4,
+        ));
+        links.dropped_count = 5;
+        SpanData {
+            span_context: context(0xabc + u128::from(variant), 0x1234 + variant, false, "s"),
+            parent_span_id: if variant == 0 {
+                SpanId::INVALID
+            } else {
+                SpanId::from(99)
+            },
+            parent_span_is_remote: variant % 2 == 1,
+            span_kind: match variant % 3 {
+                0 => SpanKind::Server,
+                1 => SpanKind::Internal,
+                _ => SpanKind::Client,
+            },
+            name: Cow::Borrowed(name),
+            start_time: start,
+            end_time: start + Duration::from_millis(3),
+            attributes: vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.grpc.status_code", 0i64),
+                KeyValue::new("negative", -5i64),
+                KeyValue::new("ratio", 0.25),
+                KeyValue::new("zero", 0.0),
+                KeyValue::new("yes", true),
+                KeyValue::new("no", false),
+                KeyValue::new("empty", ""),
+                KeyValue::new(
+                    "names",
+                    Value::Array(Array::String(vec!["a".into(), "".into()])),
+                ),
+                KeyValue::new("ints", Value::Array(Array::I64(vec![1, 0, -1]))),
+                KeyValue::new("flags", Value::Array(Array::Bool(vec![true, false]))),
+                KeyValue::new("floats", Value::Array(Array::F64(vec![1.5, 0.0]))),
+            ],
+            dropped_attributes_count: 2,
+            events,
+            links,
+            status: match variant % 3 {
+                0 => Status::Unset,
+                1 => Status::Ok,
+                _ => Status::error("worker crashed"),
+            },
+            instrumentation_scope: scope.clone(),
+        }
+    }
+
+    #[test]
+    fn spans_encode_as_opentelemetry_proto_converts_them() {
+        let resource = Resource::builder_empty()
+            .with_attributes([
+                KeyValue::new("service.name", "shop.v1.Orders"),
+                KeyValue::new("replica", 3),
+            ])
+            .with_schema_url([], "https://opentelemetry.io/schemas/1.21.0")
+            .build();
+        let exemesh = InstrumentationScope::builder("exemesh").build();
+        let other = InstrumentationScope::builder("other")
+            .with_version("1.2")
+            .with_schema_url("https://example.com/schema")
+            .with_attributes([KeyValue::new("scope.attr", "x")])
+            .build();
+        let batch = vec![
+            span("test.v1.Echo/Unary", &exemesh, 0),
+            span("exec test.v1.Echo/Unary", &other, 1),
+            span("client call", &exemesh, 2),
+            span("last", &other, 5),
+        ];
+        let ours = ResourceSpans::decode(&*resource_spans(&resource, &batch)).expect("decodes");
+        let reference = group_spans_by_resource_and_scope(
+            batch,
+            &ResourceAttributesWithSchema::from(&resource),
+        );
+        assert_eq!(reference.len(), 1, "one resource");
+        assert_eq!(ours, reference[0]);
+        assert_eq!(ours.scope_spans.len(), 2);
+        assert_eq!(ours.scope_spans[0].spans.len(), 2);
+    }
+
+    #[test]
+    fn a_request_of_resource_spans_is_an_export_request() {
+        let resource = Resource::builder_empty()
+            .with_attributes([KeyValue::new("service.name", "svc")])
+            .build();
+        let scope = InstrumentationScope::builder("exemesh").build();
+        let request = ExportRequest {
+            resource_spans: vec![resource_spans(&resource, &[span("one", &scope, 4)]).into()],
+        };
+        let decoded =
+            ExportTraceServiceRequest::decode(&*request.encode_to_vec()).expect("decodes");
+        assert_eq!(decoded.resource_spans.len(), 1);
+        assert_eq!(
+            decoded.resource_spans[0].scope_spans[0].spans[0].name,
+            "one"
+        );
+    }
+
+    #[test]
+    fn a_long_body_gets_a_multi_byte_length() {
+        let mut buf = vec![0xff];
+        nested(&mut buf, 3, |buf| buf.extend(std::iter::repeat_n(7u8, 300)));
+        assert_eq!(&buf[..4], &[0xff, 3 << 3 | 2, 0xac, 0x02]);
+        assert_eq!(buf.len(), 4 + 300);
+        assert!(buf[4..].iter().all(|b| *b == 7));
+    }
+}
