@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::mesh::call_limit::{CallLimitLayer, PermitBody};
-use crate::mesh::telemetry::rpc_span::{LocalAddr, PeerAddr, RpcSpanLayer};
+use crate::mesh::telemetry::rpc_span::{ConnectionAddrs, RpcSpanLayer};
 use crate::mesh::tls::identity::PeerIdentity;
 use tokio::task::JoinSet;
 
@@ -185,15 +185,13 @@ impl Addresses {
         > + Clone,
     > {
         let Addresses { peer, local } = self;
+        let addrs = ConnectionAddrs::new(peer, local);
         let limited =
             CallLimitLayer::new(usize::try_from(max_calls).unwrap_or(usize::MAX)).layer(router);
         let traced = RpcSpanLayer.layer(limited).map_request(
             move |mut request: http::Request<hyper::body::Incoming>| {
                 activity.touch();
-                request.extensions_mut().insert(PeerAddr(peer));
-                if let Some(local) = local {
-                    request.extensions_mut().insert(LocalAddr(local));
-                }
+                request.extensions_mut().insert(addrs.clone());
                 if let Some(identity) = &identity {
                     request.extensions_mut().insert(identity.clone());
                 }

@@ -164,7 +164,10 @@ fn oversized_as_resource_exhausted(
 /// what the executor records (pid, exit code, bytes, the worker, spawn time, stderr lines as events).
 fn exec_span(method: &str, mode: &'static str, queued: Duration) -> opentelemetry::Context {
     opentelemetry::Context::map_current(|parent| {
-        span::start(format!("exec {method}"), SpanKind::Internal, parent, || {
+        let mut name = String::with_capacity(5 + method.len());
+        name.push_str("exec ");
+        name.push_str(method);
+        span::start(name, SpanKind::Internal, parent, || {
             vec![
                 KeyValue::new("exemesh.mode", mode),
                 KeyValue::new("exemesh.queue_ms", queued.as_secs_f64() * 1000.0),

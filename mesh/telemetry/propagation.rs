@@ -53,18 +53,19 @@ impl Extractor for B3<'_> {
 
 /// The caller's context from request headers (W3C, else B3); the empty context when there is none.
 pub fn extract(headers: &HeaderMap) -> Context {
-    opentelemetry::global::get_text_map_propagator(|p| {
-        if headers.contains_key("traceparent") {
-            return p.extract(&Headers(headers));
-        }
-        match b3_traceparent(headers) {
-            Some(traceparent) => p.extract(&B3 {
+    if headers.contains_key("traceparent") {
+        return opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+    }
+    match b3_traceparent(headers) {
+        Some(traceparent) => {
+            let b3 = B3 {
                 traceparent,
                 rest: headers,
-            }),
-            None => Context::new(),
+            };
+            opentelemetry::global::get_text_map_propagator(|p| p.extract(&b3))
         }
-    })
+        None => Context::new(),
+    }
 }
 
 /// Writes `context` into request headers.

@@ -5,23 +5,39 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::{Body, Frame};
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::SpanKind;
-use opentelemetry::{Context as OtelContext, KeyValue};
+use opentelemetry::{Context as OtelContext, KeyValue, Value};
 
 use super::{propagation, span};
 
-/// The peer's address, set as a request extension by the accept loop.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
+/// The addresses of a call's connection, set as a request extension by the accept loop: the span
+/// attributes that name them, formatted once per connection rather than on every call.
+#[derive(Debug, Clone)]
+pub struct ConnectionAddrs {
+    attributes: Arc<[KeyValue]>,
+}
 
-/// The local address the connection was accepted on.
-#[derive(Debug, Clone, Copy)]
-pub struct LocalAddr(pub SocketAddr);
+impl ConnectionAddrs {
+    /// The connection from `peer`, accepted on `local` (if known).
+    pub fn new(peer: SocketAddr, local: Option<SocketAddr>) -> ConnectionAddrs {
+        let text = |ip: std::net::IpAddr| Value::String(Arc::<str>::from(ip.to_string()).into());
+        let mut attributes = Vec::with_capacity(3);
+        if let Some(local) = local {
+            attributes.push(KeyValue::new("server.address", text(local.ip())));
+            attributes.push(KeyValue::new("server.port", i64::from(local.port())));
+        }
+        attributes.push(KeyValue::new("network.peer.address", text(peer.ip())));
+        ConnectionAddrs {
+            attributes: attributes.into(),
+        }
+    }
+}
 
 /// Adds [`RpcSpan`] around a service.
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,26 +76,26 @@ pub fn server_span<B>(request: &Request<B>) -> OtelContext {
     if !span::enabled() || !traced(path) {
         return OtelContext::new();
     }
-    let (service, method) = service_and_method(path);
     let parent = propagation::extract(request.headers());
-    span::start(
-        format!("{service}/{method}"),
-        SpanKind::Server,
-        &parent,
-        || {
-            let local = request.extensions().get::<LocalAddr>().map(|a| a.0);
-            let peer = request.extensions().get::<PeerAddr>().map(|a| a.0.ip());
-            let mut attributes = rpc_attributes(service, method);
-            if let Some(local) = local {
-                attributes.push(KeyValue::new("server.address", local.ip().to_string()));
-                attributes.push(KeyValue::new("server.port", i64::from(local.port())));
-            }
-            if let Some(peer) = peer {
-                attributes.push(KeyValue::new("network.peer.address", peer.to_string()));
-            }
-            attributes
-        },
-    )
+    span::start(span_name(path), SpanKind::Server, &parent, || {
+        let (service, method) = service_and_method(path);
+        let mut attributes = rpc_attributes(service, method);
+        if let Some(addrs) = request.extensions().get::<ConnectionAddrs>() {
+            attributes.extend(addrs.attributes.iter().cloned());
+        }
+        attributes
+    })
+}
+
+/// A call's span name, `pkg.Service/Method`.
+fn span_name(path: &str) -> String {
+    let (service, method) = service_and_method(path);
+    let trimmed = path.trim_start_matches('/');
+    if trimmed.len() == service.len() + 1 + method.len() {
+        trimmed.to_string()
+    } else {
+        format!("{service}/{method}")
+    }
 }
 
 /// The RPC semantic conventions' attributes of a gRPC call.
@@ -96,18 +112,13 @@ fn rpc_attributes(service: &str, method: &str) -> Vec<KeyValue> {
 pub fn client_span(path: &str, target: Option<&str>) -> OtelContext {
     let (service, method) = service_and_method(path);
     OtelContext::map_current(|parent| {
-        span::start(
-            format!("{service}/{method}"),
-            SpanKind::Client,
-            parent,
-            || {
-                let mut attributes = rpc_attributes(service, method);
-                if let Some(target) = target {
-                    attributes.push(KeyValue::new("exemesh.target", target.to_string()));
-                }
-                attributes
-            },
-        )
+        span::start(span_name(path), SpanKind::Client, parent, || {
+            let mut attributes = rpc_attributes(service, method);
+            if let Some(target) = target {
+                attributes.push(KeyValue::new("exemesh.target", target.to_string()));
+            }
+            attributes
+        })
     })
 }
 
@@ -295,5 +306,43 @@ impl<B: Body> Body for StatusBody<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_span_is_named_service_slash_method() {
+        assert_eq!(span_name("/shop.v1.Orders/Place"), "shop.v1.Orders/Place");
+        assert_eq!(span_name("/a/b/c"), "a/b/c");
+        assert_eq!(span_name("/no-method"), "/no-method/");
+        assert_eq!(span_name("no-slash"), "no-slash/");
+    }
+
+    #[test]
+    fn a_connections_addresses_are_span_attributes() {
+        let peer = "10.0.0.7:51000".parse().expect("an address");
+        let local = "127.0.0.1:4317".parse().expect("an address");
+        let text = |addrs: &ConnectionAddrs| {
+            addrs
+                .attributes
+                .iter()
+                .map(|kv| format!("{}={}", kv.key, kv.value))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            text(&ConnectionAddrs::new(peer, Some(local))),
+            [
+                "server.address=127.0.0.1",
+                "server.port=4317",
+                "network.peer.address=10.0.0.7"
+            ]
+        );
+        assert_eq!(
+            text(&ConnectionAddrs::new(peer, None)),
+            ["network.peer.address=10.0.0.7"]
+        );
     }
 }

@@ -24,6 +24,10 @@ use opentelemetry_sdk::trace::SdkTracer;
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
+/// Room for the attributes one of exemesh's spans gets, so that setting them, then the ones
+/// recorded later (status, worker, pid), never grows the list.
+pub const ATTRIBUTES: usize = 8;
+
 /// Makes spans with `tracer` from now on (once per process; later calls are ignored).
 pub fn install(tracer: SdkTracer) {
     let _ = TRACER.set(tracer);
@@ -48,6 +52,7 @@ pub fn start(
     let span = tracer
         .span_builder(name)
         .with_kind(kind)
+        .with_attributes(Vec::with_capacity(ATTRIBUTES))
         .start_with_context(tracer, parent);
     let cx = parent.with_span(span);
     let span = cx.span();
