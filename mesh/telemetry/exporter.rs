@@ -1,29 +1,30 @@
 //! exemesh's OTLP/gRPC span exporter: a batch of finished spans is written as protobuf in one pass
-//! ([`super::otlp`]) and sent as one `TraceService/Export` call.
+//! ([`super::otlp`]), already framed as a gRPC message, and sent as one `TraceService/Export` call
+//! over the mesh channel's own HTTP/2 connection ([`Link`]).
 //!
 //! It replaces opentelemetry-otlp's gRPC exporter, which converted each batch into the generated
-//! OTLP messages, copied them for a retry and encoded them again: with every call traced that cost
-//! the serving process more than making the spans did. The batch span processor of the SDK still
-//! collects the spans on its own thread and calls [`GrpcExporter::export`] there.
+//! OTLP messages, copied them for a retry, encoded them again and sent them through a tonic channel
+//! (a buffer task and hyper's client): with every call traced that cost the serving process more
+//! than making the spans did. The batch span processor of the SDK still collects the spans on its
+//! own thread and calls [`GrpcExporter::export`] there.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http_body_util::BodyExt as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
 
-use super::otlp::{self, ExportRequest};
+use super::otlp;
+use crate::mesh::channel::link::Link;
 
 /// Sends span batches to an OTLP/gRPC collector (plaintext HTTP/2).
 #[derive(Debug)]
 pub struct GrpcExporter {
-    client: tonic::client::Grpc<Channel>,
+    link: Link,
     runtime: tokio::runtime::Handle,
-    headers: MetadataMap,
+    headers: HeaderMap,
     timeout: Duration,
     resource: Resource,
 }
@@ -44,58 +45,85 @@ impl GrpcExporter {
                     .to_string(),
             );
         }
-        let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| format!("not a valid endpoint URL: {e}"))?
-            .connect_timeout(timeout)
-            .connect_lazy();
-        let mut metadata = MetadataMap::new();
+        let uri: http::Uri = endpoint
+            .parse()
+            .map_err(|e| format!("not a valid endpoint URL: {e}"))?;
+        let authority = match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(authority)) => authority.as_str(),
+            _ => return Err("not a valid endpoint URL: expected http://host:port".to_string()),
+        };
+        let link = Link::with_tls(authority, None).map_err(|e| e.to_string())?;
+        let mut map = HeaderMap::new();
         for (key, value) in headers {
-            let name = MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes())
+            let name = HeaderName::from_bytes(key.to_ascii_lowercase().as_bytes())
                 .map_err(|_| format!("header name {key:?} cannot be sent"))?;
-            let value = MetadataValue::try_from(value.as_str())
+            let value = HeaderValue::try_from(value.as_str())
                 .map_err(|_| format!("the value of header {key:?} cannot be sent"))?;
-            metadata.insert(name, value);
+            map.insert(name, value);
         }
+        map.insert("content-type", HeaderValue::from_static("application/grpc"));
+        map.insert("te", HeaderValue::from_static("trailers"));
+        let millis = timeout.as_millis().clamp(1, 99_999_999);
+        map.insert(
+            "grpc-timeout",
+            HeaderValue::try_from(format!("{millis}m")).map_err(|e| e.to_string())?,
+        );
         Ok(GrpcExporter {
-            client: tonic::client::Grpc::new(channel),
+            link,
             runtime: tokio::runtime::Handle::current(),
-            headers: metadata,
+            headers: map,
             timeout,
             resource: Resource::builder_empty().build(),
         })
     }
 }
 
+/// Sends one export and reads its status: `Err` with the reason when the collector did not take it.
+async fn export(link: Link, request: Request<tonic::body::Body>) -> Result<(), String> {
+    let response = link.send(request).await.map_err(|e| e.to_string())?;
+    let (head, body) = response.into_parts();
+    if !head.status.is_success() {
+        return Err(format!("the collector answered HTTP {}", head.status));
+    }
+    // A trailers-only answer carries the status in its headers; otherwise it ends the body.
+    let trailers = match head.headers.contains_key("grpc-status") {
+        true => Some(head.headers),
+        false => body
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .trailers()
+            .cloned(),
+    };
+    match trailers.as_ref().and_then(tonic::Status::from_header_map) {
+        Some(status) if status.code() == tonic::Code::Ok => Ok(()),
+        Some(status) => Err(format!(
+            "the collector answered {:?}: {}",
+            status.code(),
+            status.message()
+        )),
+        None => Err("the collector's answer has no gRPC status".to_string()),
+    }
+}
+
 impl SpanExporter for GrpcExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = Bytes::from(otlp::resource_spans(&self.resource, &batch));
+        let message = otlp::export_message(&self.resource, &batch);
         drop(batch);
-        let mut request = tonic::Request::new(ExportRequest {
-            resource_spans: vec![body],
-        });
-        *request.metadata_mut() = self.headers.clone();
-        request.set_timeout(self.timeout);
-        let mut client = self.client.clone();
-        let timeout = self.timeout;
-        // The export runs on the runtime (the channel's I/O lives there), not on the processor's
+        let mut request = Request::new(tonic::body::Body::new(http_body_util::Full::new(message)));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static(otlp::EXPORT_PATH);
+        *request.headers_mut() = self.headers.clone();
+        let (link, timeout) = (self.link.clone(), self.timeout);
+        // The export runs on the runtime (the connection lives there), not on the processor's
         // thread that awaits it.
-        let call = self.runtime.spawn(async move {
-            tokio::time::timeout(timeout, async {
-                client
-                    .ready()
-                    .await
-                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                let path = http::uri::PathAndQuery::from_static(otlp::EXPORT_PATH);
-                let codec =
-                    tonic_prost::ProstCodec::<ExportRequest, ExportTraceServiceResponse>::default();
-                client.unary(request, path, codec).await
-            })
-            .await
-        });
+        let call = self
+            .runtime
+            .spawn(async move { tokio::time::timeout(timeout, export(link, request)).await });
         match call.await {
-            Ok(Ok(Ok(_))) => Ok(()),
-            Ok(Ok(Err(status))) => Err(OTelSdkError::InternalFailure(format!(
-                "exporting spans failed: {status}"
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(reason))) => Err(OTelSdkError::InternalFailure(format!(
+                "exporting spans failed: {reason}"
             ))),
             Ok(Err(_)) => Err(OTelSdkError::Timeout(timeout)),
             Err(e) => Err(OTelSdkError::InternalFailure(format!(
@@ -178,6 +206,12 @@ mod tests {
         assert!(tls.expect_err("tls").contains("http://"));
         let bad = GrpcExporter::new("not a url", &[], Duration::from_secs(1));
         assert!(bad.expect_err("bad url").contains("endpoint"));
+        let no_scheme = GrpcExporter::new("127.0.0.1:4317", &[], Duration::from_secs(1));
+        assert!(
+            no_scheme
+                .expect_err("no scheme")
+                .contains("http://host:port")
+        );
         let header = GrpcExporter::new(
             "http://127.0.0.1:1",
             &[("bad key".to_string(), "v".to_string())],

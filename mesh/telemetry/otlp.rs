@@ -32,11 +32,30 @@ const HAS_IS_REMOTE: u32 = 0x100;
 /// `SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`.
 const IS_REMOTE: u32 = 0x200;
 
+/// `spans` of `resource` as the message of a gRPC `Export` call: the 5-byte gRPC prefix, then an
+/// `ExportTraceServiceRequest` holding one `ResourceSpans`.
+pub fn export_message(resource: &Resource, spans: &[SpanData]) -> bytes::Bytes {
+    let mut buf = vec![0u8; 5];
+    nested(&mut buf, 1, |buf| {
+        write_resource_spans(buf, resource, spans)
+    });
+    let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
+    buf[1..5].copy_from_slice(&len.to_be_bytes());
+    buf.into()
+}
+
 /// One `ResourceSpans` message (field 1 of `ExportTraceServiceRequest`) holding `spans` of
 /// `resource`, grouped by instrumentation scope in the order the scopes first appear.
 pub fn resource_spans(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64 + spans.len() * 320);
-    nested(&mut buf, 1, |buf| {
+    write_resource_spans(&mut buf, resource, spans);
+    buf
+}
+
+/// The body of a `ResourceSpans` message.
+fn write_resource_spans(buf: &mut Vec<u8>, resource: &Resource, spans: &[SpanData]) {
+    buf.reserve(64 + spans.len() * 320);
+    nested(buf, 1, |buf| {
         for (key, value) in resource.iter() {
             nested(buf, 1, |buf| key_value(buf, key.as_str(), value));
         }
@@ -48,7 +67,7 @@ pub fn resource_spans(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
         }
     }
     for scope in scopes {
-        nested(&mut buf, 2, |buf| {
+        nested(buf, 2, |buf| {
             nested(buf, 1, |buf| {
                 string(buf, 1, scope.name());
                 string(buf, 2, scope.version().unwrap_or_default());
@@ -60,8 +79,7 @@ pub fn resource_spans(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
             string(buf, 3, scope.schema_url().unwrap_or_default());
         });
     }
-    string(&mut buf, 3, resource.schema_url().unwrap_or_default());
-    buf
+    string(buf, 3, resource.schema_url().unwrap_or_default());
 }
 
 /// An OTLP `Span`.
@@ -368,6 +386,22 @@ mod tests {
             decoded.resource_spans[0].scope_spans[0].spans[0].name,
             "one"
         );
+    }
+
+    #[test]
+    fn an_export_message_is_a_grpc_framed_export_request() {
+        let resource = Resource::builder_empty()
+            .with_attributes([KeyValue::new("service.name", "svc")])
+            .build();
+        let scope = InstrumentationScope::builder("exemesh").build();
+        let batch = [span("one", &scope, 4), span("two", &scope, 2)];
+        let message = export_message(&resource, &batch);
+        assert_eq!(message[0], 0, "not compressed");
+        let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]);
+        assert_eq!(len as usize, message.len() - 5);
+        let decoded = ExportTraceServiceRequest::decode(&message[5..]).expect("decodes");
+        let expected = ResourceSpans::decode(&*resource_spans(&resource, &batch)).expect("decodes");
+        assert_eq!(decoded.resource_spans, vec![expected]);
     }
 
     #[test]
