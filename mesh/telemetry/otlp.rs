@@ -370,12 +370,17 @@ mod tests {
         assert_eq!(ours.scope_spans[0].spans.len(), 2);
     }
 
-    #[test]
-    fn a_request_of_resource_spans_is_an_export_request() {
+    /// A resource named `svc` and the `exemesh` scope.
+    fn svc() -> (Resource, InstrumentationScope) {
         let resource = Resource::builder_empty()
             .with_attributes([KeyValue::new("service.name", "svc")])
             .build();
-        let scope = InstrumentationScope::builder("exemesh").build();
+        (resource, InstrumentationScope::builder("exemesh").build())
+    }
+
+    #[test]
+    fn a_request_of_resource_spans_is_an_export_request() {
+        let (resource, scope) = svc();
         let request = ExportRequest {
             resource_spans: vec![resource_spans(&resource, &[span("one", &scope, 4)]).into()],
         };
@@ -390,10 +395,7 @@ mod tests {
 
     #[test]
     fn an_export_message_is_a_grpc_framed_export_request() {
-        let resource = Resource::builder_empty()
-            .with_attributes([KeyValue::new("service.name", "svc")])
-            .build();
-        let scope = InstrumentationScope::builder("exemesh").build();
+        let (resource, scope) = svc();
         let batch = [span("one", &scope, 4), span("two", &scope, 2)];
         let message = export_message(&resource, &batch);
         assert_eq!(message[0], 0, "not compressed");
