@@ -86,14 +86,11 @@ async fn export(link: Link, request: Request<tonic::body::Body>) -> Result<(), S
         return Err(format!("the collector answered HTTP {}", head.status));
     }
     // A trailers-only answer carries the status in its headers; otherwise it ends the body.
-    let trailers = match head.headers.contains_key("grpc-status") {
-        true => Some(head.headers),
-        false => body
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .trailers()
-            .cloned(),
+    let trailers = if head.headers.contains_key("grpc-status") {
+        Some(head.headers)
+    } else {
+        let collected = body.collect().await.map_err(|e| e.to_string())?;
+        collected.trailers().cloned()
     };
     match trailers.as_ref().and_then(tonic::Status::from_header_map) {
         Some(status) if status.code() == tonic::Code::Ok => Ok(()),
