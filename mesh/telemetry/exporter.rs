@@ -8,6 +8,7 @@
 //! than making the spans did. The batch span processor of the SDK still collects the spans on its
 //! own thread and calls [`GrpcExporter::export`] there.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
@@ -22,6 +23,10 @@ use crate::mesh::channel::link::Link;
 /// Sends span batches to an OTLP/gRPC collector (plaintext HTTP/2).
 #[derive(Debug)]
 pub struct GrpcExporter {
+    endpoint: String,
+    /// Whether the last export failed: a failure is logged when exports start failing, and again
+    /// when they work again, not on every batch.
+    failing: AtomicBool,
     link: Link,
     runtime: tokio::runtime::Handle,
     headers: HeaderMap,
@@ -69,6 +74,8 @@ impl GrpcExporter {
             HeaderValue::try_from(format!("{millis}m")).map_err(|e| e.to_string())?,
         );
         Ok(GrpcExporter {
+            endpoint: endpoint.to_string(),
+            failing: AtomicBool::new(false),
             link,
             runtime: tokio::runtime::Handle::current(),
             headers: map,
@@ -103,6 +110,31 @@ async fn export(link: Link, request: Request<tonic::body::Body>) -> Result<(), S
     }
 }
 
+impl GrpcExporter {
+    /// What to log after an export with `outcome`: the first failure after a success (or at
+    /// start), and the first success after a failure; nothing otherwise.
+    fn change(&self, outcome: &Result<(), String>) -> Option<(bool, String)> {
+        let failed = outcome.is_err();
+        if self.failing.swap(failed, Ordering::Relaxed) == failed {
+            return None;
+        }
+        Some(match outcome {
+            Err(reason) => (
+                true,
+                format!(
+                    "exporting spans to {} failed: {reason}; spans are dropped until it works \
+                     again (this is logged once)",
+                    self.endpoint
+                ),
+            ),
+            Ok(()) => (
+                false,
+                format!("exporting spans to {} works again", self.endpoint),
+            ),
+        })
+    }
+}
+
 impl SpanExporter for GrpcExporter {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let message = otlp::export_message(&self.resource, &batch);
@@ -117,16 +149,19 @@ impl SpanExporter for GrpcExporter {
         let call = self
             .runtime
             .spawn(async move { tokio::time::timeout(timeout, export(link, request)).await });
-        match call.await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(reason))) => Err(OTelSdkError::InternalFailure(format!(
-                "exporting spans failed: {reason}"
-            ))),
-            Ok(Err(_)) => Err(OTelSdkError::Timeout(timeout)),
-            Err(e) => Err(OTelSdkError::InternalFailure(format!(
-                "exporting spans failed: {e}"
-            ))),
+        let outcome = match call.await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(format!("no answer within {timeout:?}")),
+            Err(e) => Err(e.to_string()),
+        };
+        match self.change(&outcome) {
+            Some((true, message)) => tracing::warn!("{message}"),
+            Some((false, message)) => tracing::info!("{message}"),
+            None => {}
         }
+        outcome.map_err(|reason| {
+            OTelSdkError::InternalFailure(format!("exporting spans failed: {reason}"))
+        })
     }
 
     fn set_resource(&mut self, resource: &Resource) {
@@ -195,6 +230,31 @@ mod tests {
             GrpcExporter::new(&endpoint, &[], Duration::from_secs(5)).expect("an exporter");
         let error = refused.export(Vec::new()).await.expect_err("refused");
         assert!(error.to_string().contains("no api key"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn failures_are_reported_when_they_start_and_when_they_end() {
+        let exporter = GrpcExporter::new("http://127.0.0.1:1", &[], Duration::from_secs(1))
+            .expect("an exporter");
+        let failed = Err("the collector answered Unauthenticated: bad key".to_string());
+        let (warning, message) = exporter.change(&failed).expect("the first failure is told");
+        assert!(warning);
+        assert!(
+            message.contains("http://127.0.0.1:1") && message.contains("bad key"),
+            "{message}"
+        );
+        assert_eq!(exporter.change(&failed), None, "not on every batch");
+        let (warning, message) = exporter.change(&Ok(())).expect("the recovery is told");
+        assert!(!warning);
+        assert!(message.contains("works again"), "{message}");
+        assert_eq!(exporter.change(&Ok(())), None);
+        // A collector that is not there: the export itself says why.
+        let error = exporter
+            .export(Vec::new())
+            .await
+            .expect_err("nothing listens");
+        assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
+        assert!(exporter.failing.load(Ordering::Relaxed));
     }
 
     #[tokio::test]
