@@ -87,7 +87,13 @@ impl GrpcExporter {
 
 /// Sends one export and reads its status: `Err` with the reason when the collector did not take it.
 async fn export(link: Link, request: Request<tonic::body::Body>) -> Result<(), String> {
-    let response = link.send(request).await.map_err(|e| e.to_string())?;
+    let response =
+        link.send(request)
+            .await
+            .map_err(|e| match e.downcast_ref::<tonic::Status>() {
+                Some(status) => format!("{:?}: {}", status.code(), status.message()),
+                None => e.to_string(),
+            })?;
     let (head, body) = response.into_parts();
     if !head.status.is_success() {
         return Err(format!("the collector answered HTTP {}", head.status));
