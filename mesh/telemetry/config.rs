@@ -172,33 +172,12 @@ fn parse_headers(text: &str) -> Option<Vec<(String, String)>> {
         if key.is_empty() {
             return None;
         }
-        headers.push((key.to_string(), percent_decode(value.trim())?));
+        let value = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .ok()?;
+        headers.push((key.to_string(), value.into_owned()));
     }
     Some(headers)
-}
-
-/// `%XX` escapes decoded; a `%` not followed by two hex digits is kept as it is.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
-        match escaped {
-            Some(byte) => {
-                out.push(byte);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -44,15 +44,8 @@ pub fn export_message(resource: &Resource, spans: &[SpanData]) -> bytes::Bytes {
     buf.into()
 }
 
-/// One `ResourceSpans` message (field 1 of `ExportTraceServiceRequest`) holding `spans` of
-/// `resource`, grouped by instrumentation scope in the order the scopes first appear.
-pub fn resource_spans(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(64 + spans.len() * 320);
-    write_resource_spans(&mut buf, resource, spans);
-    buf
-}
-
-/// The body of a `ResourceSpans` message.
+/// The body of a `ResourceSpans` message (field 1 of `ExportTraceServiceRequest`) holding `spans`
+/// of `resource`, grouped by instrumentation scope in the order the scopes first appear.
 fn write_resource_spans(buf: &mut Vec<u8>, resource: &Resource, spans: &[SpanData]) {
     buf.reserve(64 + spans.len() * 320);
     nested(buf, 1, |buf| {
@@ -368,6 +361,13 @@ mod tests {
         assert_eq!(ours, reference[0]);
         assert_eq!(ours.scope_spans.len(), 2);
         assert_eq!(ours.scope_spans[0].spans.len(), 2);
+    }
+
+    /// One encoded `ResourceSpans` message.
+    fn resource_spans(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        write_resource_spans(&mut buf, resource, spans);
+        buf
     }
 
     /// A resource named `svc` and the `exemesh` scope.
