@@ -27,6 +27,35 @@ pub const OTEL_EXPORTER_OTLP_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_COMPRESSION
 pub const OTEL_EXPORTER_OTLP_TRACES_COMPRESSION: &str = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION";
 /// `OTEL_SERVICE_NAME`: the service name on every span (default: the served contract).
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// `OTEL_BSP_MAX_QUEUE_SIZE`: how many finished spans may wait for export (default 2048).
+pub const OTEL_BSP_MAX_QUEUE_SIZE: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+/// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`: the most spans one export carries (default 512).
+pub const OTEL_BSP_MAX_EXPORT_BATCH_SIZE: &str = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE";
+/// `OTEL_BSP_SCHEDULE_DELAY`: milliseconds between exports of a batch that is not full (default
+/// 5000).
+pub const OTEL_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
+
+/// How finished spans are batched for export (the `OTEL_BSP_*` variables).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// The most spans waiting for export; more are dropped.
+    pub max_queue_size: usize,
+    /// The most spans in one export (at most `max_queue_size`).
+    pub max_export_batch_size: usize,
+    /// How long spans of a batch that is not full may wait.
+    pub schedule_delay: Duration,
+}
+
+impl Default for BatchSettings {
+    /// The OpenTelemetry specification's defaults.
+    fn default() -> Self {
+        BatchSettings {
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+            schedule_delay: Duration::from_millis(5000),
+        }
+    }
+}
 
 /// How spans leave the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +84,8 @@ pub struct TelemetryConfig {
     /// The sampler (`OTEL_TRACES_SAMPLER`) and its argument; `None` keeps the SDK's default
     /// (parent-based, always on).
     pub sampler: Option<(String, Option<String>)>,
+    /// Batching for export (`OTEL_BSP_*`).
+    pub batch: BatchSettings,
 }
 
 /// A setting that cannot be used.
@@ -145,11 +176,38 @@ impl TelemetryConfig {
                 problem: "exemesh exports uncompressed (use none, or compress at a collector)",
             });
         }
+        let positive = |variable: &'static str, default: u64| match get(variable) {
+            None => Ok(default),
+            Some(value) => match value.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(ConfigError {
+                    variable,
+                    value,
+                    problem: "expected a positive whole number",
+                }),
+            },
+        };
+        let defaults = BatchSettings::default();
+        let max_queue_size = positive(OTEL_BSP_MAX_QUEUE_SIZE, defaults.max_queue_size as u64)?;
+        let max_export_batch_size = positive(
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+            defaults.max_export_batch_size as u64,
+        )?
+        .min(max_queue_size);
+        let batch = BatchSettings {
+            max_queue_size: usize::try_from(max_queue_size).unwrap_or(usize::MAX),
+            max_export_batch_size: usize::try_from(max_export_batch_size).unwrap_or(usize::MAX),
+            schedule_delay: Duration::from_millis(positive(
+                OTEL_BSP_SCHEDULE_DELAY,
+                defaults.schedule_delay.as_millis() as u64,
+            )?),
+        };
         Ok(TelemetryConfig {
             endpoint,
             protocol,
             headers,
             export_timeout,
+            batch,
             service_name: get(OTEL_SERVICE_NAME).unwrap_or_else(|| default_service.to_string()),
             flush_timeout: Duration::from_secs(5),
             sampler: get("OTEL_TRACES_SAMPLER").map(|s| (s, get("OTEL_TRACES_SAMPLER_ARG"))),
@@ -274,5 +332,38 @@ mod tests {
         assert!(config(&[(OTEL_EXPORTER_OTLP_COMPRESSION, "none")]).is_ok());
         let bad = config(&[(OTEL_EXPORTER_OTLP_COMPRESSION, "gzip")]).expect_err("bad");
         assert_eq!(bad.variable, OTEL_EXPORTER_OTLP_COMPRESSION);
+    }
+
+    #[test]
+    fn batch_settings() {
+        assert_eq!(config(&[]).expect("ok").batch, BatchSettings::default());
+        let c = config(&[
+            (OTEL_BSP_MAX_QUEUE_SIZE, "100"),
+            (OTEL_BSP_MAX_EXPORT_BATCH_SIZE, " 10 "),
+            (OTEL_BSP_SCHEDULE_DELAY, "250"),
+        ])
+        .expect("ok");
+        assert_eq!(
+            c.batch,
+            BatchSettings {
+                max_queue_size: 100,
+                max_export_batch_size: 10,
+                schedule_delay: Duration::from_millis(250),
+            }
+        );
+        // A batch never holds more than the queue.
+        let c = config(&[(OTEL_BSP_MAX_QUEUE_SIZE, "100")]).expect("ok");
+        assert_eq!(c.batch.max_export_batch_size, 100);
+        for variable in [
+            OTEL_BSP_MAX_QUEUE_SIZE,
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
+            OTEL_BSP_SCHEDULE_DELAY,
+        ] {
+            for value in ["0", "-1", "lots"] {
+                let bad = config(&[(variable, value)]).expect_err("refused");
+                assert_eq!(bad.variable, variable);
+                assert!(bad.to_string().contains("positive whole number"), "{bad}");
+            }
+        }
     }
 }

@@ -1,24 +1,19 @@
-//! exemesh's OTLP/gRPC span exporter: a batch of finished spans is written as protobuf in one pass
-//! ([`super::otlp`]), already framed as a gRPC message, and sent as one `TraceService/Export` call
-//! over the mesh channel's own HTTP/2 connection ([`Link`]).
+//! exemesh's OTLP/gRPC span exporter: a batch of spans already written as protobuf ([`super::otlp`],
+//! by the span processor of [`super::batch`]) is sent as one `TraceService/Export` call over the
+//! mesh channel's own HTTP/2 connection ([`Link`]).
 //!
 //! It replaces opentelemetry-otlp's gRPC exporter, which converted each batch into the generated
 //! OTLP messages, copied them for a retry, encoded them again and sent them through a tonic channel
 //! (a buffer task and hyper's client): with every call traced that cost the serving process more
-//! than making the spans did. The batch span processor of the SDK still collects the spans on its
-//! own thread and calls [`GrpcExporter::export`] there.
+//! than making the spans did.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Request};
-use http_body_util::BodyExt as _;
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
-
 use super::otlp;
 use crate::mesh::channel::link::Link;
+use http::{HeaderMap, HeaderName, HeaderValue, Request};
+use http_body_util::BodyExt as _;
 
 /// Sends span batches to an OTLP/gRPC collector (plaintext HTTP/2).
 #[derive(Debug)]
@@ -28,16 +23,13 @@ pub struct GrpcExporter {
     /// when they work again, not on every batch.
     failing: AtomicBool,
     link: Link,
-    runtime: tokio::runtime::Handle,
     headers: HeaderMap,
     timeout: Duration,
-    resource: Resource,
 }
 
 impl GrpcExporter {
     /// An exporter to `endpoint` (`http://host:port`), sending `headers` with every export and
-    /// giving each one `timeout`. Connects lazily; must be called inside a tokio runtime, which then
-    /// runs every export.
+    /// giving each one `timeout`. Connects lazily, at the first export.
     pub fn new(
         endpoint: &str,
         headers: &[(String, String)],
@@ -77,10 +69,8 @@ impl GrpcExporter {
             endpoint: endpoint.to_string(),
             failing: AtomicBool::new(false),
             link,
-            runtime: tokio::runtime::Handle::current(),
             headers: map,
             timeout,
-            resource: Resource::builder_empty().build(),
         })
     }
 }
@@ -141,53 +131,50 @@ impl GrpcExporter {
     }
 }
 
-impl SpanExporter for GrpcExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let message = otlp::export_message(&self.resource, &batch);
-        drop(batch);
+impl GrpcExporter {
+    /// Sends `message` (a gRPC-framed export request, see [`otlp::EncodedSpans::export_message`])
+    /// as one `Export` call, waiting up to the export timeout: `Err` with the reason when the
+    /// collector did not take it. Logs when exports start failing and when they work again.
+    pub async fn send(&self, message: bytes::Bytes) -> Result<(), String> {
         let mut request = Request::new(tonic::body::Body::new(http_body_util::Full::new(message)));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = http::Uri::from_static(otlp::EXPORT_PATH);
         *request.headers_mut() = self.headers.clone();
-        let (link, timeout) = (self.link.clone(), self.timeout);
-        // The export runs on the runtime (the connection lives there), not on the processor's
-        // thread that awaits it.
-        let call = self
-            .runtime
-            .spawn(async move { tokio::time::timeout(timeout, export(link, request)).await });
-        let outcome = match call.await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(format!("no answer within {timeout:?}")),
-            Err(e) => Err(e.to_string()),
-        };
+        let outcome =
+            match tokio::time::timeout(self.timeout, export(self.link.clone(), request)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            };
         match self.change(&outcome) {
             Some((true, message)) => tracing::warn!("{message}"),
             Some((false, message)) => tracing::info!("{message}"),
             None => {}
         }
-        outcome.map_err(|reason| {
-            OTelSdkError::InternalFailure(format!("exporting spans failed: {reason}"))
-        })
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.clone();
+        outcome
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use std::sync::Arc;
 
-    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry::InstrumentationScope;
+    use opentelemetry_sdk::Resource;
 
+    use crate::mesh::telemetry::otlp::EncodedSpans;
     use crate::mesh::trace_view::receiver::Receiver;
     use crate::mesh::trace_view::store::TraceStore;
 
-    /// A receiver on an ephemeral port that checks one header, as a collector with an API key.
-    async fn collector(store: Arc<TraceStore>) -> std::net::SocketAddr {
+    /// The header [`collector`] demands, as `OTEL_EXPORTER_OTLP_HEADERS` gives it.
+    pub(in crate::mesh::telemetry) fn api_key() -> [(String, String); 1] {
+        [("API-Key".to_string(), "s=cr,et".to_string())]
+    }
+
+    /// A receiver on an ephemeral port filing into `store` that demands one header (see
+    /// [`api_key`]), as a collector with an API key.
+    pub(in crate::mesh::telemetry) async fn collector(store: Arc<TraceStore>) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port");
@@ -208,23 +195,19 @@ mod tests {
         addr
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn spans_reach_a_collector_with_the_configured_headers() {
+    #[tokio::test]
+    async fn an_export_reaches_a_collector_with_the_configured_headers() {
         let store = Arc::new(TraceStore::default());
-        let addr = collector(store.clone()).await;
-        let endpoint = format!("http://{addr}");
-        let headers = [("API-Key".to_string(), "s=cr,et".to_string())];
+        let endpoint = format!("http://{}", collector(store.clone()).await);
         let exporter =
-            GrpcExporter::new(&endpoint, &headers, Duration::from_secs(5)).expect("an exporter");
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(Resource::builder().with_service_name("orders").build())
-            .build();
-        let tracer = provider.tracer("exemesh");
-        tracer.in_span("test.v1.Echo/Unary", |_| {});
-        tokio::task::spawn_blocking(move || provider.force_flush())
+            GrpcExporter::new(&endpoint, &api_key(), Duration::from_secs(5)).expect("an exporter");
+        let resource = Resource::builder().with_service_name("orders").build();
+        let scope = InstrumentationScope::builder("exemesh").build();
+        let mut spans = EncodedSpans::default();
+        spans.push(&otlp::tests::span("test.v1.Echo/Unary", &scope, 0));
+        exporter
+            .send(spans.export_message(&resource))
             .await
-            .expect("flushed")
             .expect("the export succeeded");
         let traces = store.list(10);
         assert_eq!(traces.len(), 1, "{traces:?}");
@@ -234,8 +217,12 @@ mod tests {
         // Without the header the collector refuses: the export reports it.
         let refused =
             GrpcExporter::new(&endpoint, &[], Duration::from_secs(5)).expect("an exporter");
-        let error = refused.export(Vec::new()).await.expect_err("refused");
-        assert!(error.to_string().contains("no api key"), "{error}");
+        let error = refused
+            .send(spans.export_message(&resource))
+            .await
+            .expect_err("refused");
+        assert!(error.contains("Unauthenticated: no api key"), "{error}");
+        assert_eq!(store.list(10).len(), 1, "nothing more was filed");
     }
 
     #[tokio::test]
@@ -255,11 +242,9 @@ mod tests {
         assert!(message.contains("works again"), "{message}");
         assert_eq!(exporter.change(&Ok(())), None);
         // A collector that is not there: the export itself says why.
-        let error = exporter
-            .export(Vec::new())
-            .await
-            .expect_err("nothing listens");
-        assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
+        let empty = EncodedSpans::default().export_message(&Resource::builder_empty().build());
+        let error = exporter.send(empty).await.expect_err("nothing listens");
+        assert!(error.contains("127.0.0.1:1"), "{error}");
         assert!(exporter.failing.load(Ordering::Relaxed));
     }
 

@@ -4,7 +4,8 @@
 //! * [`config`]: every environment variable and setting, read in one place;
 //! * [`metrics`]: golden metrics (Prometheus), and [`admin`]: the HTTP port that serves them;
 //! * [`tracer`]: the tracer provider (batched OTLP export; off unless configured) and its shutdown;
-//!   [`exporter`]: the OTLP/gRPC exporter, and [`otlp`]: the OTLP protobuf it writes from spans;
+//!   [`batch`]: the span processor that writes each span's OTLP protobuf ([`otlp`]) as it ends, and
+//!   [`exporter`]: the OTLP/gRPC exporter that sends the batches;
 //! * [`propagation`]: W3C `traceparent`/`tracestate`/`baggage` in and out of gRPC metadata (B3 accepted
 //!   on input);
 //! * [`rpc_span`]: the one tower layer that opens the server span of every call, with the
@@ -12,6 +13,7 @@
 //! * [`span`]: how those spans are made, and the current span of a task.
 
 pub mod admin;
+pub mod batch;
 pub mod config;
 pub mod exporter;
 pub mod metrics;

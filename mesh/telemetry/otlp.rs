@@ -32,47 +32,74 @@ const HAS_IS_REMOTE: u32 = 0x100;
 /// `SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`.
 const IS_REMOTE: u32 = 0x200;
 
-/// `spans` of `resource` as the message of a gRPC `Export` call: the 5-byte gRPC prefix, then an
-/// `ExportTraceServiceRequest` holding one `ResourceSpans`.
-pub fn export_message(resource: &Resource, spans: &[SpanData]) -> bytes::Bytes {
-    let mut buf = vec![0u8; 5];
-    nested(&mut buf, 1, |buf| {
-        write_resource_spans(buf, resource, spans)
-    });
-    let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
-    buf[1..5].copy_from_slice(&len.to_be_bytes());
-    buf.into()
+/// Finished spans written as OTLP protobuf as they arrive, grouped by instrumentation scope: an
+/// export request waiting for its resource. Each span is encoded once, into the buffer of its
+/// scope, as the `spans` field of a `ScopeSpans` message; [`EncodedSpans::export_message`] wraps
+/// the buffers.
+#[derive(Debug, Default)]
+pub struct EncodedSpans {
+    /// Per scope, in the order the scopes first appear: its spans as `ScopeSpans.spans` fields.
+    scopes: Vec<(InstrumentationScope, Vec<u8>)>,
+    len: usize,
 }
 
-/// The body of a `ResourceSpans` message (field 1 of `ExportTraceServiceRequest`) holding `spans`
-/// of `resource`, grouped by instrumentation scope in the order the scopes first appear.
-fn write_resource_spans(buf: &mut Vec<u8>, resource: &Resource, spans: &[SpanData]) {
-    buf.reserve(64 + spans.len() * 320);
-    nested(buf, 1, |buf| {
-        for (key, value) in resource.iter() {
-            nested(buf, 1, |buf| key_value(buf, key.as_str(), value));
-        }
-    });
-    let mut scopes: Vec<&InstrumentationScope> = Vec::new();
-    for span in spans {
-        if !scopes.contains(&&span.instrumentation_scope) {
-            scopes.push(&span.instrumentation_scope);
-        }
-    }
-    for scope in scopes {
-        nested(buf, 2, |buf| {
-            nested(buf, 1, |buf| {
-                string(buf, 1, scope.name());
-                string(buf, 2, scope.version().unwrap_or_default());
-                attributes(buf, 3, scope.attributes());
-            });
-            for span in spans.iter().filter(|s| &s.instrumentation_scope == scope) {
-                nested(buf, 2, |buf| write_span(buf, span));
+impl EncodedSpans {
+    /// Writes `span` after the others of its scope.
+    pub fn push(&mut self, span: &SpanData) {
+        let scope = &span.instrumentation_scope;
+        let index = match self.scopes.iter().position(|(s, _)| s == scope) {
+            Some(index) => index,
+            None => {
+                self.scopes.push((scope.clone(), Vec::new()));
+                self.scopes.len() - 1
             }
-            string(buf, 3, scope.schema_url().unwrap_or_default());
-        });
+        };
+        nested(&mut self.scopes[index].1, 2, |buf| write_span(buf, span));
+        self.len += 1;
     }
-    string(buf, 3, resource.schema_url().unwrap_or_default());
+
+    /// How many spans are written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no span is written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The spans of `resource` as the message of a gRPC `Export` call: the 5-byte gRPC prefix,
+    /// then an `ExportTraceServiceRequest` holding one `ResourceSpans`.
+    pub fn export_message(&self, resource: &Resource) -> bytes::Bytes {
+        let spans: usize = self.scopes.iter().map(|(_, spans)| spans.len()).sum();
+        let mut buf = Vec::with_capacity(spans + 256);
+        buf.extend_from_slice(&[0; 5]);
+        nested(&mut buf, 1, |buf| self.write_resource_spans(buf, resource));
+        let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
+        buf[1..5].copy_from_slice(&len.to_be_bytes());
+        buf.into()
+    }
+
+    /// The body of a `ResourceSpans` message (field 1 of `ExportTraceServiceRequest`).
+    fn write_resource_spans(&self, buf: &mut Vec<u8>, resource: &Resource) {
+        nested(buf, 1, |buf| {
+            for (key, value) in resource.iter() {
+                nested(buf, 1, |buf| key_value(buf, key.as_str(), value));
+            }
+        });
+        for (scope, spans) in &self.scopes {
+            nested(buf, 2, |buf| {
+                nested(buf, 1, |buf| {
+                    string(buf, 1, scope.name());
+                    string(buf, 2, scope.version().unwrap_or_default());
+                    attributes(buf, 3, scope.attributes());
+                });
+                buf.extend_from_slice(spans);
+                string(buf, 3, scope.schema_url().unwrap_or_default());
+            });
+        }
+        string(buf, 3, resource.schema_url().unwrap_or_default());
+    }
 }
 
 /// An OTLP `Span`.
@@ -246,7 +273,7 @@ fn fixed32(buf: &mut Vec<u8>, tag: u32, value: u32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::borrow::Cow;
     use std::time::{Duration, UNIX_EPOCH};
@@ -269,7 +296,13 @@ mod tests {
         )
     }
 
-    fn span(name: &'static str, scope: &InstrumentationScope, variant: u64) -> SpanData {
+    /// A finished, sampled span with every kind of field; `variant` varies its ids, kind, parent
+    /// and status.
+    pub(in crate::mesh::telemetry) fn span(
+        name: &'static str,
+        scope: &InstrumentationScope,
+        variant: u64,
+    ) -> SpanData {
         let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789 + variant);
         let mut events = SpanEvents::default();
         events.events.push(Event::new(
@@ -363,10 +396,18 @@ mod tests {
         assert_eq!(ours.scope_spans[0].spans.len(), 2);
     }
 
+    fn encoded(spans: &[SpanData]) -> EncodedSpans {
+        let mut encoded = EncodedSpans::default();
+        for span in spans {
+            encoded.push(span);
+        }
+        encoded
+    }
+
     /// One encoded `ResourceSpans` message.
     fn resource_spans(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
         let mut buf = Vec::new();
-        write_resource_spans(&mut buf, resource, spans);
+        encoded(spans).write_resource_spans(&mut buf, resource);
         buf
     }
 
@@ -397,7 +438,9 @@ mod tests {
     fn an_export_message_is_a_grpc_framed_export_request() {
         let (resource, scope) = svc();
         let batch = [span("one", &scope, 4), span("two", &scope, 2)];
-        let message = export_message(&resource, &batch);
+        let encoded = encoded(&batch);
+        assert_eq!(encoded.len(), 2);
+        let message = encoded.export_message(&resource);
         assert_eq!(message[0], 0, "not compressed");
         let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]);
         assert_eq!(len as usize, message.len() - 5);

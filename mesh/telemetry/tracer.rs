@@ -1,13 +1,15 @@
-//! The OpenTelemetry tracer provider: batched OTLP export (gRPC with exemesh's own exporter, or
-//! HTTP/protobuf with opentelemetry-otlp's) that never blocks a call, and a flush at shutdown. Off
-//! (no exporter at all) unless an endpoint is configured.
+//! The OpenTelemetry tracer provider: batched OTLP export (gRPC with exemesh's own span processor
+//! and exporter, or HTTP/protobuf with the SDK's batch processor and opentelemetry-otlp's exporter)
+//! that never blocks a call, and a flush at shutdown. Off (no exporter at all) unless an endpoint is
+//! configured.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 
+use super::batch::EncodingProcessor;
 use super::config::{Protocol, TelemetryConfig};
 use super::exporter::GrpcExporter;
 
@@ -23,6 +25,7 @@ pub struct TelemetryError {
 #[derive(Debug)]
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    flush_timeout: std::time::Duration,
 }
 
 /// Installs the W3C trace-context and baggage propagators (always: context is propagated even when
@@ -50,10 +53,13 @@ impl Telemetry {
             .with_service_name(config.service_name.clone())
             .build();
         let builder = match config.protocol {
-            Protocol::Grpc => SdkTracerProvider::builder().with_batch_exporter(
-                GrpcExporter::new(&endpoint, &config.headers, config.export_timeout)
-                    .map_err(error)?,
-            ),
+            Protocol::Grpc => {
+                SdkTracerProvider::builder().with_span_processor(EncodingProcessor::start(
+                    GrpcExporter::new(&endpoint, &config.headers, config.export_timeout)
+                        .map_err(error)?,
+                    config.batch,
+                ))
+            }
             Protocol::HttpProtobuf => {
                 // The base endpoint gets the signal path; a traces-specific endpoint is used as is.
                 let url = if std::env::var_os(super::config::OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
@@ -69,7 +75,16 @@ impl Telemetry {
                     .with_endpoint(url)
                     .build()
                     .map_err(|e| error(e.to_string()))?;
-                SdkTracerProvider::builder().with_batch_exporter(exporter)
+                let batch = BatchConfigBuilder::default()
+                    .with_max_queue_size(config.batch.max_queue_size)
+                    .with_max_export_batch_size(config.batch.max_export_batch_size)
+                    .with_scheduled_delay(config.batch.schedule_delay)
+                    .build();
+                SdkTracerProvider::builder().with_span_processor(
+                    BatchSpanProcessor::builder(exporter)
+                        .with_batch_config(batch)
+                        .build(),
+                )
             }
         };
         let mut builder = builder.with_resource(resource);
@@ -78,12 +93,15 @@ impl Telemetry {
         }
         let provider = builder.build();
         super::span::install(provider.tracer("exemesh"));
-        Ok(Some(Telemetry { provider }))
+        Ok(Some(Telemetry {
+            provider,
+            flush_timeout: config.flush_timeout,
+        }))
     }
 
     /// Flushes queued spans and stops the exporter. Blocking: call it off the async threads.
     pub fn shutdown(self) {
-        if let Err(e) = self.provider.shutdown() {
+        if let Err(e) = self.provider.shutdown_with_timeout(self.flush_timeout) {
             eprintln!("exemesh: flushing spans failed: {e}");
         }
     }
