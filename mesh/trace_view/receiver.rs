@@ -14,10 +14,12 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Status as SpanStatus;
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
+use super::span_head::SpanHead;
 use super::store::{TraceStore, text};
+use super::wire::repeated;
 use crate::mesh::telemetry::otlp::ExportRequest;
 
 /// The export method's path.
@@ -28,44 +30,11 @@ pub const SERVICE: &str = "opentelemetry.proto.collector.trace.v1.TraceService";
 /// The largest export request accepted.
 const MAX_REQUEST_BYTES: usize = 64 << 20;
 
-/// `ResourceSpans`: the resource decoded (it names the service), its `ScopeSpans` left as bytes.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ResourceSpans {
-    #[prost(message, optional, tag = "1")]
-    resource: Option<Resource>,
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    scope_spans: Vec<Bytes>,
-}
-
-/// `ScopeSpans`: its spans left as bytes.
-#[derive(Clone, PartialEq, prost::Message)]
-struct ScopeSpans {
-    #[prost(bytes = "bytes", repeated, tag = "2")]
-    spans: Vec<Bytes>,
-}
-
-/// The fields of an OTLP `Span` the store indexes (same tags); decoding skips every other field.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct SpanHead {
-    /// 16 bytes.
-    #[prost(bytes = "vec", tag = "1")]
-    pub trace_id: Vec<u8>,
-    /// 8 bytes.
-    #[prost(bytes = "vec", tag = "2")]
-    pub span_id: Vec<u8>,
-    /// 8 bytes, or none for a root.
-    #[prost(bytes = "vec", tag = "4")]
-    pub parent_span_id: Vec<u8>,
-    /// Start, Unix nanoseconds.
-    #[prost(fixed64, tag = "7")]
-    pub start_time_unix_nano: u64,
-    /// End, Unix nanoseconds.
-    #[prost(fixed64, tag = "8")]
-    pub end_time_unix_nano: u64,
-    /// Its status.
-    #[prost(message, optional, tag = "15")]
-    pub status: Option<SpanStatus>,
-}
+/// `ExportTraceServiceRequest.resource_spans[].resource` and `.scope_spans`, and
+/// `ScopeSpans.spans` (OTLP field numbers).
+const RESOURCE: u32 = 1;
+const SCOPE_SPANS: u32 = 2;
+const SPANS: u32 = 2;
 
 /// Receives spans into a [`TraceStore`]: a tower service to mount in `tonic::service::Routes`.
 #[derive(Debug, Clone)]
@@ -123,26 +92,28 @@ impl tonic::server::UnaryService<ExportRequest> for Export {
 /// Files every span of a request; a malformed one fails the request (INVALID_ARGUMENT) before
 /// anything of it is kept.
 fn file(store: &TraceStore, request: ExportRequest) -> Result<(), Status> {
-    use prost::Message as _;
-    let invalid = |what: &str, e: prost::DecodeError| {
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
         Status::invalid_argument(format!("malformed OTLP export ({what}): {e}"))
     };
     let mut batch = Vec::new();
-    for resource_spans in request.resource_spans {
-        let resource_spans =
-            ResourceSpans::decode(resource_spans).map_err(|e| invalid("ResourceSpans", e))?;
-        let service: Arc<str> = resource_spans
-            .resource
-            .as_ref()
-            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-            .map(|kv| text(&kv.value))
-            .unwrap_or_default()
-            .into();
-        for scope_spans in resource_spans.scope_spans {
-            let scope_spans =
-                ScopeSpans::decode(scope_spans).map_err(|e| invalid("ScopeSpans", e))?;
-            for span in scope_spans.spans {
-                let head = SpanHead::decode(span.clone()).map_err(|e| invalid("Span", e))?;
+    for resource_spans in &request.resource_spans {
+        let mut service: Arc<str> = Arc::from("");
+        for resource in repeated(resource_spans, RESOURCE) {
+            let resource = resource.map_err(|e| invalid("ResourceSpans", &e))?;
+            let resource = Resource::decode(resource).map_err(|e| invalid("Resource", &e))?;
+            if let Some(name) = resource
+                .attributes
+                .iter()
+                .find(|kv| kv.key == "service.name")
+            {
+                service = text(&name.value).into();
+            }
+        }
+        for scope_spans in repeated(resource_spans, SCOPE_SPANS) {
+            let scope_spans = scope_spans.map_err(|e| invalid("ResourceSpans", &e))?;
+            for span in repeated(scope_spans, SPANS) {
+                let span = span.map_err(|e| invalid("ScopeSpans", &e))?;
+                let head = SpanHead::read(span).map_err(|e| invalid("Span", &e))?;
                 batch.push((service.clone(), head, span));
             }
         }
@@ -157,8 +128,7 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::any_value::Value;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
-    use opentelemetry_proto::tonic::trace::v1::{self as otlp, Span};
-    use prost::Message as _;
+    use opentelemetry_proto::tonic::trace::v1::{self as otlp, Span, Status as SpanStatus};
 
     fn request(service: &str, spans: Vec<Span>) -> ExportRequest {
         let full = ExportTraceServiceRequest {
@@ -212,15 +182,12 @@ mod tests {
     fn a_malformed_span_fails_the_whole_request_and_keeps_nothing() {
         let store = TraceStore::default();
         let mut bad = request("s", vec![Span::default()]);
-        // A ScopeSpans whose span claims 100 bytes it does not have.
-        let scope = ScopeSpans {
-            spans: vec![Bytes::from_static(&[0x0a, 100, 1, 2])],
-        };
-        let resource = ResourceSpans {
-            resource: None,
-            scope_spans: vec![scope.encode_to_vec().into()],
-        };
-        bad.resource_spans.push(resource.encode_to_vec().into());
+        // A ResourceSpans holding a ScopeSpans whose span's trace id claims 100 bytes it does
+        // not have.
+        let span = [0x0a, 100, 1, 2];
+        let scope = [&[(SPANS << 3 | 2) as u8, 4][..], &span].concat();
+        let resource = [&[(SCOPE_SPANS << 3 | 2) as u8, 6][..], &scope].concat();
+        bad.resource_spans.push(resource.into());
         let status = file(&store, bad).expect_err("malformed");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(status.message().contains("Span"), "{}", status.message());

@@ -3,14 +3,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::AnyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 use prost::Message as _;
 
-use super::receiver::SpanHead;
+use super::span_head::SpanHead;
 use crate::pb::v1::{SpanView, TraceSummary};
 
 /// Memory the kept spans may take, over all traces: about 20,000 of exemesh's spans (some 6,000
@@ -23,8 +22,8 @@ pub struct TraceStore {
     inner: Mutex<Inner>,
 }
 
-/// A trace id as it arrives (16 bytes; other lengths are kept as they are).
-type TraceKey = Vec<u8>;
+/// A trace id (16 bytes).
+type TraceKey = [u8; 16];
 
 /// A span as received, kept encoded: most collected spans are never looked at, and its protobuf
 /// encoding takes a fraction of the memory of the decoded message (one allocation instead of one
@@ -38,11 +37,6 @@ struct Stored {
     end: u64,
     error: bool,
     encoded: Box<[u8]>,
-}
-
-/// A span id as a number (ids are 8 bytes; 0 for none).
-fn id(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0, |id, b| id << 8 | u64::from(*b))
 }
 
 #[derive(Debug, Default)]
@@ -95,11 +89,11 @@ impl Stored {
     fn new(service: Arc<str>, head: &SpanHead, encoded: &[u8]) -> Self {
         Self {
             service,
-            span_id: id(&head.span_id),
-            parent_span_id: id(&head.parent_span_id),
-            start: head.start_time_unix_nano,
-            end: head.end_time_unix_nano,
-            error: head.status.as_ref().is_some_and(|s| s.code == 2),
+            span_id: head.span_id,
+            parent_span_id: head.parent_span_id,
+            start: head.start,
+            end: head.end,
+            error: head.error,
             encoded: encoded.into(),
         }
     }
@@ -152,16 +146,16 @@ impl Stored {
 }
 
 impl TraceStore {
-    /// Files spans: (the service that sent it, its head, its encoding).
-    pub fn add(&self, spans: Vec<(Arc<str>, SpanHead, Bytes)>) {
+    /// Files spans: (the service that sent it, its head, its encoding, copied).
+    pub fn add(&self, spans: Vec<(Arc<str>, SpanHead, &[u8])>) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for (service, head, encoded) in spans {
-            let stored = Stored::new(service, &head, &encoded);
+            let stored = Stored::new(service, &head, encoded);
             inner.bytes += stored.size();
             match inner.traces.get_mut(&head.trace_id) {
                 Some(spans) => spans.push(stored),
                 None => {
-                    inner.order.push_back(head.trace_id.clone());
+                    inner.order.push_back(head.trace_id);
                     inner.traces.insert(head.trace_id, vec![stored]);
                 }
             }
@@ -196,7 +190,7 @@ impl TraceStore {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let id = trace_id.to_ascii_lowercase();
         let views = |spans: &Vec<Stored>| spans.iter().map(Stored::view).collect();
-        let mut matches = inner.traces.iter().filter(|(k, _)| hex(k).starts_with(&id));
+        let mut matches = inner.traces.iter().filter(|(k, _)| hex(&k[..]).starts_with(&id));
         // Ids have one length, so a full id matches only itself; a prefix must be unique.
         match (matches.next(), matches.next()) {
             (Some((_, spans)), None) if !id.is_empty() => Some(views(spans)),
@@ -258,27 +252,28 @@ mod tests {
         }
     }
 
-    fn export(service: &str, spans: Vec<Span>) -> Vec<(Arc<str>, SpanHead, Bytes)> {
-        spans
-            .into_iter()
-            .map(|span| {
-                let encoded = Bytes::from(span.encode_to_vec());
-                let head = SpanHead::decode(encoded.clone()).expect("a span");
-                (service.into(), head, encoded)
-            })
-            .collect()
+    /// Files `spans` of `service` as the receiver does.
+    fn add(store: &TraceStore, service: &str, spans: Vec<Span>) {
+        let encoded: Vec<Vec<u8>> = spans.iter().map(Span::encode_to_vec).collect();
+        store.add(
+            encoded
+                .iter()
+                .map(|e| (service.into(), SpanHead::read(e).expect("a span"), &e[..]))
+                .collect(),
+        );
     }
 
     #[test]
     fn spans_come_back_as_sent_with_their_trace_summary() {
         let store = TraceStore::default();
-        store.add(export(
+        add(
+            &store,
             "shop.v1.OrderService",
             vec![
                 span(1, 2, 1, "child", 20, true),
                 span(1, 1, 0, "root", 10, false),
             ],
-        ));
+        );
         let list = store.list(10);
         assert_eq!(list.len(), 1);
         let t = &list[0];
@@ -307,25 +302,24 @@ mod tests {
     #[test]
     fn the_oldest_traces_go_first_when_over_the_memory_budget() {
         let store = TraceStore::default();
-        let per_span = export("s", vec![span(0, 1, 0, "x", 0, false)])
-            .iter()
-            .map(|(service, head, encoded)| Stored::new(service.clone(), head, encoded).size())
-            .sum::<usize>();
+        let encoded = span(0, 1, 0, "x", 0, false).encode_to_vec();
+        let head = SpanHead::read(&encoded).expect("a span");
+        let per_span = Stored::new("s".into(), &head, &encoded).size();
         let traces = MAX_BYTES / per_span + 10;
         for t in 0..traces {
             let mut s = span(0, 1, 0, "x", t as u64, false);
             s.trace_id = (t as u128).to_be_bytes().to_vec();
-            store.add(export("s", vec![s]));
+            add(&store, "s", vec![s]);
         }
         let inner = store.inner.lock().expect("lock");
         assert!(inner.bytes <= MAX_BYTES, "{} bytes kept", inner.bytes);
         assert_eq!(inner.traces.len(), inner.order.len());
         assert!(inner.traces.len() < traces, "nothing was dropped");
         assert!(
-            !inner.traces.contains_key(0u128.to_be_bytes().as_slice()),
+            !inner.traces.contains_key(&0u128.to_be_bytes()),
             "the oldest stays"
         );
-        let newest = ((traces - 1) as u128).to_be_bytes().to_vec();
+        let newest = ((traces - 1) as u128).to_be_bytes();
         assert!(inner.traces.contains_key(&newest), "the newest went");
     }
 }
