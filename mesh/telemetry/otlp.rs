@@ -47,14 +47,15 @@ impl EncodedSpans {
     /// Writes `span` after the others of its scope.
     pub fn push(&mut self, span: &SpanData) {
         let scope = &span.instrumentation_scope;
-        let index = match self.scopes.iter().position(|(s, _)| s == scope) {
+        let index = match self.scopes.iter().position(|(s, _)| same_scope(s, scope)) {
             Some(index) => index,
             None => {
                 self.scopes.push((scope.clone(), Vec::new()));
                 self.scopes.len() - 1
             }
         };
-        nested(&mut self.scopes[index].1, 2, |buf| write_span(buf, span));
+        // A span takes a few hundred bytes: two for its length.
+        nested_sized(&mut self.scopes[index].1, 2, 2, |buf| write_span(buf, span));
         self.len += 1;
     }
 
@@ -74,7 +75,9 @@ impl EncodedSpans {
         let spans: usize = self.scopes.iter().map(|(_, spans)| spans.len()).sum();
         let mut buf = Vec::with_capacity(spans + 256);
         buf.extend_from_slice(&[0; 5]);
-        nested(&mut buf, 1, |buf| self.write_resource_spans(buf, resource));
+        nested_sized(&mut buf, 1, encoded_len_varint(spans as u64 + 256), |buf| {
+            self.write_resource_spans(buf, resource)
+        });
         let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
         buf[1..5].copy_from_slice(&len.to_be_bytes());
         buf.into()
@@ -88,7 +91,8 @@ impl EncodedSpans {
             }
         });
         for (scope, spans) in &self.scopes {
-            nested(buf, 2, |buf| {
+            let room = encoded_len_varint(spans.len() as u64 + 64);
+            nested_sized(buf, 2, room, |buf| {
                 nested(buf, 1, |buf| {
                     string(buf, 1, scope.name());
                     string(buf, 2, scope.version().unwrap_or_default());
@@ -100,6 +104,15 @@ impl EncodedSpans {
         }
         string(buf, 3, resource.schema_url().unwrap_or_default());
     }
+}
+
+/// Whether two scopes are equal: their attributes compared in order first, which spares the
+/// sorted copies `InstrumentationScope`'s own comparison makes for every span.
+fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
+    a.name() == b.name()
+        && a.version() == b.version()
+        && a.schema_url() == b.schema_url()
+        && (a.attributes().eq(b.attributes()) || a == b)
 }
 
 /// An OTLP `Span`.
@@ -171,7 +184,21 @@ fn nanos(time: std::time::SystemTime) -> u64 {
 /// Repeated `KeyValue`s in field `tag`.
 fn attributes<'a>(buf: &mut Vec<u8>, tag: u32, list: impl IntoIterator<Item = &'a KeyValue>) {
     for kv in list {
-        nested(buf, tag, |buf| key_value(buf, kv.key.as_str(), &kv.value));
+        let key = kv.key.as_str();
+        match scalar_len(&kv.value) {
+            // The usual case, a key and a scalar value: lengths known up front, nothing moves.
+            Some(value_len) => {
+                let body =
+                    string_len(1, key) + 1 + encoded_len_varint(value_len as u64) + value_len;
+                encode_key(tag, WireType::LengthDelimited, buf);
+                encode_varint(body as u64, buf);
+                string(buf, 1, key);
+                encode_key(2, WireType::LengthDelimited, buf);
+                encode_varint(value_len as u64, buf);
+                any_value(buf, &kv.value);
+            }
+            None => nested(buf, tag, |buf| key_value(buf, key, &kv.value)),
+        }
     }
 }
 
@@ -179,6 +206,26 @@ fn attributes<'a>(buf: &mut Vec<u8>, tag: u32, list: impl IntoIterator<Item = &'
 fn key_value(buf: &mut Vec<u8>, key: &str, value: &Value) {
     string(buf, 1, key);
     nested(buf, 2, |buf| any_value(buf, value));
+}
+
+/// The length of a scalar value's `AnyValue` body; `None` for arrays and unknown kinds.
+fn scalar_len(value: &Value) -> Option<usize> {
+    Some(match value {
+        Value::Bool(_) => 2,
+        Value::I64(i) => 1 + encoded_len_varint(*i as u64),
+        Value::F64(_) => 9,
+        Value::String(s) => 1 + encoded_len_varint(s.as_str().len() as u64) + s.as_str().len(),
+        _ => return None,
+    })
+}
+
+/// The encoded length of a string field (0 when empty, as [`string`] omits it).
+fn string_len(tag: u32, value: &str) -> usize {
+    if value.is_empty() {
+        0
+    } else {
+        prost::encoding::key_len(tag) + encoded_len_varint(value.len() as u64) + value.len()
+    }
 }
 
 /// The body of an `AnyValue`: a oneof, so its one field is written even when it holds a default.
@@ -221,15 +268,27 @@ fn array_values<T>(buf: &mut Vec<u8>, values: &[T], value: impl Fn(&T) -> Value)
     }
 }
 
-/// A length-delimited field `tag` whose body `write` appends; its length is put in front after.
+/// A length-delimited field `tag` whose body `write` appends (expected under 128 bytes).
 fn nested(buf: &mut Vec<u8>, tag: u32, write: impl FnOnce(&mut Vec<u8>)) {
+    nested_sized(buf, tag, 1, write);
+}
+
+/// A length-delimited field `tag` whose body `write` appends, with `room` bytes kept in front for
+/// its length: the body moves only when its length takes another number of bytes.
+fn nested_sized(buf: &mut Vec<u8>, tag: u32, room: usize, write: impl FnOnce(&mut Vec<u8>)) {
     encode_key(tag, WireType::LengthDelimited, buf);
     let start = buf.len();
+    buf.resize(start + room, 0);
     write(buf);
-    let len = buf.len() - start;
+    let len = buf.len() - start - room;
     let prefix = encoded_len_varint(len as u64);
-    buf.resize(buf.len() + prefix, 0);
-    buf.copy_within(start..start + len, start + prefix);
+    if prefix != room {
+        if prefix > room {
+            buf.resize(buf.len() + prefix - room, 0);
+        }
+        buf.copy_within(start + room..start + room + len, start + prefix);
+        buf.truncate(start + prefix + len);
+    }
     let mut head = &mut buf[start..start + prefix];
     encode_varint(len as u64, &mut head);
 }
@@ -456,5 +515,16 @@ pub(super) mod tests {
         assert_eq!(&buf[..4], &[0xff, 3 << 3 | 2, 0xac, 0x02]);
         assert_eq!(buf.len(), 4 + 300);
         assert!(buf[4..].iter().all(|b| *b == 7));
+        // However much room was kept for the length, the bytes are the same.
+        for room in [1, 2, 3] {
+            let mut sized = vec![0xff];
+            nested_sized(&mut sized, 3, room, |buf| {
+                buf.extend(std::iter::repeat_n(7u8, 300))
+            });
+            assert_eq!(sized, buf, "room {room}");
+            let mut small = vec![0xff];
+            nested_sized(&mut small, 3, room, |buf| buf.extend([1, 2]));
+            assert_eq!(small, [0xff, 3 << 3 | 2, 2, 1, 2], "room {room}");
+        }
     }
 }

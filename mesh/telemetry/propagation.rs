@@ -86,17 +86,27 @@ pub fn to_strings(context: &Context) -> (Option<String>, Option<String>) {
     if !sc.is_valid() {
         return (None, None);
     }
-    let traceparent = format!(
-        "00-{}-{}-{:02x}",
-        sc.trace_id(),
-        sc.span_id(),
-        sc.trace_flags().to_u8()
-    );
+    let mut traceparent = String::with_capacity(55);
+    traceparent.push_str("00-");
+    push_hex(&mut traceparent, &sc.trace_id().to_bytes());
+    traceparent.push('-');
+    push_hex(&mut traceparent, &sc.span_id().to_bytes());
+    traceparent.push('-');
+    push_hex(&mut traceparent, &[sc.trace_flags().to_u8()]);
     let tracestate = sc.trace_state().header();
     (
         Some(traceparent),
         Some(tracestate).filter(|s| !s.is_empty()),
     )
+}
+
+/// Appends `bytes` as lowercase hex digits, as W3C trace context writes ids.
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
 }
 
 fn b3_traceparent(headers: &HeaderMap) -> Option<String> {

@@ -47,12 +47,8 @@ struct Inner {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
+    crate::mesh::telemetry::propagation::push_hex(&mut out, bytes);
     out
 }
 
@@ -190,7 +186,10 @@ impl TraceStore {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let id = trace_id.to_ascii_lowercase();
         let views = |spans: &Vec<Stored>| spans.iter().map(Stored::view).collect();
-        let mut matches = inner.traces.iter().filter(|(k, _)| hex(&k[..]).starts_with(&id));
+        let mut matches = inner
+            .traces
+            .iter()
+            .filter(|(k, _)| hex(&k[..]).starts_with(&id));
         // Ids have one length, so a full id matches only itself; a prefix must be unique.
         match (matches.next(), matches.next()) {
             (Some((_, spans)), None) if !id.is_empty() => Some(views(spans)),
