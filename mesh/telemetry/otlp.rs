@@ -13,7 +13,7 @@ use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encoded_len_varint};
 
 /// The path of `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -289,8 +289,38 @@ fn nested_sized(buf: &mut Vec<u8>, tag: u32, room: usize, write: impl FnOnce(&mu
         buf.copy_within(start + room..start + room + len, start + prefix);
         buf.truncate(start + prefix + len);
     }
-    let mut head = &mut buf[start..start + prefix];
-    encode_varint(len as u64, &mut head);
+    varint_into(&mut buf[start..start + prefix], len as u64);
+}
+
+/// A field's key.
+#[inline]
+fn encode_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
+    encode_varint(u64::from(tag << 3 | wire_type as u32), buf);
+}
+
+/// A varint, appended at once (prost's `encode_varint` goes byte by byte through `BufMut`, which
+/// checks the room for each: the most frequent call of the encoding).
+#[inline]
+fn encode_varint(value: u64, buf: &mut Vec<u8>) {
+    if value < 0x80 {
+        buf.push(value as u8);
+        return;
+    }
+    let mut bytes = [0u8; 10];
+    let len = varint_into(&mut bytes, value);
+    buf.extend_from_slice(&bytes[..len]);
+}
+
+/// Writes `value` as a varint at the start of `out`, which must have room for it; its length.
+fn varint_into(out: &mut [u8], mut value: u64) -> usize {
+    let mut len = 0;
+    while value >= 0x80 {
+        out[len] = value as u8 | 0x80;
+        value >>= 7;
+        len += 1;
+    }
+    out[len] = value as u8;
+    len + 1
 }
 
 /// A string field (omitted when empty, as proto3 does).
@@ -526,5 +556,31 @@ pub(super) mod tests {
             nested_sized(&mut small, 3, room, |buf| buf.extend([1, 2]));
             assert_eq!(small, [0xff, 3 << 3 | 2, 2, 1, 2], "room {room}");
         }
+    }
+
+    #[test]
+    fn varints_are_prosts() {
+        for value in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            -1i64 as u64,
+            u64::MAX,
+        ] {
+            let mut ours = vec![9];
+            encode_varint(value, &mut ours);
+            let mut theirs = vec![9];
+            prost::encoding::encode_varint(value, &mut theirs);
+            assert_eq!(ours, theirs, "{value}");
+            assert_eq!(ours.len() - 1, encoded_len_varint(value));
+        }
+        let mut key = Vec::new();
+        encode_key(16, WireType::ThirtyTwoBit, &mut key);
+        assert_eq!(key, [0x85, 0x01]);
     }
 }

@@ -2,9 +2,16 @@
 //! through the globally installed OpenTelemetry propagator. B3 headers (single `b3` or the
 //! `X-B3-*` set) are accepted on input when no `traceparent` is present.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
+
+/// The headers looked up on every call, named once (a lookup by `&str` parses the name each time).
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static B3_SINGLE: HeaderName = HeaderName::from_static("b3");
+static B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+static B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+static B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
 
 struct Headers<'a>(&'a HeaderMap);
 
@@ -53,7 +60,7 @@ impl Extractor for B3<'_> {
 
 /// The caller's context from request headers (W3C, else B3); the empty context when there is none.
 pub fn extract(headers: &HeaderMap) -> Context {
-    if headers.contains_key("traceparent") {
+    if headers.contains_key(&TRACEPARENT) {
         return opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
     }
     match b3_traceparent(headers) {
@@ -86,13 +93,14 @@ pub fn to_strings(context: &Context) -> (Option<String>, Option<String>) {
     if !sc.is_valid() {
         return (None, None);
     }
-    let mut traceparent = String::with_capacity(55);
-    traceparent.push_str("00-");
-    push_hex(&mut traceparent, &sc.trace_id().to_bytes());
-    traceparent.push('-');
-    push_hex(&mut traceparent, &sc.span_id().to_bytes());
-    traceparent.push('-');
-    push_hex(&mut traceparent, &[sc.trace_flags().to_u8()]);
+    // version-trace_id-span_id-flags: 2 + 32 + 16 + 2 hex digits and 3 dashes.
+    let mut traceparent = [b'-'; 55];
+    hex_into(&mut traceparent[0..2], &[0]);
+    hex_into(&mut traceparent[3..35], &sc.trace_id().to_bytes());
+    hex_into(&mut traceparent[36..52], &sc.span_id().to_bytes());
+    hex_into(&mut traceparent[53..55], &[sc.trace_flags().to_u8()]);
+    // Hex digits and dashes: always UTF-8.
+    let traceparent = String::from_utf8(traceparent.to_vec()).unwrap_or_default();
     let tracestate = sc.trace_state().header();
     (
         Some(traceparent),
@@ -100,18 +108,26 @@ pub fn to_strings(context: &Context) -> (Option<String>, Option<String>) {
     )
 }
 
-/// Appends `bytes` as lowercase hex digits, as W3C trace context writes ids.
-pub fn push_hex(out: &mut String, bytes: &[u8]) {
+/// `bytes` as lowercase hex digits, as W3C trace context writes ids.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0; bytes.len() * 2];
+    hex_into(&mut out, bytes);
+    // Hex digits: always UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes `bytes` as lowercase hex digits into `out` (two per byte).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
 }
 
 fn b3_traceparent(headers: &HeaderMap) -> Option<String> {
-    let text = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
-    let (trace, span, sampled) = if let Some(single) = text("b3") {
+    let text = |k: &HeaderName| headers.get(k).and_then(|v| v.to_str().ok()).map(str::trim);
+    let (trace, span, sampled) = if let Some(single) = text(&B3_SINGLE) {
         let mut parts = single.split('-');
         let trace = parts.next()?;
         let span = parts.next()?;
@@ -121,12 +137,12 @@ fn b3_traceparent(headers: &HeaderMap) -> Option<String> {
             parts.next().unwrap_or("1") == "1",
         )
     } else {
-        let trace = text("x-b3-traceid")?;
-        let span = text("x-b3-spanid")?;
+        let trace = text(&B3_TRACE_ID)?;
+        let span = text(&B3_SPAN_ID)?;
         (
             trace.to_string(),
             span.to_string(),
-            text("x-b3-sampled").unwrap_or("1") == "1",
+            text(&B3_SAMPLED).unwrap_or("1") == "1",
         )
     };
     // 64-bit B3 trace ids are left-padded to 128 bits.

@@ -10,6 +10,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message as _;
 
 use super::span_head::SpanHead;
+use crate::mesh::telemetry::propagation::hex;
 use crate::pb::v1::{SpanView, TraceSummary};
 
 /// Memory the kept spans may take, over all traces: about 20,000 of exemesh's spans (some 6,000
@@ -44,12 +45,6 @@ struct Inner {
     traces: HashMap<TraceKey, Vec<Stored>>,
     order: VecDeque<TraceKey>,
     bytes: usize,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    crate::mesh::telemetry::propagation::push_hex(&mut out, bytes);
-    out
 }
 
 /// An attribute value as text (strings as they are, numbers and booleans printed).
