@@ -15,7 +15,7 @@ if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then
   exit 2
 fi
 cargo_fuzz_version=0.13.2
-targets=(worker_frame json_proto manifest)
+targets=(worker_frame json_proto manifest otlp_span)
 # --sanitizer none: AddressSanitizer needs nightly's -Zsanitizer, and the fuzzed code is safe Rust.
 # --debug-assertions: overflow checks and debug_assert!s turn silent bugs into crashes.
 build=(--sanitizer none --debug-assertions)

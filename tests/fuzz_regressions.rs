@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 
 type Property = fn(&[u8]);
 
-const TARGETS: [(&str, Property); 3] = [
+const TARGETS: [(&str, Property); 4] = [
     ("worker_frame", fuzz_properties::worker_frame),
     ("json_proto", fuzz_properties::json_proto),
     ("manifest", fuzz_properties::manifest),
+    ("otlp_span", fuzz_properties::otlp_span),
 ];
 
 /// Replays every file under `dir/<target>/`; returns how many ran and the failures (file: panic).

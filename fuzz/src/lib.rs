@@ -9,6 +9,8 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use exemesh::mesh::trace_view::span_head::SpanHead;
+use exemesh::mesh::trace_view::wire::Fields;
 use exemesh::services::json::{from_json, to_json, write_json};
 use exemesh::services::manifest::Manifest;
 use exemesh::services::transcode::json_to_proto::JsonToProto;
@@ -29,6 +31,49 @@ pub fn manifest(data: &[u8]) {
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = Manifest::parse(Path::new("/nonexistent/fuzz.toml"), text);
     }
+}
+
+/// `otlp_span`: any bytes as one span of an OTLP export, read the way `exemesh up`'s receiver reads
+/// it (`mesh::trace_view::span_head`): never a panic, and whenever opentelemetry-proto's own
+/// decoder takes the bytes as a `Span` whose ids have lengths OTLP allows, the receiver takes them
+/// too and reads the same ids, times and error status. (The receiver only reads those fields, so
+/// it takes some spans the full decoder refuses, such as a name that is not UTF-8.)
+pub fn otlp_span(data: &[u8]) {
+    use prost::Message as _;
+    let _ = Fields::new(data).count();
+    let head = SpanHead::read(data);
+    let Ok(span) = opentelemetry_proto::tonic::trace::v1::Span::decode(data) else {
+        return;
+    };
+    let allowed = |id: &[u8], len: usize| id.is_empty() || id.len() == len;
+    if !(allowed(&span.trace_id, 16)
+        && allowed(&span.span_id, 8)
+        && allowed(&span.parent_span_id, 8))
+    {
+        assert!(head.is_err(), "an id of a length OTLP forbids was taken");
+        return;
+    }
+    let head =
+        head.unwrap_or_else(|e| panic!("the receiver refused a span the decoder reads: {e}"));
+    let id = |bytes: &[u8]| bytes.iter().fold(0u64, |id, b| id << 8 | u64::from(*b));
+    let mut trace_id = [0u8; 16];
+    if !span.trace_id.is_empty() {
+        trace_id.copy_from_slice(&span.trace_id);
+    }
+    assert_eq!(head.trace_id, trace_id, "trace id");
+    assert_eq!(head.span_id, id(&span.span_id), "span id");
+    assert_eq!(
+        head.parent_span_id,
+        id(&span.parent_span_id),
+        "parent span id"
+    );
+    assert_eq!(head.start, span.start_time_unix_nano, "start");
+    assert_eq!(head.end, span.end_time_unix_nano, "end");
+    assert_eq!(
+        head.error,
+        span.status.is_some_and(|s| s.code == 2),
+        "error status"
+    );
 }
 
 /// `json_proto`: the proto3 JSON mapping never panics on what an executable writes, what it

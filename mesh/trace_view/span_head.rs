@@ -12,7 +12,7 @@ const END: u32 = 8;
 const STATUS: u32 = 15;
 /// `Status.code`, and its value for an error.
 const STATUS_CODE: u32 = 3;
-const STATUS_CODE_ERROR: u64 = 2;
+const STATUS_CODE_ERROR: i32 = 2;
 
 /// What a trace summary needs of a span.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,27 +36,37 @@ impl SpanHead {
     /// are 16 bytes, span ids 8; empty means absent) are errors, as a collector rejects them.
     pub fn read(span: &[u8]) -> Result<SpanHead, Malformed> {
         let mut head = SpanHead::default();
+        // A field seen twice takes its last value, so ids are checked once all are read.
+        let (mut trace_id, mut span_id, mut parent_span_id): (&[u8], &[u8], &[u8]) =
+            (&[], &[], &[]);
         for field in Fields::new(span) {
             match field? {
-                (TRACE_ID, Field::Bytes(id)) => {
-                    head.trace_id = match id {
-                        [] => [0; 16],
-                        _ => id
-                            .try_into()
-                            .map_err(|_| Malformed("a trace id is not 16 bytes"))?,
-                    }
-                }
-                (SPAN_ID, Field::Bytes(id)) => head.span_id = span_id(id)?,
-                (PARENT_SPAN_ID, Field::Bytes(id)) => head.parent_span_id = span_id(id)?,
+                (TRACE_ID, Field::Bytes(id)) => trace_id = id,
+                (SPAN_ID, Field::Bytes(id)) => span_id = id,
+                (PARENT_SPAN_ID, Field::Bytes(id)) => parent_span_id = id,
                 (START, Field::Fixed64(nanos)) => head.start = nanos,
                 (END, Field::Fixed64(nanos)) => head.end = nanos,
-                (STATUS, Field::Bytes(status)) => head.error = error_status(status)?,
+                (STATUS, Field::Bytes(status)) => {
+                    // A message field seen twice is merged: a later status without a code
+                    // keeps the earlier code.
+                    if let Some(code) = status_code(status)? {
+                        head.error = code == STATUS_CODE_ERROR;
+                    }
+                }
                 (TRACE_ID | SPAN_ID | PARENT_SPAN_ID | START | END | STATUS, _) => {
                     return Err(Malformed("a span field has the wrong wire type"));
                 }
                 _ => {}
             }
         }
+        head.trace_id = match trace_id {
+            [] => [0; 16],
+            _ => trace_id
+                .try_into()
+                .map_err(|_| Malformed("a trace id is not 16 bytes"))?,
+        };
+        head.span_id = self::span_id(span_id)?;
+        head.parent_span_id = self::span_id(parent_span_id)?;
         Ok(head)
     }
 }
@@ -71,17 +81,18 @@ fn span_id(id: &[u8]) -> Result<u64, Malformed> {
     }
 }
 
-/// Whether an encoded `Status` is an error.
-fn error_status(status: &[u8]) -> Result<bool, Malformed> {
-    let mut error = false;
+/// The code of an encoded `Status`, if it has one (an `int32` enum: a longer varint is cut to
+/// 32 bits, as decoders do).
+fn status_code(status: &[u8]) -> Result<Option<i32>, Malformed> {
+    let mut code = None;
     for field in Fields::new(status) {
         match field? {
-            (STATUS_CODE, Field::Varint(code)) => error = code == STATUS_CODE_ERROR,
+            (STATUS_CODE, Field::Varint(value)) => code = Some(value as i32),
             (STATUS_CODE, _) => return Err(Malformed("a status code has the wrong wire type")),
             _ => {}
         }
     }
-    Ok(error)
+    Ok(code)
 }
 
 #[cfg(test)]

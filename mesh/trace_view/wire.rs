@@ -19,7 +19,12 @@ pub enum Field<'a> {
     Fixed32(u32),
     /// Length-delimited (strings, bytes, embedded messages, packed lists).
     Bytes(&'a [u8]),
+    /// A group (proto2's deprecated nesting), skipped whole.
+    Group,
 }
+
+/// How deep groups may nest (prost's recursion limit).
+const MAX_DEPTH: u32 = 100;
 
 /// The fields of an encoded message in order, as (field number, value); stops at the first error.
 #[derive(Debug, Clone)]
@@ -34,6 +39,11 @@ impl<'a> Fields<'a> {
     }
 
     fn read(&mut self) -> Result<(u32, Field<'a>), Malformed> {
+        self.read_at(0)
+    }
+
+    /// Reads one field, `depth` groups deep.
+    fn read_at(&mut self, depth: u32) -> Result<(u32, Field<'a>), Malformed> {
         let (tag, wire_type) =
             decode_key(&mut self.rest).map_err(|_| Malformed("a field key is not valid"))?;
         let truncated = Malformed("a field is cut short");
@@ -61,9 +71,28 @@ impl<'a> Fields<'a> {
                 self.rest = rest;
                 Field::Bytes(value)
             }
-            WireType::StartGroup | WireType::EndGroup => {
-                return Err(Malformed("groups are not part of OTLP"));
+            WireType::StartGroup => {
+                if depth >= MAX_DEPTH {
+                    return Err(Malformed("groups nest too deep"));
+                }
+                // Skipped whole, as decoders skip unknown fields: up to the end key with the
+                // same number.
+                loop {
+                    let mut peek = self.rest;
+                    let (inner, inner_type) =
+                        decode_key(&mut peek).map_err(|_| Malformed("a group has no end"))?;
+                    if inner_type == WireType::EndGroup {
+                        if inner != tag {
+                            return Err(Malformed("a group ends with another number"));
+                        }
+                        self.rest = peek;
+                        break;
+                    }
+                    self.read_at(depth + 1)?;
+                }
+                Field::Group
             }
+            WireType::EndGroup => return Err(Malformed("a group ends that never started")),
         };
         Ok((tag, field))
     }
@@ -161,8 +190,14 @@ mod tests {
             repeated(&encoded, 1).next(),
             Some(Err(Malformed("a field has the wrong wire type")))
         );
-        // A group.
+        // A group without its end, one ending with another number, an end alone.
         assert!(Fields::new(&[0x0b]).any(|f| f.is_err()));
+        assert!(Fields::new(&[0x0b, 0x14]).any(|f| f.is_err()));
+        assert!(Fields::new(&[0x0c]).any(|f| f.is_err()));
+        // A group (field 1) holding a varint and a nested group (field 2), skipped whole.
+        let group = [0x0b, 0x08, 0x05, 0x13, 0x14, 0x0c, 0x18, 0x07];
+        let fields: Vec<_> = Fields::new(&group).collect();
+        assert_eq!(fields, [Ok((1, Field::Group)), Ok((3, Field::Varint(7)))]);
         // Field number 0.
         assert!(Fields::new(&[0x00, 0x01]).any(|f| f.is_err()));
     }
