@@ -10,10 +10,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::otlp;
-use crate::mesh::channel::link::Link;
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 use http_body_util::BodyExt as _;
+
+use super::otlp;
+use crate::mesh::channel::link::Link;
 
 /// Sends span batches to an OTLP/gRPC collector (plaintext HTTP/2).
 #[derive(Debug)]
