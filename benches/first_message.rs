@@ -61,7 +61,7 @@ fn main() {
         plain.push(ns_per_call(CALLS, || runtime.block_on(drain(reply()))));
         peeked.push(ns_per_call(CALLS, || {
             runtime.block_on(async {
-                let (_, response) = first_message(reply()).await;
+                let (_, response) = first_message(reply(), true).await;
                 drain(response).await
             })
         }));

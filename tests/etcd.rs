@@ -248,6 +248,7 @@ async fn etcd_discovery_registers_expires_and_survives_an_etcd_restart() {
     wait_ids(&*discovery, &["etcd-a", "etcd-b"], Duration::from_secs(10)).await;
     let policy = CallPolicy {
         idempotent: ["/test.v1.Echo/Unary".to_string()].into(),
+        one_message: ["/test.v1.Echo/Unary".to_string()].into(),
         ..CallPolicy::default()
     };
     let channel = MeshChannel::new(discovery.clone(), SERVICE, policy);

@@ -39,6 +39,7 @@ fn channel(registry: &str) -> MeshChannel {
     let policy = CallPolicy {
         timeout: Duration::from_secs(10),
         idempotent: ["/test.v1.Echo/Unary".to_string()].into(),
+        one_message: ["/test.v1.Echo/Unary".to_string()].into(),
         ..CallPolicy::default()
     };
     MeshChannel::new(connect(registry).expect("discovery"), SERVICE, policy)

@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::descriptors::{self, ProtoArgs};
 use anyhow::{Context as _, bail};
 use exemesh::mesh::channel::link::Link;
-use exemesh::mesh::channel::retry::is_idempotent;
 use exemesh::mesh::channel::{CallPolicy, MeshChannel};
 use exemesh::mesh::dynamic_client::GrpcChannel;
 use load::Plan;
@@ -165,16 +164,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let method = descriptors::find(channel.clone(), &args.protos, service, name).await?;
             // A method the contract marks idempotent may be retried on another instance, as the
             // mesh's own callers do.
-            let channel = if is_idempotent(&method) {
-                MeshChannel::new(
-                    args.discovery.connect()?,
-                    target,
-                    CallPolicy {
-                        timeout: args.timeout,
-                        idempotent: [format!("/{method_name}")].into(),
-                        ..CallPolicy::default()
-                    },
-                )
+            let mut policy = CallPolicy {
+                timeout: args.timeout,
+                ..CallPolicy::default()
+            };
+            let channel = if policy.idempotent_method(&method) {
+                MeshChannel::new(args.discovery.connect()?, target, policy)
             } else {
                 channel
             };

@@ -44,6 +44,8 @@ struct FirstMessage {
     prefix: [u8; PREFIX],
     prefix_len: usize,
     received: usize,
+    /// Longer than [`MAX_HELD`]: handed on without waiting.
+    too_long: bool,
 }
 
 impl FirstMessage {
@@ -58,17 +60,21 @@ impl FirstMessage {
         }
         let [_, a, b, c, d] = self.prefix;
         let len = u32::from_be_bytes([a, b, c, d]) as usize;
-        len > MAX_HELD || self.received >= PREFIX + len
+        self.too_long = len > MAX_HELD;
+        self.too_long || self.received >= PREFIX + len
     }
 }
 
-/// Waits for the first whole message of `response`'s body. Returns what came first, and the
-/// response, whose body still yields everything it would have: the frames read come first, then
-/// the rest, or the error that broke it.
-pub async fn first_message(response: Response<Body>) -> (First, Response<Body>) {
+/// Waits for the first whole message of `response`'s body; with `one_message` (a method that
+/// answers with one message), for the end of the body after it too (its trailers follow at once),
+/// so that a body that breaks between the message and its status counts as broken. Returns what
+/// came first, and the response, whose body still yields everything it would have: the frames read
+/// come first, then the rest, or the error that broke it.
+pub async fn first_message(response: Response<Body>, one_message: bool) -> (First, Response<Body>) {
     let (parts, mut body) = response.into_parts();
     let mut held: Vec<Frame<Bytes>> = Vec::new();
     let mut message = FirstMessage::default();
+    let mut message_whole = false;
     let (first, ended) = loop {
         match body.frame().await {
             None if held.is_empty() => break (First::End, true),
@@ -88,10 +94,23 @@ pub async fn first_message(response: Response<Body>) -> (First, Response<Body>) 
                     held.push(frame);
                     break (first, true);
                 }
+                if message_whole {
+                    // More data after the message: not a one-message answer after all; the
+                    // caller's decoder has the last word.
+                    let more = frame.data_ref().is_some_and(|data| !data.is_empty());
+                    held.push(frame);
+                    if more {
+                        break (First::Message, false);
+                    }
+                    continue;
+                }
                 let whole = frame.data_ref().is_some_and(|data| message.add(data));
                 held.push(frame);
                 if whole {
-                    break (First::Message, false);
+                    if !one_message || message.too_long {
+                        break (First::Message, false);
+                    }
+                    message_whole = true;
                 }
             }
         }
@@ -152,11 +171,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_message_commits_and_the_whole_body_follows() {
-        let (first, response) = first_message(response(vec![
-            data(&grpc("one")),
-            data(&grpc("three")),
-            trailers("0"),
-        ]))
+        let (first, response) = first_message(
+            response(vec![
+                data(&grpc("one")),
+                data(&grpc("three")),
+                trailers("0"),
+            ]),
+            false,
+        )
         .await;
         assert_eq!(first, First::Message);
         assert_eq!(
@@ -170,7 +192,7 @@ mod tests {
         let message = grpc("hello, world");
         let (head, tail) = message.split_at(3);
         let (first, response) =
-            first_message(response(vec![data(head), data(tail), trailers("0")])).await;
+            first_message(response(vec![data(head), data(tail), trailers("0")]), false).await;
         assert_eq!(first, First::Message);
         assert_eq!(
             drain(response).await,
@@ -181,11 +203,14 @@ mod tests {
     #[tokio::test]
     async fn a_body_broken_inside_the_first_message_is_broken_and_replays_what_came() {
         let message = grpc("hello, world");
-        let (first, response) = first_message(response(vec![
-            data(&message[..8]),
-            Err(Status::unknown("broken pipe")),
-            data(&message[8..]),
-        ]))
+        let (first, response) = first_message(
+            response(vec![
+                data(&message[..8]),
+                Err(Status::unknown("broken pipe")),
+                data(&message[8..]),
+            ]),
+            false,
+        )
         .await;
         assert_eq!(first, First::Broken);
         assert_eq!(drain(response).await, ["data:8", "error:broken pipe"]);
@@ -196,25 +221,28 @@ mod tests {
         let mut head = vec![0];
         head.extend_from_slice(&(MAX_HELD as u32 + 1).to_be_bytes());
         head.extend_from_slice(b"start");
-        let (first, response) =
-            first_message(response(vec![data(&head), Err(Status::unknown("later"))])).await;
+        let (first, response) = first_message(
+            response(vec![data(&head), Err(Status::unknown("later"))]),
+            false,
+        )
+        .await;
         assert_eq!(first, First::Message);
         assert_eq!(drain(response).await, ["data:10", "error:later"]);
     }
 
     #[tokio::test]
     async fn trailers_before_any_message_carry_their_status() {
-        let (first, response) = first_message(response(vec![trailers("14")])).await;
+        let (first, response) = first_message(response(vec![trailers("14")]), false).await;
         assert_eq!(first, First::Trailers(Some(Code::Unavailable)));
         assert_eq!(drain(response).await, ["trailers:Some(Unavailable)"]);
     }
 
     #[tokio::test]
     async fn a_body_broken_before_any_frame_is_broken_and_says_so_again() {
-        let (first, response) = first_message(response(vec![
-            Err(Status::unknown("broken pipe")),
-            data(b"x"),
-        ]))
+        let (first, response) = first_message(
+            response(vec![Err(Status::unknown("broken pipe")), data(b"x")]),
+            false,
+        )
         .await;
         assert_eq!(first, First::Broken);
         assert_eq!(drain(response).await, ["error:broken pipe"]);
@@ -222,8 +250,59 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_body_ends() {
-        let (first, response) = first_message(response(vec![])).await;
+        let (first, response) = first_message(response(vec![]), false).await;
         assert_eq!(first, First::End);
         assert!(drain(response).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_one_message_answer_commits_at_its_end_and_is_broken_before_it() {
+        let message = grpc("hello");
+        let (first, answer) = first_message(
+            response(vec![data(&message), data(&[]), trailers("0")]),
+            true,
+        )
+        .await;
+        assert_eq!(first, First::Message);
+        assert_eq!(
+            drain(answer).await,
+            ["data:10", "data:0", "trailers:Some(Ok)"]
+        );
+        // The replica died after the message, before the status: retryable.
+        let (first, answer) = first_message(
+            response(vec![data(&message), Err(Status::unavailable("reset"))]),
+            true,
+        )
+        .await;
+        assert_eq!(first, First::Broken);
+        assert_eq!(drain(answer).await, ["data:10", "error:reset"]);
+        // Without `one_message` the same body commits at the message.
+        let (first, _) = first_message(
+            response(vec![data(&message), Err(Status::unavailable("reset"))]),
+            false,
+        )
+        .await;
+        assert_eq!(first, First::Message);
+    }
+
+    #[tokio::test]
+    async fn a_second_message_is_handed_on_without_waiting_for_the_end() {
+        let message = grpc("hello");
+        // After the second message the body would wait forever: nothing may read that far.
+        let (first, response) = first_message(
+            response(vec![data(&message), data(&message)]).map(|body| {
+                Body::new(StreamBody::new(
+                    BodyStream::new(body).chain(stream::pending()),
+                ))
+            }),
+            true,
+        )
+        .await;
+        assert_eq!(first, First::Message);
+        let mut body = response.into_body();
+        for _ in 0..2 {
+            let frame = body.frame().await.expect("a frame").expect("data");
+            assert_eq!(frame.data_ref().map(Bytes::len), Some(10));
+        }
     }
 }

@@ -58,6 +58,11 @@ pub struct CallPolicy {
     pub timeout: Duration,
     /// Method paths (`/pkg.Service/Method`) that are safe to retry.
     pub idempotent: HashSet<String>,
+    /// Those of them that answer with one message (not server streaming): a call is committed at
+    /// the end of the answer (its status follows the message at once), not at the message, so one
+    /// whose replica dies between the two is retried too. [`CallPolicy::idempotent_method`] fills
+    /// both sets from a method's descriptor.
+    pub one_message: HashSet<String>,
     /// Status codes that make an idempotent call be retried (connection failures always do).
     pub retry_on: Vec<Code>,
     /// Attempts at most per call, the first included.
@@ -69,9 +74,26 @@ impl Default for CallPolicy {
         Self {
             timeout: Duration::from_secs(30),
             idempotent: HashSet::new(),
+            one_message: HashSet::new(),
             retry_on: vec![Code::Unavailable],
             max_attempts: 3,
         }
+    }
+}
+
+impl CallPolicy {
+    /// Lets `method` be retried when its contract marks it idempotent
+    /// (`option idempotency_level`); true when it does.
+    pub fn idempotent_method(&mut self, method: &prost_reflect::MethodDescriptor) -> bool {
+        if !retry::is_idempotent(method) {
+            return false;
+        }
+        let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+        if !method.is_server_streaming() {
+            self.one_message.insert(path.clone());
+        }
+        self.idempotent.insert(path);
+        true
     }
 }
 
@@ -230,6 +252,7 @@ impl MeshChannel {
     async fn call_with_retries(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
         self.budget.deposit();
         let idempotent = self.policy.idempotent.contains(request.uri().path());
+        let one_message = self.policy.one_message.contains(request.uri().path());
         if !idempotent || self.policy.max_attempts <= 1 {
             return self.balancer.pick().await.call(request).await;
         }
@@ -251,7 +274,7 @@ impl MeshChannel {
                 Ok(response) => match retry::status_of(&response) {
                     Some(code) => (self.retries_on(code), Ok(response)),
                     None => {
-                        let (first, response) = first_message(response).await;
+                        let (first, response) = first_message(response, one_message).await;
                         let retryable = match first {
                             First::Broken => true,
                             First::Trailers(Some(code)) => self.retries_on(code),
@@ -277,5 +300,50 @@ impl MeshChannel {
             tokio::time::sleep(RETRY_BACKOFF * attempt as u32).await;
             attempt += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idempotent_methods_are_retried_and_one_message_answers_commit_at_their_end() {
+        let dir = tempfile::tempdir().expect("a directory");
+        std::fs::write(
+            dir.path().join("kv.proto"),
+            r#"syntax = "proto3";
+            package kv.v1;
+            message Key { string key = 1; }
+            service Store {
+              rpc Get(Key) returns (Key) { option idempotency_level = NO_SIDE_EFFECTS; }
+              rpc Scan(Key) returns (stream Key) { option idempotency_level = IDEMPOTENT; }
+              rpc Put(Key) returns (Key);
+            }"#,
+        )
+        .expect("written");
+        let mut compiler = protox::Compiler::new([dir.path()]).expect("a compiler");
+        compiler.open_file("kv.proto").expect("compiles");
+        let pool = compiler.descriptor_pool();
+        let service = pool
+            .get_service_by_name("kv.v1.Store")
+            .expect("the service");
+        let mut policy = CallPolicy::default();
+        let marked: Vec<bool> = service
+            .methods()
+            .map(|m| policy.idempotent_method(&m))
+            .collect();
+        assert_eq!(marked, [true, true, false]);
+        assert_eq!(
+            policy.idempotent,
+            HashSet::from([
+                "/kv.v1.Store/Get".to_string(),
+                "/kv.v1.Store/Scan".to_string()
+            ])
+        );
+        assert_eq!(
+            policy.one_message,
+            HashSet::from(["/kv.v1.Store/Get".to_string()])
+        );
     }
 }

@@ -13,7 +13,6 @@ use tonic::{Code, Status};
 
 use super::conn::{Conn, ParentInfo};
 use super::frame::{self, OutboundCall};
-use crate::mesh::channel::retry::is_idempotent;
 use crate::mesh::channel::{CallPolicy, MeshChannel};
 use crate::mesh::deadline::with_call_deadline;
 use crate::mesh::discovery::Discovery;
@@ -70,23 +69,13 @@ impl Outbound {
         let pool = fetch_pool(probe, service).await.map_err(|e| {
             Status::unavailable(format!("cannot learn the contract of {service}: {e}"))
         })?;
-        let idempotent = pool
-            .get_service_by_name(service)
-            .map(|svc| {
-                svc.methods()
-                    .filter(is_idempotent)
-                    .map(|m| format!("/{service}/{}", m.name()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let channel = MeshChannel::new(
-            self.discovery.clone(),
-            service,
-            CallPolicy {
-                idempotent,
-                ..CallPolicy::default()
-            },
-        );
+        let mut policy = CallPolicy::default();
+        if let Some(svc) = pool.get_service_by_name(service) {
+            for method in svc.methods() {
+                policy.idempotent_method(&method);
+            }
+        }
+        let channel = MeshChannel::new(self.discovery.clone(), service, policy);
         let target = Arc::new(Target { channel, pool });
         targets.insert(service.to_string(), target.clone());
         Ok(target)
