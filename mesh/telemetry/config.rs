@@ -153,16 +153,11 @@ impl TelemetryConfig {
             OTEL_EXPORTER_OTLP_TRACES_TIMEOUT,
             OTEL_EXPORTER_OTLP_TIMEOUT,
         ) {
-            Some((variable, value)) => match value.trim().parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => {
-                    return Err(ConfigError {
-                        variable,
-                        value,
-                        problem: "expected a positive number of milliseconds",
-                    });
-                }
-            },
+            Some((variable, value)) => Duration::from_millis(positive(
+                variable,
+                value,
+                "expected a positive number of milliseconds",
+            )?),
             None => Duration::from_secs(10),
         };
         if let Some((variable, value)) = specific(
@@ -176,20 +171,13 @@ impl TelemetryConfig {
                 problem: "exemesh exports uncompressed (use none, or compress at a collector)",
             });
         }
-        let positive = |variable: &'static str, default: u64| match get(variable) {
+        let count = |variable: &'static str, default: u64| match get(variable) {
             None => Ok(default),
-            Some(value) => match value.trim().parse::<u64>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(ConfigError {
-                    variable,
-                    value,
-                    problem: "expected a positive whole number",
-                }),
-            },
+            Some(value) => positive(variable, value, "expected a positive whole number"),
         };
         let defaults = BatchSettings::default();
-        let max_queue_size = positive(OTEL_BSP_MAX_QUEUE_SIZE, defaults.max_queue_size as u64)?;
-        let max_export_batch_size = positive(
+        let max_queue_size = count(OTEL_BSP_MAX_QUEUE_SIZE, defaults.max_queue_size as u64)?;
+        let max_export_batch_size = count(
             OTEL_BSP_MAX_EXPORT_BATCH_SIZE,
             defaults.max_export_batch_size as u64,
         )?
@@ -197,7 +185,7 @@ impl TelemetryConfig {
         let batch = BatchSettings {
             max_queue_size: usize::try_from(max_queue_size).unwrap_or(usize::MAX),
             max_export_batch_size: usize::try_from(max_export_batch_size).unwrap_or(usize::MAX),
-            schedule_delay: Duration::from_millis(positive(
+            schedule_delay: Duration::from_millis(count(
                 OTEL_BSP_SCHEDULE_DELAY,
                 defaults.schedule_delay.as_millis() as u64,
             )?),
@@ -217,6 +205,22 @@ impl TelemetryConfig {
     /// True when spans are exported.
     pub fn enabled(&self) -> bool {
         self.endpoint.is_some()
+    }
+}
+
+/// `value` of `variable` as a number above 0; `problem` says what was expected otherwise.
+fn positive(
+    variable: &'static str,
+    value: String,
+    problem: &'static str,
+) -> Result<u64, ConfigError> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ConfigError {
+            variable,
+            value,
+            problem,
+        }),
     }
 }
 

@@ -74,6 +74,50 @@ impl GrpcExporter {
             timeout,
         })
     }
+
+    /// What to log after an export with `outcome`: the first failure after a success (or at
+    /// start), and the first success after a failure; nothing otherwise.
+    fn change(&self, outcome: &Result<(), String>) -> Option<(bool, String)> {
+        let failed = outcome.is_err();
+        if self.failing.swap(failed, Ordering::Relaxed) == failed {
+            return None;
+        }
+        Some(match outcome {
+            Err(reason) => (
+                true,
+                format!(
+                    "exporting spans to {} failed: {reason}; spans are dropped until it works \
+                     again (this is logged once)",
+                    self.endpoint
+                ),
+            ),
+            Ok(()) => (
+                false,
+                format!("exporting spans to {} works again", self.endpoint),
+            ),
+        })
+    }
+
+    /// Sends `message` (a gRPC-framed export request, see [`otlp::EncodedSpans::export_message`])
+    /// as one `Export` call, waiting up to the export timeout: `Err` with the reason when the
+    /// collector did not take it. Logs when exports start failing and when they work again.
+    pub async fn send(&self, message: bytes::Bytes) -> Result<(), String> {
+        let mut request = Request::new(tonic::body::Body::new(http_body_util::Full::new(message)));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = http::Uri::from_static(otlp::EXPORT_PATH);
+        *request.headers_mut() = self.headers.clone();
+        let outcome =
+            match tokio::time::timeout(self.timeout, export(self.link.clone(), request)).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            };
+        match self.change(&outcome) {
+            Some((true, message)) => tracing::warn!("{message}"),
+            Some((false, message)) => tracing::info!("{message}"),
+            None => {}
+        }
+        outcome
+    }
 }
 
 /// Sends one export and reads its status: `Err` with the reason when the collector did not take it.
@@ -104,54 +148,6 @@ async fn export(link: Link, request: Request<tonic::body::Body>) -> Result<(), S
             status.message()
         )),
         None => Err("the collector's answer has no gRPC status".to_string()),
-    }
-}
-
-impl GrpcExporter {
-    /// What to log after an export with `outcome`: the first failure after a success (or at
-    /// start), and the first success after a failure; nothing otherwise.
-    fn change(&self, outcome: &Result<(), String>) -> Option<(bool, String)> {
-        let failed = outcome.is_err();
-        if self.failing.swap(failed, Ordering::Relaxed) == failed {
-            return None;
-        }
-        Some(match outcome {
-            Err(reason) => (
-                true,
-                format!(
-                    "exporting spans to {} failed: {reason}; spans are dropped until it works \
-                     again (this is logged once)",
-                    self.endpoint
-                ),
-            ),
-            Ok(()) => (
-                false,
-                format!("exporting spans to {} works again", self.endpoint),
-            ),
-        })
-    }
-}
-
-impl GrpcExporter {
-    /// Sends `message` (a gRPC-framed export request, see [`otlp::EncodedSpans::export_message`])
-    /// as one `Export` call, waiting up to the export timeout: `Err` with the reason when the
-    /// collector did not take it. Logs when exports start failing and when they work again.
-    pub async fn send(&self, message: bytes::Bytes) -> Result<(), String> {
-        let mut request = Request::new(tonic::body::Body::new(http_body_util::Full::new(message)));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = http::Uri::from_static(otlp::EXPORT_PATH);
-        *request.headers_mut() = self.headers.clone();
-        let outcome =
-            match tokio::time::timeout(self.timeout, export(self.link.clone(), request)).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-            };
-        match self.change(&outcome) {
-            Some((true, message)) => tracing::warn!("{message}"),
-            Some((false, message)) => tracing::info!("{message}"),
-            None => {}
-        }
-        outcome
     }
 }
 
