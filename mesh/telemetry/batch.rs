@@ -1,7 +1,7 @@
-//! The span processor of OTLP/gRPC export: a span is written as protobuf the moment it ends, on the
-//! thread that ended it, into the batch being filled ([`EncodedSpans`]); a task on the runtime
-//! sends each full batch, and every `OTEL_BSP_SCHEDULE_DELAY` whatever has been written, through
-//! the [`GrpcExporter`].
+//! Batched OTLP/gRPC export: a span is written as protobuf the moment it ends, on the thread that
+//! ended it, into the batch being filled ([`EncodedSpans`]); a task on the runtime sends each full
+//! batch, and every `OTEL_BSP_SCHEDULE_DELAY` whatever has been written, through the
+//! [`GrpcExporter`].
 //!
 //! It replaces the SDK's batch span processor for gRPC. That one moved every finished span through
 //! a channel to a thread of its own, which encoded it and freed it there: with every call traced,
@@ -17,23 +17,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use opentelemetry::Context;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use tokio::sync::{Notify, mpsc};
 
 use super::config::BatchSettings;
 use super::exporter::GrpcExporter;
 use super::otlp::EncodedSpans;
 
-/// How long [`SpanProcessor::force_flush`] waits for the exports it asks for.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where finished spans are written: the batches a [`BatchExporter`] sends (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Batches(Arc<Shared>);
 
-/// Encodes spans as they end and exports them in batches (see the module documentation).
+/// The export task's handle: flushes and shuts it down.
 #[derive(Debug)]
-pub struct EncodingProcessor {
-    shared: Arc<Shared>,
+pub struct BatchExporter {
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -43,7 +41,7 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Signalled when a batch fills up.
     full: Notify,
-    resource: Mutex<Resource>,
+    resource: Resource,
     settings: BatchSettings,
     /// Spans dropped because the queue was full.
     dropped: AtomicU64,
@@ -69,20 +67,36 @@ enum Control {
     Shutdown(std::sync::mpsc::SyncSender<OTelSdkResult>),
 }
 
-impl EncodingProcessor {
-    /// A processor exporting through `exporter` as `settings` say; its export task runs on the
-    /// current tokio runtime (call it inside one).
-    pub fn start(exporter: GrpcExporter, settings: BatchSettings) -> EncodingProcessor {
+impl BatchExporter {
+    /// Starts exporting the spans of `resource` through `exporter` as `settings` say: the export
+    /// task runs on the current tokio runtime (call it inside one). The [`Batches`] take the spans.
+    pub fn start(
+        exporter: GrpcExporter,
+        settings: BatchSettings,
+        resource: Resource,
+    ) -> (BatchExporter, Batches) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             full: Notify::new(),
-            resource: Mutex::new(Resource::builder_empty().build()),
+            resource,
             settings,
             dropped: AtomicU64::new(0),
         });
         let (control, requests) = mpsc::unbounded_channel();
         tokio::spawn(run(shared.clone(), exporter, requests));
-        EncodingProcessor { shared, control }
+        (BatchExporter { control }, Batches(shared))
+    }
+
+    /// Exports every span written so far, waiting up to `timeout`. Blocking: call it off the
+    /// async threads.
+    pub fn flush(&self, timeout: Duration) -> OTelSdkResult {
+        self.ask(Control::Flush, timeout)
+    }
+
+    /// Exports every span written so far and stops: spans that end later are not exported.
+    /// Blocking: call it off the async threads.
+    pub fn shutdown(&self, timeout: Duration) -> OTelSdkResult {
+        self.ask(Control::Shutdown, timeout)
     }
 
     /// Asks the export task for `request` and waits up to `timeout` for its answer.
@@ -105,13 +119,23 @@ impl EncodingProcessor {
     }
 }
 
+impl Batches {
+    /// Writes a finished span into the batch being filled (`write` appends its `Span` body), unless
+    /// the queue is full or shut down; wakes the export task when that fills the batch.
+    pub fn add(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.0.add(write) {
+            self.0.full.notify_one();
+        }
+    }
+}
+
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Writes `span` into the batch being filled; true when that filled it.
-    fn add(&self, span: &SpanData) -> bool {
+    /// Writes a span into the batch being filled; true when that filled it.
+    fn add(&self, write: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut queue = self.lock();
         if queue.closed {
             return false;
@@ -128,7 +152,7 @@ impl Shared {
             }
             return false;
         }
-        queue.filling.push(span);
+        queue.filling.push(write);
         queue.waiting += 1;
         if queue.filling.len() < self.settings.max_export_batch_size {
             return false;
@@ -159,12 +183,7 @@ impl Shared {
     async fn export_ready(&self, exporter: &GrpcExporter) -> OTelSdkResult {
         let mut outcome = Ok(());
         while let Some(batch) = self.next() {
-            let resource = self
-                .resource
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            let message = batch.export_message(&resource);
+            let message = batch.export_message(&self.resource);
             drop(batch);
             if let Err(reason) = exporter.send(message).await {
                 outcome = Err(OTelSdkError::InternalFailure(format!(
@@ -225,30 +244,28 @@ async fn run(
     }
 }
 
-impl SpanProcessor for EncodingProcessor {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+/// Batches that no task exports, for tests: what has been written is taken with
+/// [`Batches::take`].
+#[cfg(test)]
+impl Batches {
+    pub(super) fn detached() -> Batches {
+        Batches(Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            full: Notify::new(),
+            resource: Resource::builder_empty().build(),
+            settings: BatchSettings::default(),
+            dropped: AtomicU64::new(0),
+        }))
+    }
 
-    fn on_end(&self, span: SpanData) {
-        // Recorded but not sampled (a `RecordOnly` sampler decision): not exported.
-        if span.span_context.is_sampled() && self.shared.add(&span) {
-            self.shared.full.notify_one();
+    /// Every span written so far (and not yet taken).
+    pub(super) fn take(&self) -> EncodedSpans {
+        self.0.seal();
+        let mut all = EncodedSpans::default();
+        while let Some(batch) = self.0.next() {
+            all.append(batch);
         }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.ask(Control::Flush, FLUSH_TIMEOUT)
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.ask(Control::Shutdown, timeout)
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        *self
-            .shared
-            .resource
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = resource.clone();
+        all
     }
 }
 
@@ -257,11 +274,8 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    use opentelemetry::InstrumentationScope;
-    use opentelemetry::trace::{SpanContext, TraceFlags};
-
     use crate::mesh::telemetry::exporter::tests::{api_key, collector};
-    use crate::mesh::telemetry::otlp::tests::span;
+    use crate::mesh::telemetry::otlp::tests::root_span;
     use crate::mesh::trace_view::store::TraceStore;
 
     fn settings(queue: usize, batch: usize, delay: Duration) -> BatchSettings {
@@ -272,34 +286,22 @@ mod tests {
         }
     }
 
-    /// A processor exporting to a fresh collector, and what that collector filed.
-    async fn processor(settings: BatchSettings) -> (EncodingProcessor, Arc<TraceStore>) {
+    /// An exporter to a fresh collector, its batches, and what that collector filed.
+    async fn exporter(settings: BatchSettings) -> (BatchExporter, Batches, Arc<TraceStore>) {
         let store = Arc::new(TraceStore::default());
         let endpoint = format!("http://{}", collector(store.clone()).await);
         let exporter =
             GrpcExporter::new(&endpoint, &api_key(), Duration::from_secs(5)).expect("an exporter");
-        let mut processor = EncodingProcessor::start(exporter, settings);
-        processor.set_resource(&Resource::builder().with_service_name("orders").build());
-        (processor, store)
+        let resource = Resource::builder().with_service_name("orders").build();
+        let (exporter, batches) = BatchExporter::start(exporter, settings, resource);
+        (exporter, batches, store)
     }
 
-    /// `n` root spans (one trace each), sampled.
-    fn spans(n: u64) -> Vec<SpanData> {
-        let scope = InstrumentationScope::builder("exemesh").build();
-        (0..n)
-            .map(|i| {
-                let mut span = span("test.v1.Echo/Unary", &scope, 0);
-                let context = &span.span_context;
-                span.span_context = SpanContext::new(
-                    opentelemetry::trace::TraceId::from(u128::from(i) + 1),
-                    context.span_id(),
-                    context.trace_flags(),
-                    false,
-                    context.trace_state().clone(),
-                );
-                span
-            })
-            .collect()
+    /// Ends `n` root spans (one trace each, numbered from `first`) into `batches`.
+    fn end_spans(batches: &Batches, first: u128, n: u128) {
+        for trace in first..first + n {
+            batches.add(|buf| root_span(buf, trace, "test.v1.Echo/Unary"));
+        }
     }
 
     /// Waits (up to 10 s) until `store` holds `n` traces.
@@ -318,16 +320,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_batch_is_exported_without_waiting_for_the_delay() {
         let hour = Duration::from_secs(3600);
-        let (processor, store) = processor(settings(100, 3, hour)).await;
-        for span in spans(4) {
-            processor.on_end(span);
-        }
+        let (exporter, batches, store) = exporter(settings(100, 3, hour)).await;
+        end_spans(&batches, 1, 4);
         until_filed(&store, 3).await;
         assert_eq!(store.list(10)[0].root_service, "orders");
         // The fourth waits for the next batch, the delay or a flush.
         tokio::task::spawn_blocking(move || {
             assert_eq!(store.list(10).len(), 3, "not sent before a flush");
-            processor.force_flush().expect("flushed");
+            exporter.flush(Duration::from_secs(10)).expect("flushed");
             assert_eq!(store.list(10).len(), 4);
         })
         .await
@@ -336,52 +336,24 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_that_is_not_full_is_exported_after_the_delay() {
-        let (processor, store) = processor(settings(100, 50, Duration::from_millis(50))).await;
-        for span in spans(2) {
-            processor.on_end(span);
-        }
+        let (_exporter, batches, store) =
+            exporter(settings(100, 50, Duration::from_millis(50))).await;
+        end_spans(&batches, 1, 2);
         until_filed(&store, 2).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn unsampled_spans_are_not_exported() {
-        let (processor, store) = processor(BatchSettings::default()).await;
-        let mut spans = spans(2);
-        let unsampled = &spans[1].span_context;
-        spans[1].span_context = SpanContext::new(
-            unsampled.trace_id(),
-            unsampled.span_id(),
-            TraceFlags::default(),
-            false,
-            unsampled.trace_state().clone(),
-        );
-        for span in spans {
-            processor.on_end(span);
-        }
-        tokio::task::spawn_blocking(move || {
-            processor.force_flush().expect("flushed");
-            assert_eq!(store.list(10).len(), 1);
-        })
-        .await
-        .expect("flushed");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shutdown_exports_what_is_left_and_then_takes_nothing() {
-        let (processor, store) = processor(BatchSettings::default()).await;
-        let mut spans = spans(3);
-        let late = spans.pop().expect("a span");
-        for span in spans {
-            processor.on_end(span);
-        }
+        let (exporter, batches, store) = exporter(BatchSettings::default()).await;
+        end_spans(&batches, 1, 2);
         tokio::task::spawn_blocking(move || {
-            processor
-                .shutdown_with_timeout(Duration::from_secs(10))
+            exporter
+                .shutdown(Duration::from_secs(10))
                 .expect("shut down");
             assert_eq!(store.list(10).len(), 2);
-            processor.on_end(late);
+            end_spans(&batches, 3, 1);
             assert!(matches!(
-                processor.force_flush(),
+                exporter.flush(Duration::from_secs(10)),
                 Err(OTelSdkError::AlreadyShutdown)
             ));
             assert_eq!(store.list(10).len(), 2);
@@ -396,11 +368,12 @@ mod tests {
         let shared = Shared {
             queue: Mutex::new(Queue::default()),
             full: Notify::new(),
-            resource: Mutex::new(Resource::builder_empty().build()),
+            resource: Resource::builder_empty().build(),
             settings: settings(5, 2, Duration::from_secs(3600)),
             dropped: AtomicU64::new(0),
         };
-        let filled: Vec<bool> = spans(8).iter().map(|s| shared.add(s)).collect();
+        let add = |trace| shared.add(|buf| root_span(buf, trace, "x"));
+        let filled: Vec<bool> = (1..=8).map(add).collect();
         assert_eq!(
             filled,
             [false, true, false, true, false, false, false, false]
@@ -410,7 +383,7 @@ mod tests {
         assert_eq!(shared.next().map(|b| b.len()), Some(2));
         assert!(shared.next().is_none(), "the fifth span is still filling");
         // Sent batches free their room.
-        assert!(shared.add(&spans(1)[0]), "fills the batch of the fifth");
+        assert!(add(9), "fills the batch of the fifth");
         assert_eq!(shared.dropped.load(Ordering::Relaxed), 3);
         shared.seal();
         assert_eq!(shared.next().map(|b| b.len()), Some(2));

@@ -157,7 +157,6 @@ pub(super) mod tests {
     use std::net::SocketAddr;
     use std::sync::Arc;
 
-    use opentelemetry::InstrumentationScope;
     use opentelemetry_sdk::Resource;
 
     use crate::mesh::telemetry::otlp::EncodedSpans;
@@ -199,9 +198,8 @@ pub(super) mod tests {
         let exporter =
             GrpcExporter::new(&endpoint, &api_key(), Duration::from_secs(5)).expect("an exporter");
         let resource = Resource::builder().with_service_name("orders").build();
-        let scope = InstrumentationScope::builder("exemesh").build();
         let mut spans = EncodedSpans::default();
-        spans.push(&otlp::tests::span("test.v1.Echo/Unary", &scope, 0));
+        spans.push(|buf| otlp::tests::root_span(buf, 1, "test.v1.Echo/Unary"));
         exporter
             .send(spans.export_message(&resource))
             .await

@@ -1,12 +1,13 @@
-//! Telemetry: OpenTelemetry traces (exemesh's own spans made with the SDK, exported over OTLP),
+//! Telemetry: OpenTelemetry traces (exemesh's own spans, exported over OTLP),
 //! W3C trace-context propagation on every hop, and golden metrics. Logs go through `tracing`.
 //!
 //! * [`config`]: every environment variable and setting, read in one place;
 //! * [`metrics`]: golden metrics (Prometheus), and [`admin`]: the HTTP port that serves them;
-//! * [`tracer`]: the tracer provider (batched OTLP export; off unless configured) and its shutdown;
-//!   [`batch`]: the span processor that writes each span's OTLP protobuf ([`otlp`]) as it ends, and
-//!   [`exporter`]: the OTLP/gRPC exporter that sends the batches; [`on_runtime`]: how the
-//!   `http/protobuf` exporter runs under the SDK's batch processor;
+//! * [`tracer`]: what starts exporting (batched OTLP; off unless configured) and its shutdown;
+//!   for OTLP/gRPC, [`mesh_tracer`] starts [`mesh_span`]s, which write their OTLP protobuf
+//!   ([`otlp`]) as they go and into [`batch`]es when they end, which [`exporter`] sends; for
+//!   `http/protobuf`, the SDK's tracer, batch processor and exporter ([`on_runtime`]: how that
+//!   exporter runs under the SDK's batch processor);
 //! * [`propagation`]: W3C `traceparent`/`tracestate`/`baggage` in and out of gRPC metadata (B3 accepted
 //!   on input);
 //! * [`rpc_span`]: the one tower layer that opens the server span of every call, with the
@@ -17,10 +18,14 @@ pub mod admin;
 pub mod batch;
 pub mod config;
 pub mod exporter;
+pub mod mesh_span;
+pub mod mesh_tracer;
 pub mod metrics;
 pub mod on_runtime;
 pub mod otlp;
 pub mod propagation;
+#[cfg(test)]
+mod reference;
 pub mod rpc_span;
 pub mod span;
 pub mod tracer;

@@ -1,22 +1,25 @@
-//! OTLP trace protobuf written straight from the SDK's finished spans.
+//! OTLP trace protobuf written straight from exemesh's spans.
 //!
 //! opentelemetry-otlp first converts a batch into the generated OTLP messages (a `String` per name,
 //! key and value, a `Vec` per attribute list), copies that whole tree once more for a possible
-//! retry, then encodes it, computing nested lengths again at every level. Every exported call went
-//! through that twice (server and execution spans). Here each span is written once, field by
-//! field, into the request's buffer: the same bytes on the wire, without the intermediate tree.
+//! retry, then encodes it, computing nested lengths again at every level. Here a span writes its
+//! attributes, events and links as `Span` fields the moment they are set
+//! ([`super::mesh_span::MeshSpan`]), and the rest of the span when it ends, into the batch being
+//! filled ([`EncodedSpans`]): the same bytes on the wire, without the intermediate tree.
 //!
 //! The fields and their mapping follow opentelemetry-proto's conversion (`From<SpanData> for Span`,
-//! `group_spans_by_resource_and_scope`); the tests decode both and compare.
+//! `group_spans_by_resource_and_scope`); the tests of `mesh_span` decode both and compare.
 
-use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
-use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry::trace::{SpanContext, SpanKind, Status};
+use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SpanData;
 use prost::encoding::{WireType, encoded_len_varint};
 
 /// The path of `opentelemetry.proto.collector.trace.v1.TraceService/Export`.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// The instrumentation scope of every span exemesh makes.
+pub const SCOPE_NAME: &str = "exemesh";
 
 /// `ExportTraceServiceRequest` with its `ResourceSpans` as encoded bytes (the same wire format):
 /// what the exporter sends, and what `exemesh up`'s receiver reads without decoding the spans.
@@ -32,31 +35,29 @@ const HAS_IS_REMOTE: u32 = 0x100;
 /// `SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`.
 const IS_REMOTE: u32 = 0x200;
 
-/// Finished spans written as OTLP protobuf as they arrive, grouped by instrumentation scope: an
-/// export request waiting for its resource. Each span is encoded once, into the buffer of its
-/// scope, as the `spans` field of a `ScopeSpans` message; [`EncodedSpans::export_message`] wraps
-/// the buffers.
+/// Finished spans written as OTLP protobuf as they end: an export request waiting for its
+/// resource. Each span is written once, as a `spans` field of the `ScopeSpans` message of exemesh's
+/// instrumentation scope; [`EncodedSpans::export_message`] wraps them.
 #[derive(Debug, Default)]
 pub struct EncodedSpans {
-    /// Per scope, in the order the scopes first appear: its spans as `ScopeSpans.spans` fields.
-    scopes: Vec<(InstrumentationScope, Vec<u8>)>,
+    /// The spans, as `ScopeSpans.spans` fields.
+    spans: Vec<u8>,
     len: usize,
 }
 
 impl EncodedSpans {
-    /// Writes `span` after the others of its scope.
-    pub fn push(&mut self, span: &SpanData) {
-        let scope = &span.instrumentation_scope;
-        let index = match self.scopes.iter().position(|(s, _)| same_scope(s, scope)) {
-            Some(index) => index,
-            None => {
-                self.scopes.push((scope.clone(), Vec::new()));
-                self.scopes.len() - 1
-            }
-        };
+    /// Writes a span after the others: `write` appends the body of its `Span` message.
+    pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         // A span takes a few hundred bytes: two for its length.
-        nested_sized(&mut self.scopes[index].1, 2, 2, |buf| write_span(buf, span));
+        nested_sized(&mut self.spans, 2, 2, write);
         self.len += 1;
+    }
+
+    /// Writes `other`'s spans after these.
+    #[cfg(test)]
+    pub(super) fn append(&mut self, other: EncodedSpans) {
+        self.spans.extend_from_slice(&other.spans);
+        self.len += other.len;
     }
 
     /// How many spans are written.
@@ -72,10 +73,10 @@ impl EncodedSpans {
     /// The spans of `resource` as the message of a gRPC `Export` call: the 5-byte gRPC prefix,
     /// then an `ExportTraceServiceRequest` holding one `ResourceSpans`.
     pub fn export_message(&self, resource: &Resource) -> bytes::Bytes {
-        let spans: usize = self.scopes.iter().map(|(_, spans)| spans.len()).sum();
-        let mut buf = Vec::with_capacity(spans + 256);
+        let mut buf = Vec::with_capacity(self.spans.len() + 256);
         buf.extend_from_slice(&[0; 5]);
-        nested_sized(&mut buf, 1, encoded_len_varint(spans as u64 + 256), |buf| {
+        let room = encoded_len_varint(self.spans.len() as u64 + 256);
+        nested_sized(&mut buf, 1, room, |buf| {
             self.write_resource_spans(buf, resource)
         });
         let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
@@ -90,42 +91,57 @@ impl EncodedSpans {
                 nested(buf, 1, |buf| key_value(buf, key.as_str(), value));
             }
         });
-        for (scope, spans) in &self.scopes {
-            let room = encoded_len_varint(spans.len() as u64 + 64);
-            nested_sized(buf, 2, room, |buf| {
-                nested(buf, 1, |buf| {
-                    string(buf, 1, scope.name());
-                    string(buf, 2, scope.version().unwrap_or_default());
-                    attributes(buf, 3, scope.attributes());
-                });
-                buf.extend_from_slice(spans);
-                string(buf, 3, scope.schema_url().unwrap_or_default());
+        let room = encoded_len_varint(self.spans.len() as u64 + 64);
+        nested_sized(buf, 2, room, |buf| {
+            nested(buf, 1, |buf| {
+                string(buf, 1, SCOPE_NAME);
+                string(buf, 2, env!("CARGO_PKG_VERSION"));
             });
-        }
+            buf.extend_from_slice(&self.spans);
+        });
         string(buf, 3, resource.schema_url().unwrap_or_default());
     }
 }
 
-/// Whether two scopes are equal: their attributes compared in order first, which spares the
-/// sorted copies `InstrumentationScope`'s own comparison makes for every span.
-fn same_scope(a: &InstrumentationScope, b: &InstrumentationScope) -> bool {
-    a.name() == b.name()
-        && a.version() == b.version()
-        && a.schema_url() == b.schema_url()
-        && (a.attributes().eq(b.attributes()) || a == b)
+/// What a span knows when it ends, besides the attributes, events and links it wrote as it went.
+#[derive(Debug)]
+pub struct SpanEnd<'a> {
+    /// The span's own context.
+    pub context: &'a SpanContext,
+    /// Its parent's span id (invalid for a root span).
+    pub parent: opentelemetry::trace::SpanId,
+    /// Whether its parent came from another process.
+    pub parent_remote: bool,
+    /// Its name.
+    pub name: &'a str,
+    /// Its kind.
+    pub kind: &'a SpanKind,
+    /// When it started.
+    pub start: std::time::SystemTime,
+    /// When it ended.
+    pub end: std::time::SystemTime,
+    /// Attributes over the limit.
+    pub dropped_attributes: u32,
+    /// Events over the limit.
+    pub dropped_events: u32,
+    /// Links over the limit.
+    pub dropped_links: u32,
+    /// Its status.
+    pub status: &'a Status,
 }
 
-/// An OTLP `Span`.
-fn write_span(buf: &mut Vec<u8>, span: &SpanData) {
-    let context = &span.span_context;
+/// The body of an OTLP `Span`: `span`'s fields, with `written` (its attributes, events and links,
+/// as `Span` fields) in between.
+pub fn write_span(buf: &mut Vec<u8>, span: &SpanEnd<'_>, written: &[u8]) {
+    let context = span.context;
     bytes(buf, 1, &context.trace_id().to_bytes());
     bytes(buf, 2, &context.span_id().to_bytes());
     string(buf, 3, &context.trace_state().header());
-    if span.parent_span_id != SpanId::INVALID {
-        bytes(buf, 4, &span.parent_span_id.to_bytes());
+    if span.parent != opentelemetry::trace::SpanId::INVALID {
+        bytes(buf, 4, &span.parent.to_bytes());
     }
-    string(buf, 5, &span.name);
-    let kind = match span.span_kind {
+    string(buf, 5, span.name);
+    let kind = match span.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
@@ -133,33 +149,14 @@ fn write_span(buf: &mut Vec<u8>, span: &SpanData) {
         SpanKind::Consumer => 5,
     };
     varint(buf, 6, kind);
-    fixed64(buf, 7, nanos(span.start_time));
-    fixed64(buf, 8, nanos(span.end_time));
-    attributes(buf, 9, &span.attributes);
-    varint(buf, 10, u64::from(span.dropped_attributes_count));
-    for event in span.events.iter() {
-        nested(buf, 11, |buf| {
-            fixed64(buf, 1, nanos(event.timestamp));
-            string(buf, 2, &event.name);
-            attributes(buf, 3, &event.attributes);
-            varint(buf, 4, u64::from(event.dropped_attributes_count));
-        });
-    }
-    varint(buf, 12, u64::from(span.events.dropped_count));
-    for link in span.links.iter() {
-        nested(buf, 13, |buf| {
-            let linked: &SpanContext = &link.span_context;
-            bytes(buf, 1, &linked.trace_id().to_bytes());
-            bytes(buf, 2, &linked.span_id().to_bytes());
-            string(buf, 3, &linked.trace_state().header());
-            attributes(buf, 4, &link.attributes);
-            varint(buf, 5, u64::from(link.dropped_attributes_count));
-            fixed32(buf, 6, flags(linked.is_remote(), linked));
-        });
-    }
-    varint(buf, 14, u64::from(span.links.dropped_count));
+    fixed64(buf, 7, nanos(span.start));
+    fixed64(buf, 8, nanos(span.end));
+    buf.extend_from_slice(written);
+    varint(buf, 10, u64::from(span.dropped_attributes));
+    varint(buf, 12, u64::from(span.dropped_events));
+    varint(buf, 14, u64::from(span.dropped_links));
     nested(buf, 15, |buf| {
-        let (code, message) = match &span.status {
+        let (code, message) = match span.status {
             Status::Unset => (0, ""),
             Status::Ok => (1, ""),
             Status::Error { description } => (2, description.as_ref()),
@@ -167,7 +164,42 @@ fn write_span(buf: &mut Vec<u8>, span: &SpanData) {
         string(buf, 2, message);
         varint(buf, 3, code);
     });
-    fixed32(buf, 16, flags(span.parent_span_is_remote, context));
+    fixed32(buf, 16, flags(span.parent_remote, context));
+}
+
+/// A `Span.events` field (tag 11): the event, with at most `limit` of its attributes.
+pub fn write_event(
+    buf: &mut Vec<u8>,
+    name: &str,
+    time: std::time::SystemTime,
+    attributes: &[KeyValue],
+    limit: usize,
+) {
+    let kept = attributes.len().min(limit);
+    nested_sized(buf, 11, 1, |buf| {
+        fixed64(buf, 1, nanos(time));
+        string(buf, 2, name);
+        self::attributes(buf, 3, &attributes[..kept]);
+        varint(buf, 4, (attributes.len() - kept) as u64);
+    });
+}
+
+/// A `Span.links` field (tag 13): the link, with at most `limit` of its attributes.
+pub fn write_link(buf: &mut Vec<u8>, linked: &SpanContext, attributes: &[KeyValue], limit: usize) {
+    let kept = attributes.len().min(limit);
+    nested(buf, 13, |buf| {
+        bytes(buf, 1, &linked.trace_id().to_bytes());
+        bytes(buf, 2, &linked.span_id().to_bytes());
+        string(buf, 3, &linked.trace_state().header());
+        self::attributes(buf, 4, &attributes[..kept]);
+        varint(buf, 5, (attributes.len() - kept) as u64);
+        fixed32(buf, 6, flags(linked.is_remote(), linked));
+    });
+}
+
+/// A `Span.attributes` field (tag 9).
+pub fn write_attribute(buf: &mut Vec<u8>, attribute: &KeyValue) {
+    attributes(buf, 9, std::slice::from_ref(attribute));
 }
 
 /// A span's or link's `flags`: the W3C trace flags, and whether the parent is remote.
@@ -364,178 +396,88 @@ fn fixed32(buf: &mut Vec<u8>, tag: u32, value: u32) {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use std::borrow::Cow;
     use std::time::{Duration, UNIX_EPOCH};
 
-    use opentelemetry::trace::{Event, Link, TraceFlags, TraceId, TraceState};
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::ResourceSpans;
-    use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
-    use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
-    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message as _;
 
-    fn context(trace: u128, span: u64, remote: bool, state: &str) -> SpanContext {
-        SpanContext::new(
+    /// Writes the body of a finished, sampled root span of trace `trace`, named `name`.
+    pub(in crate::mesh::telemetry) fn root_span(buf: &mut Vec<u8>, trace: u128, name: &str) {
+        let context = SpanContext::new(
             TraceId::from(trace),
-            SpanId::from(span),
+            SpanId::from(1),
             TraceFlags::SAMPLED,
-            remote,
-            TraceState::from_key_value([("k", state)]).expect("a trace state"),
-        )
-    }
-
-    /// A finished, sampled span with every kind of field; `variant` varies its ids, kind, parent
-    /// and status.
-    pub(in crate::mesh::telemetry) fn span(
-        name: &'static str,
-        scope: &InstrumentationScope,
-        variant: u64,
-    ) -> SpanData {
-        let start = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789 + variant);
-        let mut events = SpanEvents::default();
-        events.events.push(Event::new(
-            "retry",
-            start + Duration::from_micros(5),
-            vec![KeyValue::new("attempt", 2), KeyValue::new("empty", "")],
-            1,
-        ));
-        events.dropped_count = 3;
-        let mut links = SpanLinks::default();
-        links.links.push(Link::new(
-            context(7, 8, true, "linked"),
-            vec![KeyValue::new("why", "batch")],
-            4,
-        ));
-        links.dropped_count = 5;
-        SpanData {
-            span_context: context(0xabc + u128::from(variant), 0x1234 + variant, false, "s"),
-            parent_span_id: if variant == 0 {
-                SpanId::INVALID
-            } else {
-                SpanId::from(99)
-            },
-            parent_span_is_remote: variant % 2 == 1,
-            span_kind: match variant % 3 {
-                0 => SpanKind::Server,
-                1 => SpanKind::Internal,
-                _ => SpanKind::Client,
-            },
-            name: Cow::Borrowed(name),
-            start_time: start,
-            end_time: start + Duration::from_millis(3),
-            attributes: vec![
-                KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.grpc.status_code", 0i64),
-                KeyValue::new("negative", -5i64),
-                KeyValue::new("ratio", 0.25),
-                KeyValue::new("zero", 0.0),
-                KeyValue::new("yes", true),
-                KeyValue::new("no", false),
-                KeyValue::new("empty", ""),
-                KeyValue::new(
-                    "names",
-                    Value::Array(Array::String(vec!["a".into(), "".into()])),
-                ),
-                KeyValue::new("ints", Value::Array(Array::I64(vec![1, 0, -1]))),
-                KeyValue::new("flags", Value::Array(Array::Bool(vec![true, false]))),
-                KeyValue::new("floats", Value::Array(Array::F64(vec![1.5, 0.0]))),
-            ],
-            dropped_attributes_count: 2,
-            events,
-            links,
-            status: match variant % 3 {
-                0 => Status::Unset,
-                1 => Status::Ok,
-                _ => Status::error("worker crashed"),
-            },
-            instrumentation_scope: scope.clone(),
-        }
-    }
-
-    #[test]
-    fn spans_encode_as_opentelemetry_proto_converts_them() {
-        let resource = Resource::builder_empty()
-            .with_attributes([
-                KeyValue::new("service.name", "shop.v1.Orders"),
-                KeyValue::new("replica", 3),
-            ])
-            .with_schema_url([], "https://opentelemetry.io/schemas/1.21.0")
-            .build();
-        let exemesh = InstrumentationScope::builder("exemesh").build();
-        let other = InstrumentationScope::builder("other")
-            .with_version("1.2")
-            .with_schema_url("https://example.com/schema")
-            .with_attributes([KeyValue::new("scope.attr", "x")])
-            .build();
-        let batch = vec![
-            span("test.v1.Echo/Unary", &exemesh, 0),
-            span("exec test.v1.Echo/Unary", &other, 1),
-            span("client call", &exemesh, 2),
-            span("last", &other, 5),
-        ];
-        let ours = ResourceSpans::decode(&*resource_spans(&resource, &batch)).expect("decodes");
-        let reference = group_spans_by_resource_and_scope(
-            batch,
-            &ResourceAttributesWithSchema::from(&resource),
+            false,
+            TraceState::default(),
         );
-        assert_eq!(reference.len(), 1, "one resource");
-        assert_eq!(ours, reference[0]);
-        assert_eq!(ours.scope_spans.len(), 2);
-        assert_eq!(ours.scope_spans[0].spans.len(), 2);
-    }
-
-    fn encoded(spans: &[SpanData]) -> EncodedSpans {
-        let mut encoded = EncodedSpans::default();
-        for span in spans {
-            encoded.push(span);
-        }
-        encoded
-    }
-
-    /// One encoded `ResourceSpans` message.
-    fn resource_spans(resource: &Resource, spans: &[SpanData]) -> Vec<u8> {
-        let mut buf = Vec::new();
-        encoded(spans).write_resource_spans(&mut buf, resource);
-        buf
-    }
-
-    /// A resource named `svc` and the `exemesh` scope.
-    fn svc() -> (Resource, InstrumentationScope) {
-        let resource = Resource::builder_empty()
-            .with_attributes([KeyValue::new("service.name", "svc")])
-            .build();
-        (resource, InstrumentationScope::builder("exemesh").build())
-    }
-
-    #[test]
-    fn a_request_of_resource_spans_is_an_export_request() {
-        let (resource, scope) = svc();
-        let request = ExportRequest {
-            resource_spans: vec![resource_spans(&resource, &[span("one", &scope, 4)]).into()],
+        let start = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let end = SpanEnd {
+            context: &context,
+            parent: SpanId::INVALID,
+            parent_remote: false,
+            name,
+            kind: &SpanKind::Server,
+            start,
+            end: start + Duration::from_millis(1),
+            dropped_attributes: 0,
+            dropped_events: 0,
+            dropped_links: 0,
+            status: &Status::Unset,
         };
-        let decoded =
-            ExportTraceServiceRequest::decode(&*request.encode_to_vec()).expect("decodes");
-        assert_eq!(decoded.resource_spans.len(), 1);
-        assert_eq!(
-            decoded.resource_spans[0].scope_spans[0].spans[0].name,
-            "one"
-        );
+        write_span(buf, &end, &[]);
+    }
+
+    fn svc() -> Resource {
+        Resource::builder_empty()
+            .with_attributes([KeyValue::new("service.name", "svc")])
+            .build()
     }
 
     #[test]
     fn an_export_message_is_a_grpc_framed_export_request() {
-        let (resource, scope) = svc();
-        let batch = [span("one", &scope, 4), span("two", &scope, 2)];
-        let encoded = encoded(&batch);
+        let mut encoded = EncodedSpans::default();
+        encoded.push(|buf| root_span(buf, 1, "one"));
+        encoded.push(|buf| root_span(buf, 2, "two"));
         assert_eq!(encoded.len(), 2);
-        let message = encoded.export_message(&resource);
+        let message = encoded.export_message(&svc());
         assert_eq!(message[0], 0, "not compressed");
         let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]);
         assert_eq!(len as usize, message.len() - 5);
         let decoded = ExportTraceServiceRequest::decode(&message[5..]).expect("decodes");
-        let expected = ResourceSpans::decode(&*resource_spans(&resource, &batch)).expect("decodes");
-        assert_eq!(decoded.resource_spans, vec![expected]);
+        let resource_spans = &decoded.resource_spans[0];
+        let attributes = &resource_spans
+            .resource
+            .as_ref()
+            .expect("a resource")
+            .attributes;
+        assert_eq!(attributes[0].key, "service.name");
+        let scope_spans = &resource_spans.scope_spans[0];
+        let scope = scope_spans.scope.as_ref().expect("a scope");
+        assert_eq!(
+            (scope.name.as_str(), scope.version.as_str()),
+            (SCOPE_NAME, env!("CARGO_PKG_VERSION"))
+        );
+        let names: Vec<&str> = scope_spans.spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["one", "two"]);
+        assert_eq!(scope_spans.spans[1].trace_id, 2u128.to_be_bytes());
+    }
+
+    #[test]
+    fn a_request_of_resource_spans_is_an_export_request() {
+        let mut encoded = EncodedSpans::default();
+        encoded.push(|buf| root_span(buf, 1, "one"));
+        let mut resource_spans = Vec::new();
+        encoded.write_resource_spans(&mut resource_spans, &svc());
+        let request = ExportRequest {
+            resource_spans: vec![resource_spans.into()],
+        };
+        let decoded =
+            ExportTraceServiceRequest::decode(&*request.encode_to_vec()).expect("decodes");
+        assert_eq!(
+            decoded.resource_spans[0].scope_spans[0].spans[0].name,
+            "one"
+        );
     }
 
     #[test]

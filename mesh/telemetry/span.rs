@@ -1,5 +1,7 @@
-//! exemesh's own spans (server, client, exec, outbound call), built with the OpenTelemetry SDK
-//! directly and carried in OpenTelemetry [`Context`]s.
+//! exemesh's own spans (server, client, exec, outbound call), carried in OpenTelemetry
+//! [`Context`]s: [`MeshSpan`]s for OTLP/gRPC export, the SDK's spans for OTLP/HTTP.
+//!
+//! [`MeshSpan`]: super::mesh_span::MeshSpan
 //!
 //! Every call makes two or three of these, so they skip the `tracing` bridge: going through a
 //! `tracing` span costs a registry slot, per-layer filtering, a field visitor per recorded value,
@@ -22,14 +24,25 @@ use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::SdkTracer;
 
-static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+use super::mesh_tracer::MeshTracer;
+
+/// What makes the spans.
+#[derive(Debug)]
+pub enum Tracer {
+    /// exemesh's own spans, written as OTLP protobuf as they go (OTLP/gRPC export).
+    Mesh(MeshTracer),
+    /// The SDK's spans, exported by its batch processor (OTLP/HTTP export).
+    Sdk(SdkTracer),
+}
+
+static TRACER: OnceLock<Tracer> = OnceLock::new();
 
 /// Room for the attributes one of exemesh's spans gets, so that setting them, then the ones
 /// recorded later (status, worker, pid), never grows the list.
 pub const ATTRIBUTES: usize = 8;
 
 /// Makes spans with `tracer` from now on (once per process; later calls are ignored).
-pub fn install(tracer: SdkTracer) {
+pub fn install(tracer: Tracer) {
     let _ = TRACER.set(tracer);
 }
 
@@ -46,8 +59,10 @@ pub fn start(
     parent: &Context,
     attributes: impl FnOnce() -> Vec<KeyValue>,
 ) -> Context {
-    let Some(tracer) = TRACER.get() else {
-        return parent.clone();
+    let tracer = match TRACER.get() {
+        None => return parent.clone(),
+        Some(Tracer::Mesh(tracer)) => return tracer.start(name.into(), kind, parent, attributes),
+        Some(Tracer::Sdk(tracer)) => tracer,
     };
     let span = tracer
         .span_builder(name)

@@ -1,18 +1,24 @@
-//! The OpenTelemetry tracer provider: batched OTLP export (gRPC with exemesh's own span processor
-//! and exporter, or HTTP/protobuf with the SDK's batch processor and opentelemetry-otlp's exporter)
+//! What makes and exports spans: batched OTLP export (gRPC with exemesh's own spans, batches and
+//! exporter, or HTTP/protobuf with the SDK's spans, batch processor and opentelemetry-otlp's exporter)
 //! that never blocks a call, and a flush at shutdown. Off (no exporter at all) unless an endpoint is
 //! configured.
 
+use opentelemetry::InstrumentationScope;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 
-use super::batch::EncodingProcessor;
+use super::batch::BatchExporter;
 use super::config::{Protocol, TelemetryConfig};
 use super::exporter::GrpcExporter;
+use super::mesh_tracer::MeshTracer;
 use super::on_runtime::OnRuntime;
+use super::otlp::SCOPE_NAME;
+use super::span::Tracer;
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -22,11 +28,20 @@ pub struct TelemetryError {
     detail: String,
 }
 
-/// A running tracer provider; [`Telemetry::shutdown`] flushes the spans still queued.
+/// Running export; [`Telemetry::shutdown`] flushes the spans still queued.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    export: Export,
     flush_timeout: std::time::Duration,
+}
+
+/// What exports the spans.
+#[derive(Debug)]
+enum Export {
+    /// exemesh's batches, sent over OTLP/gRPC.
+    Mesh(BatchExporter),
+    /// The SDK's provider and batch processor, sent over OTLP/HTTP.
+    Sdk(SdkTracerProvider),
 }
 
 /// Installs the W3C trace-context and baggage propagators (always: context is propagated even when
@@ -43,27 +58,31 @@ impl Telemetry {
     /// Starts exporting per `config` and makes exemesh's spans from then on; `None` when tracing is
     /// off. Must run inside a tokio runtime.
     pub fn start(config: &TelemetryConfig) -> Result<Option<Telemetry>, TelemetryError> {
-        let Some(provider) = provider(config)? else {
+        let Some((tracer, export)) = tracer(config)? else {
             return Ok(None);
         };
-        super::span::install(provider.tracer("exemesh"));
+        super::span::install(tracer);
         Ok(Some(Telemetry {
-            provider,
+            export,
             flush_timeout: config.flush_timeout,
         }))
     }
 
     /// Flushes queued spans and stops the exporter. Blocking: call it off the async threads.
     pub fn shutdown(self) {
-        if let Err(e) = self.provider.shutdown_with_timeout(self.flush_timeout) {
+        let outcome = match self.export {
+            Export::Mesh(exporter) => exporter.shutdown(self.flush_timeout),
+            Export::Sdk(provider) => provider.shutdown_with_timeout(self.flush_timeout),
+        };
+        if let Err(e) = outcome {
             eprintln!("exemesh: flushing spans failed: {e}");
         }
     }
 }
 
-/// The tracer provider `config` asks for, not yet making exemesh's spans; `None` when tracing is
-/// off.
-fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, TelemetryError> {
+/// The tracer `config` asks for and what exports its spans, not yet making exemesh's spans;
+/// `None` when tracing is off.
+fn tracer(config: &TelemetryConfig) -> Result<Option<(Tracer, Export)>, TelemetryError> {
     let Some(endpoint) = config.endpoint.clone() else {
         return Ok(None);
     };
@@ -74,13 +93,19 @@ fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, Telem
     let resource = Resource::builder()
         .with_service_name(config.service_name.clone())
         .build();
-    let builder = match config.protocol {
+    let sampler = match &config.sampler {
+        Some((name, arg)) => sampler(name, arg.as_deref()).map_err(error)?,
+        None => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+    };
+    Ok(Some(match config.protocol {
         Protocol::Grpc => {
-            SdkTracerProvider::builder().with_span_processor(EncodingProcessor::start(
-                GrpcExporter::new(&endpoint, &config.headers, config.export_timeout)
-                    .map_err(error)?,
-                config.batch,
-            ))
+            let exporter = GrpcExporter::new(&endpoint, &config.headers, config.export_timeout)
+                .map_err(error)?;
+            let (exporter, batches) = BatchExporter::start(exporter, config.batch, resource);
+            (
+                Tracer::Mesh(MeshTracer::new(sampler, batches)),
+                Export::Mesh(exporter),
+            )
         }
         Protocol::HttpProtobuf => {
             // The base endpoint gets the signal path; a traces-specific endpoint is used as is.
@@ -102,23 +127,28 @@ fn provider(config: &TelemetryConfig) -> Result<Option<SdkTracerProvider>, Telem
                 .with_max_export_batch_size(config.batch.max_export_batch_size)
                 .with_scheduled_delay(config.batch.schedule_delay)
                 .build();
-            SdkTracerProvider::builder().with_span_processor(
-                BatchSpanProcessor::builder(OnRuntime::new(exporter))
-                    .with_batch_config(batch)
-                    .build(),
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(
+                    BatchSpanProcessor::builder(OnRuntime::new(exporter))
+                        .with_batch_config(batch)
+                        .build(),
+                )
+                .with_resource(resource)
+                .with_sampler(sampler)
+                .build();
+            let scope = InstrumentationScope::builder(SCOPE_NAME)
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build();
+            (
+                Tracer::Sdk(provider.tracer_with_scope(scope)),
+                Export::Sdk(provider),
             )
         }
-    };
-    let mut builder = builder.with_resource(resource);
-    if let Some((name, arg)) = &config.sampler {
-        builder = builder.with_sampler(sampler(name, arg.as_deref()).map_err(error)?);
-    }
-    Ok(Some(builder.build()))
+    }))
 }
 
 /// The sampler named like `OTEL_TRACES_SAMPLER` (with its `..._ARG`).
-fn sampler(name: &str, arg: Option<&str>) -> Result<opentelemetry_sdk::trace::Sampler, String> {
-    use opentelemetry_sdk::trace::Sampler;
+fn sampler(name: &str, arg: Option<&str>) -> Result<Sampler, String> {
     let ratio = || -> Result<f64, String> {
         arg.unwrap_or("1.0")
             .trim()
@@ -163,11 +193,11 @@ mod tests {
     };
 
     /// One OTLP/HTTP request: its request line's path and its decoded body.
-    type Export = (String, ExportTraceServiceRequest);
+    type Received = (String, ExportTraceServiceRequest);
 
     /// An OTLP/HTTP collector on an ephemeral port that answers every request with 200 and hands
     /// it over (HTTP/1.1, one request per connection).
-    async fn http_collector() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Export>) {
+    async fn http_collector() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Received>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a port");
@@ -225,8 +255,11 @@ mod tests {
         ]);
         let config = TelemetryConfig::from_env(|k| vars.get(k).cloned(), "orders", None)
             .expect("a configuration");
-        let provider = provider(&config).expect("a provider").expect("tracing on");
-        let tracer = provider.tracer("exemesh");
+        let Some((Tracer::Sdk(tracer), Export::Sdk(provider))) =
+            super::tracer(&config).expect("a tracer")
+        else {
+            panic!("http/protobuf uses the SDK's tracer and provider");
+        };
         for name in ["first", "second", "third"] {
             tracer.in_span(name, |_| {});
         }
