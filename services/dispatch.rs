@@ -167,11 +167,12 @@ fn exec_span(method: &str, mode: &'static str, queued: Duration) -> opentelemetr
         let mut name = String::with_capacity(5 + method.len());
         name.push_str("exec ");
         name.push_str(method);
-        span::start(name, SpanKind::Internal, parent, || {
-            vec![
-                KeyValue::new("exemesh.mode", mode),
-                KeyValue::new("exemesh.queue_ms", queued.as_secs_f64() * 1000.0),
-            ]
+        span::start(name, SpanKind::Internal, parent, |attributes| {
+            attributes.str("exemesh.mode", mode);
+            attributes.add(KeyValue::new(
+                "exemesh.queue_ms",
+                queued.as_secs_f64() * 1000.0,
+            ));
         })
     })
 }

@@ -9,6 +9,7 @@
 //! on drop, and nothing recorded after the end; the tests hold both to the same script.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use opentelemetry::KeyValue;
@@ -43,6 +44,32 @@ pub struct MeshSpan {
     /// Where the span is written when it ends; `None` for a span recorded but not sampled.
     batches: Option<Batches>,
     ended: bool,
+}
+
+/// Attributes that many spans get (a connection's addresses), written as protobuf once.
+#[derive(Debug, Clone)]
+pub struct EncodedAttributes {
+    list: Arc<[KeyValue]>,
+    encoded: Arc<[u8]>,
+}
+
+impl EncodedAttributes {
+    /// `list`, written once.
+    pub fn new(list: Vec<KeyValue>) -> EncodedAttributes {
+        let mut encoded = Vec::new();
+        for attribute in &list {
+            otlp::write_attribute(&mut encoded, attribute);
+        }
+        EncodedAttributes {
+            list: list.into(),
+            encoded: encoded.into(),
+        }
+    }
+
+    /// The attributes.
+    pub fn list(&self) -> &[KeyValue] {
+        &self.list
+    }
 }
 
 /// A new span's parent.
@@ -85,6 +112,49 @@ impl MeshSpan {
             batches,
             ended: false,
         }
+    }
+
+    /// Whether one more attribute is kept (counted as dropped when over the limit).
+    fn room_for_attribute(&mut self) -> bool {
+        if self.ended {
+            return false;
+        }
+        if self.attributes < self.limits.max_attributes_per_span {
+            self.attributes += 1;
+            true
+        } else {
+            self.dropped_attributes += 1;
+            false
+        }
+    }
+
+    /// Sets a string attribute, written at once (no `KeyValue` made).
+    pub fn set_str(&mut self, key: &str, value: &str) {
+        if self.room_for_attribute() {
+            otlp::write_str_attribute(&mut self.written, key, value);
+        }
+    }
+
+    /// Sets an integer attribute, written at once (no `KeyValue` made).
+    pub fn set_i64(&mut self, key: &str, value: i64) {
+        if self.room_for_attribute() {
+            otlp::write_i64_attribute(&mut self.written, key, value);
+        }
+    }
+
+    /// Sets `attributes`, written once for all the spans that get them.
+    pub fn set_encoded(&mut self, attributes: &EncodedAttributes) {
+        let room = self.limits.max_attributes_per_span
+            - self.attributes.min(self.limits.max_attributes_per_span);
+        if self.ended || attributes.list.len() > room as usize {
+            // Some go over the limit: one at a time, as the SDK would.
+            for attribute in attributes.list.iter() {
+                self.set_attribute(attribute.clone());
+            }
+            return;
+        }
+        self.attributes += attributes.list.len() as u32;
+        self.written.extend_from_slice(&attributes.encoded);
     }
 
     /// Ends the span at `end` (now if `None`): the first time only.
@@ -148,14 +218,8 @@ impl Span for MeshSpan {
     }
 
     fn set_attribute(&mut self, attribute: KeyValue) {
-        if self.ended {
-            return;
-        }
-        if self.attributes < self.limits.max_attributes_per_span {
-            self.attributes += 1;
+        if self.room_for_attribute() {
             otlp::write_attribute(&mut self.written, &attribute);
-        } else {
-            self.dropped_attributes += 1;
         }
     }
 
@@ -216,6 +280,7 @@ mod tests {
 
     use crate::mesh::telemetry::otlp::SCOPE_NAME;
     use crate::mesh::telemetry::reference::{CountedIds, Kept};
+    use crate::mesh::telemetry::span::Attributes;
 
     /// Limits low enough for the script to go over each of them.
     fn limits() -> SpanLimits {
@@ -236,6 +301,27 @@ mod tests {
             remote,
             TraceState::from_key_value([("k", state)]).expect("a trace state"),
         )
+    }
+
+    /// The attributes a span could start with, written by every means [`Attributes`] has;
+    /// `variant` 2 sets a pre-encoded group across the attribute limit.
+    fn start_attributes(attributes: &mut Attributes<'_>, variant: u64) {
+        attributes.str("rpc.service", "shop.v1.Orders");
+        attributes.i64("exemesh.call_id", -7);
+        attributes.add(KeyValue::new("exemesh.queue_ms", 0.5));
+        if variant == 2 {
+            for (i, key) in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
+                .into_iter()
+                .enumerate()
+            {
+                attributes.i64(key, i as i64);
+            }
+        }
+        attributes.encoded(&EncodedAttributes::new(vec![
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 4317),
+            KeyValue::new("network.peer.address", "10.0.0.7"),
+        ]));
     }
 
     /// What a call could do to a span, `variant` choosing the status and the name: every kind of
@@ -335,6 +421,9 @@ mod tests {
                 .with_kind(kind.clone())
                 .with_start_time(start)
                 .start_with_context(&tracer, parent);
+            let mut list = Vec::new();
+            start_attributes(&mut Attributes::collect(&mut list), variant);
+            sdk.set_attributes(list);
             script(&mut sdk, start, variant);
             let data = kept.take().pop().expect("the SDK's span ended");
             let lineage = Lineage {
@@ -350,6 +439,7 @@ mod tests {
                 Some(batches.clone()),
                 start,
             );
+            start_attributes(&mut Attributes::of(&mut ours), variant);
             script(&mut ours, start, variant);
             reference.push(data);
         }
@@ -362,8 +452,16 @@ mod tests {
         assert_eq!(ours.resource_spans, expected);
         let spans = &ours.resource_spans[0].scope_spans[0].spans;
         assert_eq!(spans.len(), 3);
-        // The script went over every limit.
-        assert_eq!(spans[0].dropped_attributes_count, 2);
+        // The script went over every limit: 6 + 16 attributes for 14 places, 16 more for the
+        // third, whose pre-encoded group went across the limit.
+        assert_eq!(spans[0].dropped_attributes_count, 8);
+        assert_eq!(spans[2].dropped_attributes_count, 18);
+        let keys: Vec<&str> = spans[2]
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .collect();
+        assert_eq!(keys[12..], ["j", "server.address"]);
         assert_eq!(spans[0].dropped_events_count, 1);
         assert_eq!(spans[0].dropped_links_count, 1);
         assert_eq!(spans[0].events[0].dropped_attributes_count, 1);

@@ -7,14 +7,15 @@
 
 use std::borrow::Cow;
 
+use opentelemetry::Context;
 use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
-use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{
     Config, IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample, SpanLimits,
 };
 
 use super::batch::Batches;
 use super::mesh_span::{Lineage, MeshSpan};
+use super::span::Attributes;
 use opentelemetry::trace::Span as _;
 
 /// Starts [`MeshSpan`]s that end in `batches`.
@@ -60,7 +61,7 @@ impl MeshTracer {
         name: Cow<'static, str>,
         kind: SpanKind,
         parent: &Context,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
+        attributes: impl FnOnce(&mut Attributes<'_>),
     ) -> Context {
         if parent.is_telemetry_suppressed() {
             return parent.with_remote_span_context(SpanContext::empty_context());
@@ -113,7 +114,7 @@ impl MeshTracer {
         let now = opentelemetry::time::now();
         let mut span = MeshSpan::start(context, lineage, name, kind, self.limits, batches, now);
         span.set_attributes(sampling.attributes);
-        span.set_attributes(attributes());
+        attributes(&mut Attributes::of(&mut span));
         parent.with_span(span)
     }
 }
@@ -122,6 +123,7 @@ impl MeshTracer {
 mod tests {
     use super::*;
 
+    use opentelemetry::KeyValue;
     use opentelemetry::trace::{
         Link, SpanBuilder, SpanId, TraceId, TraceState, Tracer as _, TracerProvider as _,
     };
@@ -256,7 +258,7 @@ mod tests {
         );
         (0..8)
             .map(|_| {
-                let cx = tracer.start("n".into(), SpanKind::Server, parent, Vec::new);
+                let cx = tracer.start("n".into(), SpanKind::Server, parent, |_| {});
                 let span = cx.span();
                 let (context, recording) = (span.span_context().clone(), span.is_recording());
                 drop(cx);

@@ -220,18 +220,48 @@ fn attributes<'a>(buf: &mut Vec<u8>, tag: u32, list: impl IntoIterator<Item = &'
         match scalar_len(&kv.value) {
             // The usual case, a key and a scalar value: lengths known up front, nothing moves.
             Some(value_len) => {
-                let body =
-                    string_len(1, key) + 1 + encoded_len_varint(value_len as u64) + value_len;
-                encode_key(tag, WireType::LengthDelimited, buf);
-                encode_varint(body as u64, buf);
-                string(buf, 1, key);
-                encode_key(2, WireType::LengthDelimited, buf);
-                encode_varint(value_len as u64, buf);
-                any_value(buf, &kv.value);
+                scalar_attribute(buf, tag, key, value_len, |buf| any_value(buf, &kv.value))
             }
             None => nested(buf, tag, |buf| key_value(buf, key, &kv.value)),
         }
     }
+}
+
+/// A `KeyValue` in field `tag` whose value is a scalar `AnyValue` with a body of `value_len`
+/// bytes, which `value` writes.
+fn scalar_attribute(
+    buf: &mut Vec<u8>,
+    tag: u32,
+    key: &str,
+    value_len: usize,
+    value: impl FnOnce(&mut Vec<u8>),
+) {
+    let body = string_len(1, key) + 1 + encoded_len_varint(value_len as u64) + value_len;
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(body as u64, buf);
+    string(buf, 1, key);
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(value_len as u64, buf);
+    value(buf);
+}
+
+/// A `Span.attributes` field holding a string, without a `KeyValue` to say it.
+pub fn write_str_attribute(buf: &mut Vec<u8>, key: &str, value: &str) {
+    let value_len = 1 + encoded_len_varint(value.len() as u64) + value.len();
+    scalar_attribute(buf, 9, key, value_len, |buf| {
+        encode_key(1, WireType::LengthDelimited, buf);
+        encode_varint(value.len() as u64, buf);
+        buf.extend_from_slice(value.as_bytes());
+    });
+}
+
+/// A `Span.attributes` field holding an integer, without a `KeyValue` to say it.
+pub fn write_i64_attribute(buf: &mut Vec<u8>, key: &str, value: i64) {
+    let value_len = 1 + encoded_len_varint(value as u64);
+    scalar_attribute(buf, 9, key, value_len, |buf| {
+        encode_key(3, WireType::Varint, buf);
+        encode_varint(value as u64, buf);
+    });
 }
 
 /// The body of a `KeyValue`.
@@ -478,6 +508,25 @@ pub(super) mod tests {
             decoded.resource_spans[0].scope_spans[0].spans[0].name,
             "one"
         );
+    }
+
+    #[test]
+    fn attributes_written_without_a_key_value_are_written_as_with_one() {
+        let long = "x".repeat(300);
+        for (key, value) in [("rpc.service", ""), ("k", "v"), ("", "v"), ("long", &long)] {
+            let mut ours = Vec::new();
+            write_str_attribute(&mut ours, key, value);
+            let mut with_key_value = Vec::new();
+            write_attribute(&mut with_key_value, &KeyValue::new(key, value.to_string()));
+            assert_eq!(ours, with_key_value, "{key}={value}");
+        }
+        for value in [0, 1, -1, 300, i64::MAX, i64::MIN] {
+            let mut ours = Vec::new();
+            write_i64_attribute(&mut ours, "process.pid", value);
+            let mut with_key_value = Vec::new();
+            write_attribute(&mut with_key_value, &KeyValue::new("process.pid", value));
+            assert_eq!(ours, with_key_value, "{value}");
+        }
     }
 
     #[test]

@@ -14,13 +14,15 @@ use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context as OtelContext, KeyValue, Value};
 
+use super::mesh_span::EncodedAttributes;
+use super::span::Attributes;
 use super::{propagation, span};
 
 /// The addresses of a call's connection, set as a request extension by the accept loop: the span
 /// attributes that name them, formatted once per connection rather than on every call.
 #[derive(Debug, Clone)]
 pub struct ConnectionAddrs {
-    attributes: Arc<[KeyValue]>,
+    attributes: EncodedAttributes,
 }
 
 impl ConnectionAddrs {
@@ -34,7 +36,7 @@ impl ConnectionAddrs {
         }
         attributes.push(KeyValue::new("network.peer.address", text(peer.ip())));
         ConnectionAddrs {
-            attributes: attributes.into(),
+            attributes: EncodedAttributes::new(attributes),
         }
     }
 }
@@ -77,13 +79,12 @@ pub fn server_span<B>(request: &Request<B>) -> OtelContext {
         return OtelContext::new();
     }
     let parent = propagation::extract(request.headers());
-    span::start(span_name(path), SpanKind::Server, &parent, || {
+    span::start(span_name(path), SpanKind::Server, &parent, |attributes| {
         let (service, method) = service_and_method(path);
-        let mut attributes = rpc_attributes(service, method);
+        rpc_attributes(attributes, service, method);
         if let Some(addrs) = request.extensions().get::<ConnectionAddrs>() {
-            attributes.extend(addrs.attributes.iter().cloned());
+            attributes.encoded(&addrs.attributes);
         }
-        attributes
     })
 }
 
@@ -99,12 +100,10 @@ fn span_name(path: &str) -> String {
 }
 
 /// The RPC semantic conventions' attributes of a gRPC call.
-fn rpc_attributes(service: &str, method: &str) -> Vec<KeyValue> {
-    vec![
-        KeyValue::new("rpc.system", "grpc"),
-        KeyValue::new("rpc.service", service.to_string()),
-        KeyValue::new("rpc.method", method.to_string()),
-    ]
+fn rpc_attributes(attributes: &mut Attributes<'_>, service: &str, method: &str) {
+    attributes.str("rpc.system", "grpc");
+    attributes.str("rpc.service", service);
+    attributes.str("rpc.method", method);
 }
 
 /// The client span of one outbound call (a child of the current context), to `target` (the
@@ -112,12 +111,11 @@ fn rpc_attributes(service: &str, method: &str) -> Vec<KeyValue> {
 pub fn client_span(path: &str, target: Option<&str>) -> OtelContext {
     let (service, method) = service_and_method(path);
     OtelContext::map_current(|parent| {
-        span::start(span_name(path), SpanKind::Client, parent, || {
-            let mut attributes = rpc_attributes(service, method);
+        span::start(span_name(path), SpanKind::Client, parent, |attributes| {
+            rpc_attributes(attributes, service, method);
             if let Some(target) = target {
-                attributes.push(KeyValue::new("exemesh.target", target.to_string()));
+                attributes.str("exemesh.target", target);
             }
-            attributes
         })
     })
 }
@@ -328,6 +326,7 @@ mod tests {
         let text = |addrs: &ConnectionAddrs| {
             addrs
                 .attributes
+                .list()
                 .iter()
                 .map(|kv| format!("{}={}", kv.key, kv.value))
                 .collect::<Vec<_>>()

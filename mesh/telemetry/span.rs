@@ -24,7 +24,9 @@ use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::SdkTracer;
 
+use super::mesh_span::{EncodedAttributes, MeshSpan};
 use super::mesh_tracer::MeshTracer;
+use opentelemetry::trace::Span as _;
 
 /// What makes the spans.
 #[derive(Debug)]
@@ -52,12 +54,12 @@ pub fn enabled() -> bool {
 }
 
 /// A new span named `name`, child of `parent`, as a context holding it; `attributes` are only
-/// computed for a span that records (sampled). With tracing off, `parent` itself.
+/// written for a span that records (sampled). With tracing off, `parent` itself.
 pub fn start(
     name: impl Into<Cow<'static, str>>,
     kind: SpanKind,
     parent: &Context,
-    attributes: impl FnOnce() -> Vec<KeyValue>,
+    attributes: impl FnOnce(&mut Attributes<'_>),
 ) -> Context {
     let tracer = match TRACER.get() {
         None => return parent.clone(),
@@ -72,9 +74,66 @@ pub fn start(
     let cx = parent.with_span(span);
     let span = cx.span();
     if span.is_recording() {
-        span.set_attributes(attributes());
+        let mut list = Vec::with_capacity(ATTRIBUTES);
+        attributes(&mut Attributes::collect(&mut list));
+        span.set_attributes(list);
     }
     cx
+}
+
+/// The attributes a new span starts with: written straight into exemesh's own spans, collected
+/// as `KeyValue`s for the SDK's.
+#[derive(Debug)]
+pub struct Attributes<'a>(Sink<'a>);
+
+#[derive(Debug)]
+enum Sink<'a> {
+    Span(&'a mut MeshSpan),
+    List(&'a mut Vec<KeyValue>),
+}
+
+impl<'a> Attributes<'a> {
+    /// Attributes written into `span`.
+    pub fn of(span: &'a mut MeshSpan) -> Attributes<'a> {
+        Attributes(Sink::Span(span))
+    }
+
+    /// Attributes collected as `KeyValue`s into `list`.
+    pub fn collect(list: &'a mut Vec<KeyValue>) -> Attributes<'a> {
+        Attributes(Sink::List(list))
+    }
+
+    /// A string attribute.
+    pub fn str(&mut self, key: &'static str, value: &str) {
+        match &mut self.0 {
+            Sink::Span(span) => span.set_str(key, value),
+            Sink::List(list) => list.push(KeyValue::new(key, value.to_string())),
+        }
+    }
+
+    /// An integer attribute.
+    pub fn i64(&mut self, key: &'static str, value: i64) {
+        match &mut self.0 {
+            Sink::Span(span) => span.set_i64(key, value),
+            Sink::List(list) => list.push(KeyValue::new(key, value)),
+        }
+    }
+
+    /// Any attribute.
+    pub fn add(&mut self, attribute: KeyValue) {
+        match &mut self.0 {
+            Sink::Span(span) => span.set_attribute(attribute),
+            Sink::List(list) => list.push(attribute),
+        }
+    }
+
+    /// Attributes many spans get, written once.
+    pub fn encoded(&mut self, attributes: &EncodedAttributes) {
+        match &mut self.0 {
+            Sink::Span(span) => span.set_encoded(attributes),
+            Sink::List(list) => list.extend(attributes.list().iter().cloned()),
+        }
+    }
 }
 
 /// Sets an attribute on the span of `cx` (if it records).
@@ -125,7 +184,7 @@ mod tests {
             TraceState::default(),
         );
         let parent = Context::new().with_remote_span_context(remote.clone());
-        let cx = start("x", SpanKind::Server, &parent, || {
+        let cx = start("x", SpanKind::Server, &parent, |_| {
             panic!("attributes are not computed when nothing records")
         });
         assert_eq!(cx.span().span_context(), &remote);

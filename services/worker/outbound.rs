@@ -22,7 +22,6 @@ use crate::mesh::status_code::code_name;
 use crate::mesh::telemetry::propagation;
 use crate::mesh::telemetry::span;
 use crate::services::json::from_json;
-use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::SpanKind;
 
@@ -120,7 +119,7 @@ impl Outbound {
             format!("call {}", call.method),
             SpanKind::Internal,
             &parent_cx,
-            || vec![KeyValue::new("exemesh.call_id", i64::from(call_id))],
+            |attributes| attributes.i64("exemesh.call_id", i64::from(call_id)),
         );
         let outcome = with_call_deadline(deadline, self.execute(&conn, call_id, call, parent))
             .with_context(span)
