@@ -40,7 +40,7 @@ mkdir -p bench/results
 : >"$out"
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
-    for variant in before after; do
+    for variant in $(rotated "$round" before after); do
       "$after" bench "${addr[$variant]}" test.v1.Echo/Unary '{"text":"bench"}' -c "$c" -z "${secs}s" --warmup 500ms --json \
         | tag "$variant" "$round" >>"$out"
     done

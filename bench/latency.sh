@@ -42,7 +42,7 @@ out=bench/results/latency.jsonl
 mkdir -p bench/results
 : >"$out"
 for round in $(seq 1 "$rounds"); do
-  for variant in native worker mesh; do
+  for variant in $(rotated "$round" native worker mesh); do
     case $variant in
       native) args=(--client exemesh "$native" "$method") ;;
       worker) args=(--client exemesh "$a1" "$method") ;;

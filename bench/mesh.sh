@@ -52,7 +52,7 @@ method=grpc.health.v1.Health/Check
 before=${BEFORE:+$(realpath "$BEFORE")}
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
-    for variant in direct ${BEFORE:+mesh-before} mesh haproxy; do
+    for variant in $(rotated "$round" direct ${BEFORE:+mesh-before} mesh haproxy); do
       client=$bin
       case $variant in
         direct) args=("$a1" "$method") ;;

@@ -67,13 +67,13 @@ mkdir -p bench/results
 : >"$out"
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
-    for variant in worker grpcio-sync grpcio-aio; do
+    for variant in $(rotated "$round" worker grpcio-sync grpcio-aio); do
       "$bin" bench --client exemesh "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"bench"}' -c "$c" -z "${secs}s" --warmup 500ms --json | tag "$variant" "$round" >>"$out"
     done
   done
   # Spawn mode at 1 in flight against its floor: the same program spawned bare, with the
   # environment exemesh gives it (an allow list: PATH here).
-  for variant in spawn spawn-cat spawn-exe; do
+  for variant in $(rotated "$round" spawn spawn-cat spawn-exe); do
     "$bin" bench --client exemesh "${protos[@]}" "${addr[$variant]}" "$method" '{"text":"bench"}' -c 1 -z "${secs}s" --warmup 500ms --json | tag "$variant" "$round" >>"$out"
   done
   for program in python cat exe; do

@@ -35,7 +35,7 @@ mkdir -p bench/results
   echo
   echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
-  echo "- $rounds rounds x ${secs} s per variant and concurrency, variants alternating within each round; medians"
+  echo "- $rounds rounds x ${secs} s per variant and concurrency, every variant once per round, in an order rotated from round to round; medians"
   echo
 } >"$report"
 parts=(

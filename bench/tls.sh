@@ -31,7 +31,7 @@ mkdir -p bench/results
 : >"$out"
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
-    for variant in plaintext mtls; do
+    for variant in $(rotated "$round" plaintext mtls); do
       # shellcheck disable=SC2046
       "$bin" bench $(tls_for "$variant") "${addr[$variant]}" grpc.health.v1.Health/Check '{}' -c "$c" -z "${secs}s" --warmup 500ms --json \
         | tag "$variant" "$round" >>"$out"

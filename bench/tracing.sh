@@ -3,7 +3,8 @@
 #   off     tracing off (OTEL_SDK_DISABLED=true)
 #   on100   every call traced and exported (to `exemesh up`'s own OTLP receiver)
 #   on10    10 % sampled (OTEL_TRACES_SAMPLER=traceidratio, OTEL_TRACES_SAMPLER_ARG=0.1)
-# Each variant is its own `exemesh up` (registry + 1 replica with a pool of 2 Python workers serving
+# Each round runs every variant (in an order rotated from round to round: see `rotated` in
+# bench/lib.sh). Each variant is its own `exemesh up` (registry + 1 replica with a pool of 2 Python workers serving
 # test.v1.Echo/Unary); `exemesh bench` calls it through discovery and the mesh channel.
 # Usage: bench/tracing.sh [ROUNDS=5] [SECONDS=3]   (writes bench/results/tracing.jsonl)
 set -euo pipefail
@@ -35,7 +36,7 @@ mkdir -p bench/results
 : >"$out"
 for round in $(seq 1 "$rounds"); do
   for c in 1 16; do
-    for variant in off on100 on10; do
+    for variant in $(rotated "$round" off on100 on10); do
       "$bin" bench --discovery "${registry[$variant]}" test.v1.Echo/Unary '{"text":"bench"}' -c "$c" -z "${secs}s" --warmup 500ms --json \
         | tag "$variant" "$round" >>"$out"
     done
