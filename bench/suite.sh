@@ -15,7 +15,7 @@
 # Usage: bench/suite.sh [--quick | --full]
 #   --quick (default): 3 rounds x 1 s per variant (1 round of discovery, 1 failover), under
 #                      5 minutes on the reference machine
-#   --full:            7 rounds x 5 s per variant (3 rounds of discovery, 5 failovers): 27
+#   --full:            6 rounds x 5 s per variant (3 rounds of discovery, 5 failovers): about 25
 #                      minutes on the reference machine (measured, build included)
 # Writes bench/results/*.jsonl, bench/results/suite.md (the tables, with the machine and commit) and
 # docs/bench/*.svg.
@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 mode=${1:---quick}
 case "$mode" in
   --quick) rounds=3 secs=1 discovery_rounds=1 failovers=1 up_secs=3 ;;
-  --full) rounds=7 secs=5 discovery_rounds=3 failovers=5 up_secs=10 ;;
+  --full) rounds=6 secs=5 discovery_rounds=3 failovers=5 up_secs=10 ;;
   *) echo "usage: bench/suite.sh [--quick | --full]" >&2; exit 2 ;;
 esac
 cargo build --release --locked -q --workspace
