@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Before/after for an optimisation: two exemesh binaries serving the same worker-mode manifest
 # (test.v1.Echo/Unary on a pool of 2 Python workers), called by the same `exemesh bench` in
-# alternating rounds at 1, 16 and 64 calls in flight. Build the "before" binary from the commit before
+# rounds (order rotated each round) at 1, 16 and 64 calls in flight. Build the "before" binary from the commit before
 # the change, e.g.:
 #   git worktree add /tmp/before COMMIT && (cd /tmp/before && cargo build --release) &&
 #   bench/compare.sh /tmp/before/target/release/exemesh target/release/exemesh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Added latency of a full mesh hop at a fixed rate (issue 6, target 4), in one run with alternating
-# rounds. The service is the shop example's shop.v1.UserService/GetUser, in its two forms:
+# Added latency of a full mesh hop at a fixed rate (issue 6, target 4), in one run, the variants in a
+# rotated order each round. The service is the shop example's shop.v1.UserService/GetUser, in its two forms:
 #   native   exemesh bench -> one HTTP/2 connection -> shop-user-native (the same logic rewritten
 #            in Rust, a plain tonic server: examples/shop/native)                 (the baseline)
 #   worker   exemesh bench -> one HTTP/2 connection -> exemesh serve -> a shop.py worker (user.toml)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Mesh channel overhead, measured in one run with alternating rounds:
+# Mesh channel overhead, measured in one run, the variants in a rotated order each round:
 #   direct   exemesh bench -> one server (a plain tonic channel, one connection)
 #   mesh     exemesh bench -> balanced mesh channel (p2c/peak-EWMA, ejection, retry budget) -> 2 replicas
 #   haproxy  exemesh bench -> haproxy (h2c, Debian package) -> 2 replicas

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Wrapped Python vs the same logic rewritten as a grpcio service, measured in one run with
-# alternating rounds (issue 6, targets 2, 3 and 5). Every variant runs bench/python/handler.py:
+# rounds in a rotated order (issue 6, targets 2, 3 and 5). Every variant runs bench/python/handler.py:
 #   worker        exemesh serve, worker mode: a pool of 2 Python workers (bench/python/worker.py)
 #   grpcio-sync   grpcio, ThreadPoolExecutor(32), one process (bench/python/grpcio_server.py sync)
 #   grpcio-aio    grpcio.aio, one process                      (bench/python/grpcio_server.py aio)

@@ -1,5 +1,5 @@
 """Summarises bench results (bench/mesh.sh, bench/tracing.sh): medians over rounds, ratios against the
-first variant (the baseline); rows without a baseline at their concurrency are skipped. Usage: report.py RESULTS.jsonl [VARIANT...] (default: direct mesh haproxy)"""
+first variant (the baseline, to three decimals: a target's line is often within the second); rows without a baseline at their concurrency are skipped. Usage: report.py RESULTS.jsonl [VARIANT...] (default: direct mesh haproxy)"""
 import json
 import statistics
 import sys
@@ -26,6 +26,6 @@ for c in sorted({k[0] for k in by}):
         p50 = statistics.median(r["latency_us"]["p50"] for r in rs) / 1000
         p99 = statistics.median(r["latency_us"]["p99"] for r in rs) / 1000
         errors = sum(sum(r["errors"].values()) for r in rs)
-        print(f"| {c} | {variant} | {rps:,.0f} | {rps / base:.2f}x | {p50:.3f} | {p99:.3f} | {errors} |")
+        print(f"| {c} | {variant} | {rps:,.0f} | {rps / base:.3f}x | {p50:.3f} | {p99:.3f} | {errors} |")
 print()
-print(f"{len({r['round'] for r in runs})} rounds, variants alternating within each round.")
+print(f"{len({r['round'] for r in runs})} rounds, every variant once per round, in an order rotated from round to round.")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark suite in one command (issue 6): every comparison, each in one run with alternating
-# rounds and ratios against a baseline measured in the same run. Everything runs on 127.0.0.1.
+# The benchmark suite in one command (issue 6): every comparison, each in one run with its variants
+# in an order rotated each round, and ratios against a baseline measured in the same run. Everything runs on 127.0.0.1.
 #   mesh.sh       mesh channel vs a plain tonic channel vs an haproxy hop    (target 1)
 #   python.sh     worker mode vs grpcio sync/aio; spawn mode vs bare spawn
 #                 (Python, /bin/cat, a PyInstaller executable); serve RSS    (targets 2, 3, 5)
@@ -15,7 +15,7 @@
 # Usage: bench/suite.sh [--quick | --full]
 #   --quick (default): 3 rounds x 1 s per variant (1 round of discovery, 1 failover), under
 #                      5 minutes on the reference machine
-#   --full:            6 rounds x 5 s per variant (3 rounds of discovery, 5 failovers): about 25
+#   --full:            6 rounds x 5 s per variant (3 rounds of discovery, 5 failovers): 25
 #                      minutes on the reference machine (measured, build included)
 # Writes bench/results/*.jsonl, bench/results/suite.md (the tables, with the machine and commit) and
 # docs/bench/*.svg.

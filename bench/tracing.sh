@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tracing overhead on the mesh path, measured in one run with alternating rounds:
+# Tracing overhead on the mesh path, measured in one run, the variants in a rotated order each round:
 #   off     tracing off (OTEL_SDK_DISABLED=true)
 #   on100   every call traced and exported (to `exemesh up`'s own OTLP receiver)
 #   on10    10 % sampled (OTEL_TRACES_SAMPLER=traceidratio, OTEL_TRACES_SAMPLER_ARG=0.1)
