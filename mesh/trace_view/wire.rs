@@ -1,7 +1,7 @@
 //! Reading protobuf messages field by field, borrowing from the bytes: how the receiver walks an
 //! OTLP export without decoding (and allocating) what it does not keep.
 
-use prost::encoding::decode_varint;
+use prost::encoding::{WireType, decode_key, decode_varint};
 
 /// Why bytes are not a protobuf message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,28 +38,34 @@ impl<'a> Fields<'a> {
         Fields { rest: message }
     }
 
+    #[inline]
     fn read(&mut self) -> Result<(u32, Field<'a>), Malformed> {
         self.read_at(0)
     }
 
-    /// Reads one field, `depth` groups deep.
+    /// Reads one field, `depth` groups deep. Inlined where fields are read (groups, which need
+    /// recursion, are skipped out of line): called for every field of every span received.
+    #[inline]
     fn read_at(&mut self, depth: u32) -> Result<(u32, Field<'a>), Malformed> {
-        let (tag, wire_type) = key(&mut self.rest)?;
+        let (tag, wire_type) =
+            decode_key(&mut self.rest).map_err(|_| Malformed("a field key is not valid"))?;
         let truncated = Malformed("a field is cut short");
         let field = match wire_type {
-            VARINT => Field::Varint(varint(&mut self.rest).ok_or(truncated)?),
-            FIXED64 => {
+            WireType::Varint => {
+                Field::Varint(decode_varint(&mut self.rest).map_err(|_| truncated)?)
+            }
+            WireType::SixtyFourBit => {
                 let (value, rest) = self.rest.split_first_chunk::<8>().ok_or(truncated)?;
                 self.rest = rest;
                 Field::Fixed64(u64::from_le_bytes(*value))
             }
-            FIXED32 => {
+            WireType::ThirtyTwoBit => {
                 let (value, rest) = self.rest.split_first_chunk::<4>().ok_or(truncated)?;
                 self.rest = rest;
                 Field::Fixed32(u32::from_le_bytes(*value))
             }
-            LENGTH_DELIMITED => {
-                let len = varint(&mut self.rest).ok_or_else(|| truncated.clone())?;
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut self.rest).map_err(|_| truncated.clone())?;
                 let len = usize::try_from(len)
                     .ok()
                     .filter(|len| *len <= self.rest.len())
@@ -68,71 +74,43 @@ impl<'a> Fields<'a> {
                 self.rest = rest;
                 Field::Bytes(value)
             }
-            START_GROUP => {
-                if depth >= MAX_DEPTH {
-                    return Err(Malformed("groups nest too deep"));
-                }
-                // Skipped whole, as decoders skip unknown fields: up to the end key with the
-                // same number.
-                loop {
-                    let mut peek = self.rest;
-                    let (inner, inner_type) =
-                        key(&mut peek).map_err(|_| Malformed("a group has no end"))?;
-                    if inner_type == END_GROUP {
-                        if inner != tag {
-                            return Err(Malformed("a group ends with another number"));
-                        }
-                        self.rest = peek;
-                        break;
-                    }
-                    self.read_at(depth + 1)?;
-                }
+            WireType::StartGroup => {
+                self.skip_group(tag, depth)?;
                 Field::Group
             }
-            _ => return Err(Malformed("a group ends that never started")),
+            WireType::EndGroup => return Err(Malformed("a group ends that never started")),
         };
         Ok((tag, field))
     }
-}
 
-/// Wire types, as the low three bits of a key.
-const VARINT: u8 = 0;
-const FIXED64: u8 = 1;
-const LENGTH_DELIMITED: u8 = 2;
-const START_GROUP: u8 = 3;
-const END_GROUP: u8 = 4;
-const FIXED32: u8 = 5;
-
-/// A varint taken from the front of `rest`: one byte at once (field keys, short lengths), longer
-/// ones by prost; `None` when it is cut short or too long.
-#[inline(always)]
-fn varint(rest: &mut &[u8]) -> Option<u64> {
-    match rest.split_first() {
-        Some((&byte, tail)) if byte < 0x80 => {
-            *rest = tail;
-            Some(u64::from(byte))
+    /// Skips a group whose start key (number `tag`) was just read, `depth` groups deep: whole, as
+    /// decoders skip unknown fields, up to the end key with the same number.
+    #[cold]
+    #[inline(never)]
+    fn skip_group(&mut self, tag: u32, depth: u32) -> Result<(), Malformed> {
+        if depth >= MAX_DEPTH {
+            return Err(Malformed("groups nest too deep"));
         }
-        _ => decode_varint(rest).ok(),
-    }
-}
-
-/// A field key taken from the front of `rest` as (field number, wire type), checked as prost's
-/// `decode_key` checks it (wire types 6 and 7 and field number 0 are errors).
-#[inline(always)]
-fn key(rest: &mut &[u8]) -> Result<(u32, u8), Malformed> {
-    let key = varint(rest).filter(|key| {
-        let wire_type = key & 7;
-        *key <= u64::from(u32::MAX) && *key >> 3 != 0 && wire_type != 6 && wire_type != 7
-    });
-    match key {
-        Some(key) => Ok(((key >> 3) as u32, (key & 7) as u8)),
-        None => Err(Malformed("a field key is not valid")),
+        loop {
+            let mut peek = self.rest;
+            let (inner, inner_type) =
+                decode_key(&mut peek).map_err(|_| Malformed("a group has no end"))?;
+            if inner_type == WireType::EndGroup {
+                if inner != tag {
+                    return Err(Malformed("a group ends with another number"));
+                }
+                self.rest = peek;
+                return Ok(());
+            }
+            self.read_at(depth + 1)?;
+        }
     }
 }
 
 impl<'a> Iterator for Fields<'a> {
     type Item = Result<(u32, Field<'a>), Malformed>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.rest.is_empty() {
             return None;
@@ -172,44 +150,6 @@ mod tests {
         fixed32: u32,
         #[prost(bytes = "vec", repeated, tag = "20")]
         items: Vec<Vec<u8>>,
-    }
-
-    #[test]
-    fn keys_and_varints_read_as_prost_reads_them() {
-        let mut inputs: Vec<Vec<u8>> = (0..=u16::MAX).map(|n| n.to_le_bytes().to_vec()).collect();
-        inputs.extend((0..=u8::MAX).map(|b| vec![b]));
-        inputs.push(Vec::new());
-        for n in [
-            u64::from(u32::MAX),
-            u64::from(u32::MAX) + 1,
-            u64::MAX,
-            1 << 35,
-        ] {
-            let mut long = Vec::new();
-            prost::encoding::encode_varint(n, &mut long);
-            inputs.push(long.clone());
-            long.push(0x80);
-            inputs.push(long);
-        }
-        inputs.push(vec![0xff; 11]);
-        for input in &inputs {
-            let (mut ours, mut theirs) = (&input[..], &input[..]);
-            let key = key(&mut ours).ok();
-            let expected = prost::encoding::decode_key(&mut theirs)
-                .ok()
-                .map(|(tag, wire_type)| (tag, wire_type as u8));
-            assert_eq!(key, expected, "{input:?}");
-            if key.is_some() {
-                assert_eq!(ours, theirs, "{input:?}: what is left");
-            }
-            let (mut ours, mut theirs) = (&input[..], &input[..]);
-            let value = varint(&mut ours);
-            let expected = decode_varint(&mut theirs).ok();
-            assert_eq!(value, expected, "{input:?}");
-            if value.is_some() {
-                assert_eq!(ours, theirs, "{input:?}: what is left");
-            }
-        }
     }
 
     #[test]
