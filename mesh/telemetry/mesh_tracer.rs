@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 
 use opentelemetry::Context;
-use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
 use opentelemetry_sdk::trace::{
     Config, IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, ShouldSample, SpanLimits,
 };
@@ -16,7 +16,6 @@ use opentelemetry_sdk::trace::{
 use super::batch::Batches;
 use super::mesh_span::{Lineage, MeshSpan};
 use super::span::Attributes;
-use opentelemetry::trace::Span as _;
 
 /// Starts [`MeshSpan`]s that end in `batches`.
 #[derive(Debug)]

@@ -20,13 +20,12 @@
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt as _, Tracer as _};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt as _, Tracer as _};
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::trace::SdkTracer;
 
 use super::mesh_span::{EncodedAttributes, MeshSpan};
 use super::mesh_tracer::MeshTracer;
-use opentelemetry::trace::Span as _;
 
 /// What makes the spans.
 #[derive(Debug)]

@@ -83,6 +83,42 @@ impl<'a> Fields<'a> {
         Ok((tag, field))
     }
 
+    /// The usual field, read inline: a one-byte key (numbers 1 to 15) with a one-byte varint, a
+    /// fixed-size value, or a one-byte length and what it covers. `None` for anything else (and at
+    /// the end), which [`Fields::read`] then reads, or refuses, as it always does.
+    #[inline(always)]
+    fn read_short(&mut self) -> Option<(u32, Field<'a>)> {
+        let (&key, rest) = self.rest.split_first()?;
+        let tag = u32::from(key >> 3);
+        if key >= 0x80 || tag == 0 {
+            return None;
+        }
+        let (field, rest) = match key & 7 {
+            0 => match rest.split_first() {
+                Some((&value, rest)) if value < 0x80 => (Field::Varint(u64::from(value)), rest),
+                _ => return None,
+            },
+            1 => {
+                let (value, rest) = rest.split_first_chunk::<8>()?;
+                (Field::Fixed64(u64::from_le_bytes(*value)), rest)
+            }
+            2 => match rest.split_first() {
+                Some((&len, rest)) if len < 0x80 && usize::from(len) <= rest.len() => {
+                    let (value, rest) = rest.split_at(usize::from(len));
+                    (Field::Bytes(value), rest)
+                }
+                _ => return None,
+            },
+            5 => {
+                let (value, rest) = rest.split_first_chunk::<4>()?;
+                (Field::Fixed32(u32::from_le_bytes(*value)), rest)
+            }
+            _ => return None,
+        };
+        self.rest = rest;
+        Some((tag, field))
+    }
+
     /// Skips a group whose start key (number `tag`) was just read, `depth` groups deep: whole, as
     /// decoders skip unknown fields, up to the end key with the same number.
     #[cold]
@@ -112,6 +148,9 @@ impl<'a> Iterator for Fields<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(field) = self.read_short() {
+            return Some(Ok(field));
+        }
         if self.rest.is_empty() {
             return None;
         }
@@ -150,6 +189,41 @@ mod tests {
         fixed32: u32,
         #[prost(bytes = "vec", repeated, tag = "20")]
         items: Vec<Vec<u8>>,
+    }
+
+    /// The fields of `input` read by the general reader alone (no short path).
+    fn read_generally(input: &[u8]) -> Vec<Result<(u32, Field<'_>), Malformed>> {
+        let mut fields = Fields::new(input);
+        let mut out = Vec::new();
+        while !fields.rest.is_empty() {
+            let field = fields.read();
+            let failed = field.is_err();
+            out.push(field);
+            if failed {
+                break;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_short_path_reads_what_the_general_reader_reads() {
+        let mut inputs: Vec<Vec<u8>> = (0..=u16::MAX).map(|n| n.to_le_bytes().to_vec()).collect();
+        for key in [
+            0x08u8, 0x0a, 0x7a, 0x78, 0x09, 0x0d, 0x0b, 0x0c, 0x0e, 0x0f, 0x80,
+        ] {
+            for second in 0..=u8::MAX {
+                inputs.push(vec![key, second, 0x7f]);
+                inputs.push(vec![key, second, 1, 2, 3]);
+            }
+            for len in 0..12 {
+                inputs.push(std::iter::once(key).chain(1..=len).collect());
+            }
+        }
+        for input in &inputs {
+            let short: Vec<_> = Fields::new(input).collect();
+            assert_eq!(short, read_generally(input), "{input:?}");
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct ParentInfo {
 
 /// A live, ready worker.
 pub struct Conn {
-    id: String,
+    id: Arc<str>,
     pid: i32,
     writer: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     calls: Mutex<HashMap<u32, Entry>>,
@@ -80,7 +80,7 @@ impl Conn {
         released: Arc<Notify>,
     ) -> Self {
         Self {
-            id,
+            id: id.into(),
             pid,
             writer: Mutex::new(Some(writer)),
             calls: Mutex::new(HashMap::new()),
@@ -95,6 +95,11 @@ impl Conn {
     /// The worker's id, e.g. `orders#1`.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The worker's id, shared (a span attribute on every call it serves).
+    pub fn shared_id(&self) -> Arc<str> {
+        self.id.clone()
     }
 
     /// The worker's process id.
@@ -222,7 +227,7 @@ impl Conn {
             if let Some(tx) = entry.events {
                 let _ = tx.send(Event::Failed(CallError::WorkerLost {
                     method: entry.method.to_string(),
-                    worker: self.id.clone(),
+                    worker: self.id.to_string(),
                     detail: detail.to_string(),
                 }));
             }

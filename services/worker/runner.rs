@@ -66,7 +66,10 @@ impl WorkerRunner {
             tracestate: ctx.tracestate.clone(),
         };
         let mut lease = self.pool.acquire(&ctx.method, &parent).await?;
-        span::record("exemesh.worker", lease.conn.id().to_string());
+        span::record(
+            "exemesh.worker",
+            opentelemetry::StringValue::from(lease.conn.shared_id()),
+        );
         span::record("process.pid", i64::from(lease.conn.pid()));
         let mut guard = CancelOnDrop {
             conn: lease.conn.clone(),
