@@ -75,13 +75,7 @@ impl BatchExporter {
         settings: BatchSettings,
         resource: Resource,
     ) -> (BatchExporter, Batches) {
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            full: Notify::new(),
-            resource,
-            settings,
-            dropped: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(resource, settings));
         let (control, requests) = mpsc::unbounded_channel();
         tokio::spawn(run(shared.clone(), exporter, requests));
         (BatchExporter { control }, Batches(shared))
@@ -130,6 +124,17 @@ impl Batches {
 }
 
 impl Shared {
+    /// Nothing written yet.
+    fn new(resource: Resource, settings: BatchSettings) -> Shared {
+        Shared {
+            queue: Mutex::new(Queue::default()),
+            full: Notify::new(),
+            resource,
+            settings,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -249,13 +254,10 @@ async fn run(
 #[cfg(test)]
 impl Batches {
     pub(super) fn detached() -> Batches {
-        Batches(Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            full: Notify::new(),
-            resource: Resource::builder_empty().build(),
-            settings: BatchSettings::default(),
-            dropped: AtomicU64::new(0),
-        }))
+        Batches(Arc::new(Shared::new(
+            Resource::builder_empty().build(),
+            BatchSettings::default(),
+        )))
     }
 
     /// Every span written so far (and not yet taken).
@@ -365,13 +367,10 @@ mod tests {
     #[test]
     fn a_full_queue_drops_spans_and_counts_them() {
         // No export task: nothing leaves the queue.
-        let shared = Shared {
-            queue: Mutex::new(Queue::default()),
-            full: Notify::new(),
-            resource: Resource::builder_empty().build(),
-            settings: settings(5, 2, Duration::from_secs(3600)),
-            dropped: AtomicU64::new(0),
-        };
+        let shared = Shared::new(
+            Resource::builder_empty().build(),
+            settings(5, 2, Duration::from_secs(3600)),
+        );
         let add = |trace| shared.add(|buf| root_span(buf, trace, "x"));
         let filled: Vec<bool> = (1..=8).map(add).collect();
         assert_eq!(

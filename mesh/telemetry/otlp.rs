@@ -247,20 +247,15 @@ fn scalar_attribute(
 
 /// A `Span.attributes` field holding a string, without a `KeyValue` to say it.
 pub fn write_str_attribute(buf: &mut Vec<u8>, key: &str, value: &str) {
-    let value_len = 1 + encoded_len_varint(value.len() as u64) + value.len();
-    scalar_attribute(buf, 9, key, value_len, |buf| {
-        encode_key(1, WireType::LengthDelimited, buf);
-        encode_varint(value.len() as u64, buf);
-        buf.extend_from_slice(value.as_bytes());
+    scalar_attribute(buf, 9, key, str_value_len(value), |buf| {
+        str_value(buf, value)
     });
 }
 
 /// A `Span.attributes` field holding an integer, without a `KeyValue` to say it.
 pub fn write_i64_attribute(buf: &mut Vec<u8>, key: &str, value: i64) {
-    let value_len = 1 + encoded_len_varint(value as u64);
-    scalar_attribute(buf, 9, key, value_len, |buf| {
-        encode_key(3, WireType::Varint, buf);
-        encode_varint(value as u64, buf);
+    scalar_attribute(buf, 9, key, i64_value_len(value), |buf| {
+        i64_value(buf, value)
     });
 }
 
@@ -274,11 +269,34 @@ fn key_value(buf: &mut Vec<u8>, key: &str, value: &Value) {
 fn scalar_len(value: &Value) -> Option<usize> {
     Some(match value {
         Value::Bool(_) => 2,
-        Value::I64(i) => 1 + encoded_len_varint(*i as u64),
+        Value::I64(i) => i64_value_len(*i),
         Value::F64(_) => 9,
-        Value::String(s) => 1 + encoded_len_varint(s.as_str().len() as u64) + s.as_str().len(),
+        Value::String(s) => str_value_len(s.as_str()),
         _ => return None,
     })
+}
+
+/// The length of the body of an `AnyValue` holding the string `value`.
+fn str_value_len(value: &str) -> usize {
+    1 + encoded_len_varint(value.len() as u64) + value.len()
+}
+
+/// The length of the body of an `AnyValue` holding the integer `value`.
+fn i64_value_len(value: i64) -> usize {
+    1 + encoded_len_varint(value as u64)
+}
+
+/// The body of an `AnyValue` holding the string `value`.
+fn str_value(buf: &mut Vec<u8>, value: &str) {
+    encode_key(1, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value.as_bytes());
+}
+
+/// The body of an `AnyValue` holding the integer `value`.
+fn i64_value(buf: &mut Vec<u8>, value: i64) {
+    encode_key(3, WireType::Varint, buf);
+    encode_varint(value as u64, buf);
 }
 
 /// The encoded length of a string field (0 when empty, as [`string`] omits it).
@@ -297,19 +315,12 @@ fn any_value(buf: &mut Vec<u8>, value: &Value) {
             encode_key(2, WireType::Varint, buf);
             encode_varint(u64::from(*b), buf);
         }
-        Value::I64(i) => {
-            encode_key(3, WireType::Varint, buf);
-            encode_varint(*i as u64, buf);
-        }
+        Value::I64(i) => i64_value(buf, *i),
         Value::F64(f) => {
             encode_key(4, WireType::SixtyFourBit, buf);
             buf.extend_from_slice(&f.to_bits().to_le_bytes());
         }
-        Value::String(s) => {
-            encode_key(1, WireType::LengthDelimited, buf);
-            encode_varint(s.as_str().len() as u64, buf);
-            buf.extend_from_slice(s.as_str().as_bytes());
-        }
+        Value::String(s) => str_value(buf, s.as_str()),
         Value::Array(array) => nested(buf, 5, |buf| match array {
             Array::Bool(values) => array_values(buf, values, |v| Value::Bool(*v)),
             Array::I64(values) => array_values(buf, values, |v| Value::I64(*v)),
