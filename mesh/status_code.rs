@@ -2,6 +2,17 @@
 
 use tonic::Code;
 
+/// `grpc-status`, named once: a lookup by `&str` parses the name every time.
+pub static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// `grpc-message`.
+pub static GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+
+/// The number in the `grpc-status` among `headers` (response headers or trailers), if present and
+/// readable.
+pub fn status_number(headers: &http::HeaderMap) -> Option<i32> {
+    headers.get(&GRPC_STATUS)?.to_str().ok()?.parse().ok()
+}
+
 /// Every code with its canonical upper-snake-case name, in numeric order.
 const NAMES: [(Code, &str); 17] = [
     (Code::Ok, "OK"),

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -23,12 +23,13 @@ use tonic::server::{
 use tonic::{Request, Response, Status, Streaming};
 
 use super::call::{CallContext, Executor, RequestStream};
+use super::call_headers::CallHeaders;
 use super::error::CallError;
 use super::limiter::Limiter;
 use super::reply::Reply;
 use super::rpc_kind::RpcKind;
 use crate::mesh::codec::DynamicCodec;
-use crate::mesh::deadline::{GRPC_TIMEOUT_HEADER, parse_grpc_timeout, with_call_deadline};
+use crate::mesh::deadline::with_call_deadline;
 use crate::mesh::telemetry::metrics::{ExecLabels, metrics};
 use crate::mesh::telemetry::propagation;
 use crate::mesh::telemetry::span;
@@ -36,6 +37,7 @@ use crate::mesh::tls::identity::PeerIdentity;
 use opentelemetry::KeyValue;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::SpanKind;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// A method ready to serve.
 #[derive(Debug)]
@@ -54,26 +56,18 @@ pub struct MethodRuntime {
     pub limiter: Limiter,
     /// Execution.
     pub executor: Arc<dyn Executor>,
+    /// The duration of its executions (looked up in its family at the first one, then kept).
+    pub exec_duration: OnceLock<Histogram>,
 }
 
 /// The tower service serving every method of a contract.
 #[derive(Debug, Clone)]
 pub struct DynamicService {
-    methods: Arc<HashMap<String, Arc<MethodRuntime>>>,
+    /// By path, looked up on every call (foldhash, seeded per process, instead of SipHash).
+    methods: Arc<HashMap<String, Arc<MethodRuntime>, foldhash::fast::RandomState>>,
 }
 
 static REQUEST_IDS: AtomicU64 = AtomicU64::new(1);
-
-/// Headers that describe the transport, not the call; never forwarded to executables.
-const HIDDEN_HEADERS: [&str; 7] = [
-    "te",
-    "content-type",
-    "grpc-timeout",
-    "grpc-encoding",
-    "grpc-accept-encoding",
-    "user-agent",
-    "traceparent",
-];
 
 impl DynamicService {
     /// A service for `methods`.
@@ -183,46 +177,36 @@ struct Handler(Arc<MethodRuntime>);
 type Replies = BoxStream<'static, Result<Reply, Status>>;
 
 impl MethodRuntime {
+    /// The histogram of this method's executions.
+    fn exec_duration(&self) -> &Histogram {
+        self.exec_duration.get_or_init(|| {
+            let labels = ExecLabels {
+                method: self.name.to_string(),
+                mode: self.executor.mode().to_string(),
+            };
+            metrics().exec_duration.get_or_create(&labels).clone()
+        })
+    }
+
     fn context(
         &self,
         metadata: &tonic::metadata::MetadataMap,
         extensions: &tonic::Extensions,
     ) -> CallContext {
-        let timeout = metadata
-            .get(GRPC_TIMEOUT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .unwrap_or(self.default_timeout);
-        let text = |key: &str| {
-            metadata
-                .get(key)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let forwarded = metadata
-            .iter()
-            .filter_map(|entry| match entry {
-                tonic::metadata::KeyAndValueRef::Ascii(k, v)
-                    if !HIDDEN_HEADERS.contains(&k.as_str()) && k.as_str() != "tracestate" =>
-                {
-                    v.to_str()
-                        .ok()
-                        .map(|v| (k.as_str().to_string(), v.to_string()))
-                }
-                _ => None,
-            })
-            .collect();
+        let headers = CallHeaders::read(metadata);
+        let timeout = headers.timeout.flatten().unwrap_or(self.default_timeout);
         CallContext {
             method: self.name.clone(),
             kind: self.kind,
             deadline: Instant::now() + timeout,
             deadline_wall: SystemTime::now() + timeout,
             timeout,
-            request_id: text("x-request-id")
+            request_id: headers
+                .request_id
                 .unwrap_or_else(|| format!("{:x}", REQUEST_IDS.fetch_add(1, Ordering::Relaxed))),
-            traceparent: text("traceparent"),
-            tracestate: text("tracestate"),
-            metadata: forwarded,
+            traceparent: headers.traceparent,
+            tracestate: headers.tracestate,
+            metadata: headers.forwarded,
             caller: extensions
                 .get::<PeerIdentity>()
                 .map(PeerIdentity::primary)
@@ -252,10 +236,7 @@ impl MethodRuntime {
         let deadline_error = ctx.deadline_exceeded();
         let deadline = ctx.deadline;
         let executor = self.executor.clone();
-        let exec_labels = ExecLabels {
-            method: self.name.to_string(),
-            mode: self.executor.mode().to_string(),
-        };
+        let exec_duration = self.exec_duration().clone();
         let task = tokio::spawn(
             async move {
                 let started = std::time::Instant::now();
@@ -267,10 +248,7 @@ impl MethodRuntime {
                     span::set_error(&opentelemetry::Context::current(), err.to_string());
                     let _ = tx.send(Err(err)).await;
                 }
-                metrics()
-                    .exec_duration
-                    .get_or_create(&exec_labels)
-                    .observe(started.elapsed().as_secs_f64());
+                exec_duration.observe(started.elapsed().as_secs_f64());
                 drop(slot);
             }
             .with_context(exec),

@@ -3,9 +3,10 @@
 //! At most `max_concurrency` calls run; up to `max_queue` more wait in FIFO order; beyond that a call
 //! is refused at once, so an overloaded server sheds load instead of growing memory and latency.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::CallError;
@@ -19,6 +20,8 @@ pub struct Limiter {
     max_concurrency: usize,
     waiting: AtomicUsize,
     max_queue: usize,
+    /// The method's `queue_depth` gauge, looked up in its family the first time a call waits.
+    depth: OnceLock<Gauge>,
 }
 
 /// A running call's slot; released on drop.
@@ -36,6 +39,7 @@ impl Limiter {
             max_concurrency,
             waiting: AtomicUsize::new(0),
             max_queue,
+            depth: OnceLock::new(),
         }
     }
 
@@ -48,9 +52,15 @@ impl Limiter {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(self.overloaded());
         }
-        let depth = metrics()
-            .queue_depth
-            .get_or_create_owned(&name(&self.method));
+        let depth = self
+            .depth
+            .get_or_init(|| {
+                metrics()
+                    .queue_depth
+                    .get_or_create(&name(&self.method))
+                    .clone()
+            })
+            .clone();
         depth.inc();
         let _queued = QueuedGuard(&self.waiting);
         let _depth = DepthGuard(depth);
@@ -76,7 +86,7 @@ impl Limiter {
 
 struct QueuedGuard<'a>(&'a AtomicUsize);
 
-struct DepthGuard(prometheus_client::metrics::gauge::Gauge);
+struct DepthGuard(Gauge);
 
 impl Drop for DepthGuard {
     fn drop(&mut self) {

@@ -10,6 +10,7 @@
 
 pub mod binding;
 pub mod call;
+pub mod call_headers;
 pub mod contract;
 pub mod dispatch;
 pub mod error;

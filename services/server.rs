@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -275,6 +275,7 @@ fn runtime(
         default_timeout: limits.timeout,
         max_message: plan.manifest.server.max_request_bytes,
         executor,
+        exec_duration: OnceLock::new(),
     })
 }
 

@@ -38,13 +38,7 @@ pub fn status_of<B>(response: &Response<B>) -> Option<Code> {
 
 /// The `grpc-status` among `headers` (response headers or trailers), if present and readable.
 pub fn status_in(headers: &HeaderMap) -> Option<Code> {
-    let value = headers
-        .get("grpc-status")?
-        .to_str()
-        .ok()?
-        .parse::<i32>()
-        .ok()?;
-    Some(Code::from_i32(value))
+    crate::mesh::status_code::status_number(headers).map(Code::from_i32)
 }
 
 /// True when the contract marks the method `idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT`:

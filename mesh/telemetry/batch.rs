@@ -23,7 +23,7 @@ use tokio::sync::{Notify, mpsc};
 
 use super::config::BatchSettings;
 use super::exporter::GrpcExporter;
-use super::otlp::EncodedSpans;
+use super::otlp::{EncodedSpans, ResourceFields};
 
 /// Where finished spans are written: the batches a [`BatchExporter`] sends (cheap to clone).
 #[derive(Debug, Clone)]
@@ -41,14 +41,15 @@ struct Shared {
     queue: Mutex<Queue>,
     /// Signalled when a batch fills up.
     full: Notify,
-    resource: Resource,
+    /// The resource's part of every export request.
+    fields: ResourceFields,
     settings: BatchSettings,
     /// Spans dropped because the queue was full.
     dropped: AtomicU64,
 }
 
 /// The spans waiting for export.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Queue {
     /// The batch being filled.
     filling: EncodedSpans,
@@ -65,6 +66,17 @@ struct Queue {
 enum Control {
     Flush(std::sync::mpsc::SyncSender<OTelSdkResult>),
     Shutdown(std::sync::mpsc::SyncSender<OTelSdkResult>),
+}
+
+impl Queue {
+    /// Moves the batch being filled to the batches ready to send. The next one reserves room for
+    /// as many bytes as it took, and an eighth more: batches fill to about the same size, and a
+    /// buffer that never grows is never copied.
+    fn send_filling(&mut self, room: usize) {
+        let expected = self.filling.bytes() + self.filling.bytes() / 8;
+        let batch = std::mem::replace(&mut self.filling, EncodedSpans::with_room(room, expected));
+        self.full.push_back(batch);
+    }
 }
 
 impl BatchExporter {
@@ -126,10 +138,17 @@ impl Batches {
 impl Shared {
     /// Nothing written yet.
     fn new(resource: Resource, settings: BatchSettings) -> Shared {
+        let fields = ResourceFields::new(&resource);
+        let queue = Queue {
+            filling: EncodedSpans::with_room(fields.header_room(), 0),
+            full: VecDeque::new(),
+            waiting: 0,
+            closed: false,
+        };
         Shared {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(queue),
             full: Notify::new(),
-            resource,
+            fields,
             settings,
             dropped: AtomicU64::new(0),
         }
@@ -162,8 +181,7 @@ impl Shared {
         if queue.filling.len() < self.settings.max_export_batch_size {
             return false;
         }
-        let batch = std::mem::take(&mut queue.filling);
-        queue.full.push_back(batch);
+        queue.send_filling(self.fields.header_room());
         true
     }
 
@@ -171,8 +189,7 @@ impl Shared {
     fn seal(&self) {
         let mut queue = self.lock();
         if !queue.filling.is_empty() {
-            let batch = std::mem::take(&mut queue.filling);
-            queue.full.push_back(batch);
+            queue.send_filling(self.fields.header_room());
         }
     }
 
@@ -188,8 +205,7 @@ impl Shared {
     async fn export_ready(&self, exporter: &GrpcExporter) -> OTelSdkResult {
         let mut outcome = Ok(());
         while let Some(batch) = self.next() {
-            let message = batch.export_message(&self.resource);
-            drop(batch);
+            let message = batch.export_message(&self.fields);
             if let Err(reason) = exporter.send(message).await {
                 outcome = Err(OTelSdkError::InternalFailure(format!(
                     "exporting spans failed: {reason}"
@@ -362,6 +378,34 @@ mod tests {
         })
         .await
         .expect("shut down");
+    }
+
+    #[test]
+    fn a_batch_is_written_in_one_buffer_sized_by_the_last_one() {
+        let shared = Shared::new(
+            Resource::builder().with_service_name("orders").build(),
+            settings(100, 20, Duration::from_secs(3600)),
+        );
+        let add = |trace| shared.add(|buf| root_span(buf, trace, "test.v1.Echo/Unary"));
+        let capacity = || shared.lock().filling.capacity();
+        let mut grew = 0;
+        for trace in 1..=20 {
+            let before = capacity();
+            add(trace);
+            grew += usize::from(trace > 1 && capacity() != before);
+        }
+        assert!(grew > 0, "the first batch grows as it fills");
+        let first = shared.next().expect("a full batch");
+        add(21);
+        let reserved = capacity();
+        assert!(reserved >= first.bytes() + first.bytes() / 8, "{reserved}");
+        for trace in 22..40 {
+            add(trace);
+            assert_eq!(capacity(), reserved, "grew at span {trace}");
+        }
+        add(40);
+        let second = shared.next().expect("the second batch");
+        assert_eq!(second.bytes(), first.bytes());
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub(super) mod tests {
 
     use opentelemetry_sdk::Resource;
 
-    use crate::mesh::telemetry::otlp::EncodedSpans;
+    use crate::mesh::telemetry::otlp::{EncodedSpans, ResourceFields};
     use crate::mesh::trace_view::receiver::Receiver;
     use crate::mesh::trace_view::store::TraceStore;
 
@@ -200,8 +200,9 @@ pub(super) mod tests {
         let resource = Resource::builder().with_service_name("orders").build();
         let mut spans = EncodedSpans::default();
         spans.push(|buf| otlp::tests::root_span(buf, 1, "test.v1.Echo/Unary"));
+        let message = spans.export_message(&ResourceFields::new(&resource));
         exporter
-            .send(spans.export_message(&resource))
+            .send(message.clone())
             .await
             .expect("the export succeeded");
         let traces = store.list(10);
@@ -212,10 +213,7 @@ pub(super) mod tests {
         // Without the header the collector refuses: the export reports it.
         let refused =
             GrpcExporter::new(&endpoint, &[], Duration::from_secs(5)).expect("an exporter");
-        let error = refused
-            .send(spans.export_message(&resource))
-            .await
-            .expect_err("refused");
+        let error = refused.send(message).await.expect_err("refused");
         assert!(error.contains("Unauthenticated: no api key"), "{error}");
         assert_eq!(store.list(10).len(), 1, "nothing more was filed");
     }
@@ -237,7 +235,8 @@ pub(super) mod tests {
         assert!(message.contains("works again"), "{message}");
         assert_eq!(exporter.change(&Ok(())), None);
         // A collector that is not there: the export itself says why.
-        let empty = EncodedSpans::default().export_message(&Resource::builder_empty().build());
+        let empty = EncodedSpans::default()
+            .export_message(&ResourceFields::new(&Resource::builder_empty().build()));
         let error = exporter.send(empty).await.expect_err("nothing listens");
         assert!(error.contains("127.0.0.1:1"), "{error}");
         assert!(exporter.failing.load(Ordering::Relaxed));

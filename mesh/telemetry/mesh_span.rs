@@ -278,7 +278,7 @@ mod tests {
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use prost::Message as _;
 
-    use crate::mesh::telemetry::otlp::SCOPE_NAME;
+    use crate::mesh::telemetry::otlp::{ResourceFields, SCOPE_NAME};
     use crate::mesh::telemetry::reference::{CountedIds, Kept};
     use crate::mesh::telemetry::span::Attributes;
 
@@ -447,7 +447,9 @@ mod tests {
             reference,
             &ResourceAttributesWithSchema::from(&resource),
         );
-        let message = batches.take().export_message(&resource);
+        let message = batches
+            .take()
+            .export_message(&ResourceFields::new(&resource));
         let ours = ExportTraceServiceRequest::decode(&message[5..]).expect("decodes");
         assert_eq!(ours.resource_spans, expected);
         let spans = &ours.resource_spans[0].scope_spans[0].spans;
@@ -512,7 +514,7 @@ mod tests {
         drop(cx);
         let message = batches
             .take()
-            .export_message(&Resource::builder_empty().build());
+            .export_message(&ResourceFields::new(&Resource::builder_empty().build()));
         let decoded = ExportTraceServiceRequest::decode(&message[5..]).expect("decodes");
         let span = &decoded.resource_spans[0].scope_spans[0].spans[0];
         let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).expect("after 1970").as_nanos();

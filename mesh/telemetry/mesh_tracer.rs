@@ -131,6 +131,7 @@ mod tests {
     use opentelemetry_sdk::trace::{SamplingResult, SdkTracerProvider};
     use prost::Message as _;
 
+    use crate::mesh::telemetry::otlp::ResourceFields;
     use crate::mesh::telemetry::reference::{CountedIds, Kept};
 
     /// Records everything and samples nothing.
@@ -263,7 +264,7 @@ mod tests {
                 drop(cx);
                 let message = batches
                     .take()
-                    .export_message(&Resource::builder_empty().build());
+                    .export_message(&ResourceFields::new(&Resource::builder_empty().build()));
                 let mut request =
                     ExportTraceServiceRequest::decode(&message[5..]).expect("decodes");
                 let exported = request.resource_spans[0].scope_spans[0]

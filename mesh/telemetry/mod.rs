@@ -20,6 +20,7 @@ pub mod config;
 pub mod exporter;
 pub mod mesh_span;
 pub mod mesh_tracer;
+pub mod method_metrics;
 pub mod metrics;
 pub mod on_runtime;
 pub mod otlp;

@@ -35,28 +35,108 @@ const HAS_IS_REMOTE: u32 = 0x100;
 /// `SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`.
 const IS_REMOTE: u32 = 0x200;
 
+/// The fields of an export request that only depend on the resource, encoded once per exporter:
+/// every batch's message starts with them ([`EncodedSpans::export_message`]).
+#[derive(Debug)]
+pub struct ResourceFields {
+    /// `ResourceSpans.resource` (field 1), key and length included.
+    resource: Vec<u8>,
+    /// `ScopeSpans.scope` (field 1): exemesh's instrumentation scope.
+    scope: Vec<u8>,
+    /// `ResourceSpans.schema_url` (field 3), or nothing.
+    schema_url: Vec<u8>,
+}
+
+impl ResourceFields {
+    /// The fields of `resource`'s requests.
+    pub fn new(resource: &Resource) -> ResourceFields {
+        let mut fields = ResourceFields {
+            resource: Vec::new(),
+            scope: Vec::new(),
+            schema_url: Vec::new(),
+        };
+        nested_sized(&mut fields.resource, 1, 2, |buf| {
+            for (key, value) in resource.iter() {
+                nested(buf, 1, |buf| key_value(buf, key.as_str(), value));
+            }
+        });
+        nested(&mut fields.scope, 1, |buf| {
+            string(buf, 1, SCOPE_NAME);
+            string(buf, 2, env!("CARGO_PKG_VERSION"));
+        });
+        string(
+            &mut fields.schema_url,
+            3,
+            resource.schema_url().unwrap_or_default(),
+        );
+        fields
+    }
+
+    /// The bytes an export request takes before its first span, at most: the gRPC prefix, the keys
+    /// and lengths of `ExportTraceServiceRequest.resource_spans` and `ResourceSpans.scope_spans`
+    /// (a length takes at most 5 bytes: the prefix cannot say more than 4 GiB), the resource and
+    /// the scope. A batch keeps that much room in front of its spans.
+    pub fn header_room(&self) -> usize {
+        5 + (1 + 5) + self.resource.len() + (1 + 5) + self.scope.len()
+    }
+}
+
 /// Finished spans written as OTLP protobuf as they end: an export request waiting for its
-/// resource. Each span is written once, as a `spans` field of the `ScopeSpans` message of exemesh's
-/// instrumentation scope; [`EncodedSpans::export_message`] wraps them.
+/// header. Each span is written once, as a `spans` field of the `ScopeSpans` message of exemesh's
+/// instrumentation scope, after room kept for the message's header, which
+/// [`EncodedSpans::export_message`] fills in: the spans are never copied into another buffer.
 #[derive(Debug, Default)]
 pub struct EncodedSpans {
-    /// The spans, as `ScopeSpans.spans` fields.
-    spans: Vec<u8>,
+    /// `room` bytes for the header, then the spans as `ScopeSpans.spans` fields; empty (nothing
+    /// allocated) until the first span.
+    buf: Vec<u8>,
+    room: usize,
+    /// Bytes reserved for spans when the first one is written.
+    expected: usize,
     len: usize,
 }
 
 impl EncodedSpans {
+    /// No span yet; `room` bytes will be kept for the header (see [`ResourceFields::header_room`])
+    /// and `expected` bytes reserved for the spans when the first one is written.
+    pub fn with_room(room: usize, expected: usize) -> EncodedSpans {
+        EncodedSpans {
+            buf: Vec::new(),
+            room,
+            expected,
+            len: 0,
+        }
+    }
+
     /// Writes a span after the others: `write` appends the body of its `Span` message.
     pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.buf.is_empty() {
+            self.buf.reserve(self.room + self.expected);
+            self.buf.resize(self.room, 0);
+        }
         // A span takes a few hundred bytes: two for its length.
-        nested_sized(&mut self.spans, 2, 2, write);
+        nested_sized(&mut self.buf, 2, 2, write);
         self.len += 1;
+    }
+
+    /// The spans written, as `ScopeSpans.spans` fields.
+    fn spans(&self) -> &[u8] {
+        self.buf.get(self.room..).unwrap_or_default()
+    }
+
+    /// The bytes the buffer has room for.
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Writes `other`'s spans after these.
     #[cfg(test)]
     pub(super) fn append(&mut self, other: EncodedSpans) {
-        self.spans.extend_from_slice(&other.spans);
+        if self.buf.is_empty() {
+            self.buf.resize(self.room, 0);
+        }
+        self.buf.extend_from_slice(other.spans());
         self.len += other.len;
     }
 
@@ -65,41 +145,52 @@ impl EncodedSpans {
         self.len
     }
 
+    /// How many bytes the spans take.
+    pub fn bytes(&self) -> usize {
+        self.spans().len()
+    }
+
     /// Whether no span is written.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// The spans of `resource` as the message of a gRPC `Export` call: the 5-byte gRPC prefix,
-    /// then an `ExportTraceServiceRequest` holding one `ResourceSpans`.
-    pub fn export_message(&self, resource: &Resource) -> bytes::Bytes {
-        let mut buf = Vec::with_capacity(self.spans.len() + 256);
-        buf.extend_from_slice(&[0; 5]);
-        let room = encoded_len_varint(self.spans.len() as u64 + 256);
-        nested_sized(&mut buf, 1, room, |buf| {
-            self.write_resource_spans(buf, resource)
-        });
-        let len = u32::try_from(buf.len() - 5).unwrap_or(u32::MAX);
-        buf[1..5].copy_from_slice(&len.to_be_bytes());
-        buf.into()
-    }
-
-    /// The body of a `ResourceSpans` message (field 1 of `ExportTraceServiceRequest`).
-    fn write_resource_spans(&self, buf: &mut Vec<u8>, resource: &Resource) {
-        nested(buf, 1, |buf| {
-            for (key, value) in resource.iter() {
-                nested(buf, 1, |buf| key_value(buf, key.as_str(), value));
+    /// The spans as the message of a gRPC `Export` call from the resource of `fields`: the 5-byte
+    /// gRPC prefix, then an `ExportTraceServiceRequest` holding one `ResourceSpans`. The header is
+    /// written into the room kept in front of the spans, when there is enough (otherwise the
+    /// spans are copied after it).
+    pub fn export_message(mut self, fields: &ResourceFields) -> bytes::Bytes {
+        if self.buf.is_empty() {
+            self.buf.resize(self.room, 0);
+        }
+        let spans = self.buf.len() - self.room;
+        self.buf.extend_from_slice(&fields.schema_url);
+        let scope_spans = fields.scope.len() + spans;
+        let resource_spans = fields.resource.len()
+            + 1
+            + encoded_len_varint(scope_spans as u64)
+            + scope_spans
+            + fields.schema_url.len();
+        let request = 1 + encoded_len_varint(resource_spans as u64) + resource_spans;
+        let mut header = Vec::with_capacity(fields.header_room());
+        header.push(0);
+        header.extend_from_slice(&u32::try_from(request).unwrap_or(u32::MAX).to_be_bytes());
+        encode_key(1, WireType::LengthDelimited, &mut header);
+        encode_varint(resource_spans as u64, &mut header);
+        header.extend_from_slice(&fields.resource);
+        encode_key(2, WireType::LengthDelimited, &mut header);
+        encode_varint(scope_spans as u64, &mut header);
+        header.extend_from_slice(&fields.scope);
+        match self.room.checked_sub(header.len()) {
+            Some(start) => {
+                self.buf[start..self.room].copy_from_slice(&header);
+                bytes::Bytes::from(self.buf).slice(start..)
             }
-        });
-        let room = encoded_len_varint(self.spans.len() as u64 + 64);
-        nested_sized(buf, 2, room, |buf| {
-            nested(buf, 1, |buf| {
-                string(buf, 1, SCOPE_NAME);
-                string(buf, 2, env!("CARGO_PKG_VERSION"));
-            });
-            buf.extend_from_slice(&self.spans);
-        });
-        string(buf, 3, resource.schema_url().unwrap_or_default());
+            None => {
+                header.extend_from_slice(&self.buf[self.room..]);
+                header.into()
+            }
+        }
     }
 }
 
@@ -472,16 +563,26 @@ pub(super) mod tests {
     fn svc() -> Resource {
         Resource::builder_empty()
             .with_attributes([KeyValue::new("service.name", "svc")])
+            .with_schema_url([], "https://example.com/schema")
             .build()
+    }
+
+    /// `svc`'s spans named `names`, written in batches with `room` kept for the header.
+    fn batch(room: usize, names: &[&str]) -> EncodedSpans {
+        let mut encoded = EncodedSpans::with_room(room, 0);
+        for (trace, name) in (1..).zip(names) {
+            encoded.push(|buf| root_span(buf, trace, name));
+        }
+        encoded
     }
 
     #[test]
     fn an_export_message_is_a_grpc_framed_export_request() {
-        let mut encoded = EncodedSpans::default();
-        encoded.push(|buf| root_span(buf, 1, "one"));
-        encoded.push(|buf| root_span(buf, 2, "two"));
+        let fields = ResourceFields::new(&svc());
+        let encoded = batch(fields.header_room(), &["one", "two"]);
         assert_eq!(encoded.len(), 2);
-        let message = encoded.export_message(&svc());
+        let (first_span, spans) = (encoded.spans().as_ptr(), encoded.bytes());
+        let message = encoded.export_message(&fields);
         assert_eq!(message[0], 0, "not compressed");
         let len = u32::from_be_bytes([message[1], message[2], message[3], message[4]]);
         assert_eq!(len as usize, message.len() - 5);
@@ -493,6 +594,7 @@ pub(super) mod tests {
             .expect("a resource")
             .attributes;
         assert_eq!(attributes[0].key, "service.name");
+        assert_eq!(resource_spans.schema_url, "https://example.com/schema");
         let scope_spans = &resource_spans.scope_spans[0];
         let scope = scope_spans.scope.as_ref().expect("a scope");
         assert_eq!(
@@ -502,23 +604,36 @@ pub(super) mod tests {
         let names: Vec<&str> = scope_spans.spans.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["one", "two"]);
         assert_eq!(scope_spans.spans[1].trace_id, 2u128.to_be_bytes());
+        // The header went into the room in front of the spans: they were not copied.
+        let at = message.len() - fields.schema_url.len() - spans;
+        assert_eq!(message[at..].as_ptr(), first_span);
     }
 
     #[test]
-    fn a_request_of_resource_spans_is_an_export_request() {
-        let mut encoded = EncodedSpans::default();
-        encoded.push(|buf| root_span(buf, 1, "one"));
-        let mut resource_spans = Vec::new();
-        encoded.write_resource_spans(&mut resource_spans, &svc());
-        let request = ExportRequest {
-            resource_spans: vec![resource_spans.into()],
-        };
-        let decoded =
-            ExportTraceServiceRequest::decode(&*request.encode_to_vec()).expect("decodes");
-        assert_eq!(
-            decoded.resource_spans[0].scope_spans[0].spans[0].name,
-            "one"
-        );
+    fn the_message_is_the_same_whatever_room_was_kept() {
+        let fields = ResourceFields::new(&svc());
+        let names = ["a"; 300];
+        let reference = batch(0, &names).export_message(&fields);
+        for room in [1, 10, fields.header_room() - 1, fields.header_room(), 4096] {
+            assert_eq!(
+                batch(room, &names).export_message(&fields),
+                reference,
+                "{room}"
+            );
+        }
+        // No span: a request of an empty ResourceSpans, still.
+        let empty = EncodedSpans::with_room(fields.header_room(), 64).export_message(&fields);
+        let decoded = ExportTraceServiceRequest::decode(&empty[5..]).expect("decodes");
+        assert!(decoded.resource_spans[0].scope_spans[0].spans.is_empty());
+    }
+
+    #[test]
+    fn the_receivers_request_type_reads_what_the_exporter_writes() {
+        let fields = ResourceFields::new(&svc());
+        let message = batch(fields.header_room(), &["one"]).export_message(&fields);
+        let request = ExportRequest::decode(&message[5..]).expect("decodes");
+        assert_eq!(request.resource_spans.len(), 1);
+        assert_eq!(request.encode_to_vec(), message[5..]);
     }
 
     #[test]

@@ -60,19 +60,43 @@ impl Extractor for B3<'_> {
 
 /// The caller's context from request headers (W3C, else B3); the empty context when there is none.
 pub fn extract(headers: &HeaderMap) -> Context {
-    if headers.contains_key(&TRACEPARENT) {
-        return opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
-    }
-    match b3_traceparent(headers) {
-        Some(traceparent) => {
-            let b3 = B3 {
-                traceparent,
-                rest: headers,
-            };
-            opentelemetry::global::get_text_map_propagator(|p| p.extract(&b3))
+    match carried(headers) {
+        Carried::W3c => {
+            opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)))
         }
-        None => Context::new(),
+        Carried::B3 => match b3_traceparent(headers) {
+            Some(traceparent) => {
+                let b3 = B3 {
+                    traceparent,
+                    rest: headers,
+                };
+                opentelemetry::global::get_text_map_propagator(|p| p.extract(&b3))
+            }
+            None => Context::new(),
+        },
+        Carried::Nothing => Context::new(),
     }
+}
+
+/// Which trace context headers a request carries.
+#[derive(Debug, PartialEq)]
+enum Carried {
+    W3c,
+    B3,
+    Nothing,
+}
+
+/// Which trace context `headers` carry, from one pass over their names: cheaper than looking up
+/// each name that could carry one (a hash per name), and most calls into a mesh's edge carry none.
+fn carried(headers: &HeaderMap) -> Carried {
+    let mut b3 = false;
+    for name in headers.keys() {
+        if *name == TRACEPARENT {
+            return Carried::W3c;
+        }
+        b3 |= *name == B3_SINGLE || name.as_str().starts_with("x-b3-");
+    }
+    if b3 { Carried::B3 } else { Carried::Nothing }
 }
 
 /// Writes `context` into request headers.
@@ -191,6 +215,29 @@ mod tests {
             traceparent.as_deref()
         );
         assert_eq!(to_strings(&Context::new()), (None, None));
+    }
+
+    #[test]
+    fn the_carried_context_is_found_among_other_headers() {
+        let with = |names: &[&str]| {
+            let mut h = HeaderMap::new();
+            for name in ["content-type", "te", "user-agent", "grpc-timeout"]
+                .iter()
+                .chain(names)
+            {
+                h.insert(
+                    HeaderName::from_bytes(name.as_bytes()).expect("a name"),
+                    "x".parse().expect("ascii"),
+                );
+            }
+            carried(&h)
+        };
+        assert_eq!(with(&[]), Carried::Nothing);
+        assert_eq!(with(&["x-tenant", "b3x", "traceparentx"]), Carried::Nothing);
+        assert_eq!(with(&["traceparent"]), Carried::W3c);
+        assert_eq!(with(&["b3", "traceparent", "x-b3-spanid"]), Carried::W3c);
+        assert_eq!(with(&["b3"]), Carried::B3);
+        assert_eq!(with(&["x-b3-traceid", "x-b3-spanid"]), Carried::B3);
     }
 
     #[test]

@@ -15,8 +15,10 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::{Context as OtelContext, KeyValue, Value};
 
 use super::mesh_span::EncodedAttributes;
+use super::method_metrics::MethodMetrics;
 use super::span::Attributes;
 use super::{propagation, span};
+use crate::mesh::status_code;
 
 /// The addresses of a call's connection, set as a request extension by the accept loop: the span
 /// attributes that name them, formatted once per connection rather than on every call.
@@ -142,8 +144,7 @@ pub enum Side {
 #[derive(Debug)]
 pub struct CallRecord {
     span: OtelContext,
-    side: Side,
-    labels: super::metrics::CallLabels,
+    metrics: Arc<MethodMetrics>,
     started: std::time::Instant,
     finished: bool,
 }
@@ -151,17 +152,11 @@ pub struct CallRecord {
 impl CallRecord {
     /// Starts recording a call of `path`.
     pub fn start(span: OtelContext, side: Side, path: &str) -> CallRecord {
-        let labels = super::metrics::call_labels(path);
-        if side == Side::Server {
-            super::metrics::metrics()
-                .server_in_flight
-                .get_or_create(&labels)
-                .inc();
-        }
+        let metrics = MethodMetrics::of(side, path);
+        metrics.started();
         CallRecord {
             span,
-            side,
-            labels,
+            metrics,
             started: std::time::Instant::now(),
             finished: false,
         }
@@ -173,24 +168,8 @@ impl CallRecord {
             return;
         }
         record_status(&self.span, code, message);
-        let m = super::metrics::metrics();
-        let seconds = self.started.elapsed().as_secs_f64();
-        let with_code = super::metrics::code_labels(&self.labels, code);
-        match self.side {
-            Side::Server => {
-                m.server_in_flight.get_or_create(&self.labels).dec();
-                m.server_requests.get_or_create(&with_code).inc();
-                m.server_duration
-                    .get_or_create(&self.labels)
-                    .observe(seconds);
-            }
-            Side::Client => {
-                m.client_requests.get_or_create(&with_code).inc();
-                m.client_duration
-                    .get_or_create(&self.labels)
-                    .observe(seconds);
-            }
-        }
+        self.metrics
+            .finished(code, self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -206,9 +185,9 @@ impl Drop for CallRecord {
 
 /// The status of a response that carries it in its headers (trailers-only), if any.
 pub fn status_from(headers: &http::HeaderMap) -> Option<(i32, Option<String>)> {
-    let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let code = status_code::status_number(headers)?;
     let message = headers
-        .get("grpc-message")
+        .get(&status_code::GRPC_MESSAGE)
         .and_then(|m| m.to_str().ok())
         .map(str::to_string);
     Some((code, message))

@@ -48,7 +48,8 @@ pub struct Conn {
     id: Arc<str>,
     pid: i32,
     writer: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
-    calls: Mutex<HashMap<u32, Entry>>,
+    /// Calls in flight by id (ids are this side's counter: foldhash, not SipHash, on every call).
+    calls: Mutex<HashMap<u32, Entry, foldhash::fast::RandomState>>,
     outbound: Mutex<HashMap<u32, tokio::task::AbortHandle>>,
     in_flight: AtomicUsize,
     next_id: AtomicU32,
@@ -83,7 +84,7 @@ impl Conn {
             id: id.into(),
             pid,
             writer: Mutex::new(Some(writer)),
-            calls: Mutex::new(HashMap::new()),
+            calls: Mutex::new(HashMap::default()),
             outbound: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             next_id: AtomicU32::new(1),
