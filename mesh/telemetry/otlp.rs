@@ -456,20 +456,27 @@ fn nested_sized(buf: &mut Vec<u8>, tag: u32, room: usize, write: impl FnOnce(&mu
     varint_into(&mut buf[start..start + prefix], len as u64);
 }
 
-/// A field's key.
-#[inline]
+/// A field's key: one byte for the tags and wire types OTLP's spans use, a constant once inlined.
+#[inline(always)]
 fn encode_key(tag: u32, wire_type: WireType, buf: &mut Vec<u8>) {
     encode_varint(u64::from(tag << 3 | wire_type as u32), buf);
 }
 
 /// A varint, appended at once (prost's `encode_varint` goes byte by byte through `BufMut`, which
-/// checks the room for each: the most frequent call of the encoding).
-#[inline]
+/// checks the room for each: the most frequent call of the encoding). The one-byte case, most
+/// keys and lengths, is inlined; the rest is a call.
+#[inline(always)]
 fn encode_varint(value: u64, buf: &mut Vec<u8>) {
     if value < 0x80 {
         buf.push(value as u8);
-        return;
+    } else {
+        encode_long_varint(value, buf);
     }
+}
+
+/// A varint of two bytes or more.
+#[inline(never)]
+fn encode_long_varint(value: u64, buf: &mut Vec<u8>) {
     let mut bytes = [0u8; 10];
     let len = varint_into(&mut bytes, value);
     buf.extend_from_slice(&bytes[..len]);
