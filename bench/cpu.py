@@ -2,6 +2,8 @@
 """CPU per call of each process of a running mesh, from /proc, around one `exemesh bench` run.
 
 Usage: bench/cpu.py REGISTRY CONCURRENCY UP_PID [SECONDS=5] [METHOD=test.v1.Echo/Unary] [JSON={"text":"bench"}]
+BENCH_EXTRA (environment) adds arguments to `exemesh bench`, e.g. BENCH_EXTRA="--rate 8000" for the
+CPU per call at a fixed rate instead of at saturation.
 
 Prints calls/s and the CPU microseconds per call of the `exemesh up` process (its OTLP receiver and
 registry), its `exemesh serve` children, their Python workers, and the `exemesh bench` client.
@@ -62,7 +64,8 @@ def main():
     before = processes()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run(
-        [BIN, "bench", "--discovery", registry, method, body, "-c", concurrency, "-z", f"{seconds}s", "--json"],
+        [BIN, "bench", "--discovery", registry, method, body, "-c", concurrency, "-z", f"{seconds}s", "--json"]
+        + os.environ.get("BENCH_EXTRA", "").split(),
         capture_output=True, text=True, check=True,
     )
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
