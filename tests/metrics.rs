@@ -47,17 +47,23 @@ fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     samples.get(series).copied().unwrap_or(0.0)
 }
 
-#[tokio::test]
-async fn the_admin_port_serves_metrics_that_move_with_the_calls() {
+/// The echo fixture served with an admin port: its directory, the server and the admin address.
+async fn echo_with_admin(name: &str) -> (tempfile::TempDir, Served, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = manifest(
         dir.path(),
         "w.toml",
         include_str!("fixtures/echo/worker.toml"),
-        &marker("metrics"),
+        &marker(name),
     );
     let served = Served::start_with_args(&path, &["--admin", "127.0.0.1:0"]).await;
     let admin = served.admin.clone().expect("admin address printed");
+    (dir, served, admin)
+}
+
+#[tokio::test]
+async fn the_admin_port_serves_metrics_that_move_with_the_calls() {
+    let (_dir, served, admin) = echo_with_admin("metrics").await;
     let (code, body) = http_get(&admin, "/healthz");
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     assert_eq!(http_get(&admin, "/readyz").0, 200, "SERVING means ready");
@@ -121,5 +127,40 @@ async fn the_admin_port_serves_metrics_that_move_with_the_calls() {
             r#"exemesh_server_in_flight{service="test.v1.Echo",method="Unary"}"#
         ),
         0.0
+    );
+}
+
+#[tokio::test]
+async fn made_up_method_names_cannot_grow_the_metrics_without_bound() {
+    let (_dir, served, admin) = echo_with_admin("cardinality").await;
+    let mut grpc = tonic::client::Grpc::new(served.channel().await);
+    // More distinct paths than a process keeps series for (1,024 per side), none in the contract.
+    let calls = 1_030;
+    for i in 0..calls {
+        grpc.ready().await.expect("ready");
+        let path =
+            http::uri::PathAndQuery::try_from(format!("/made.up.v{i}/Nothing")).expect("a path");
+        let status = grpc
+            .unary(
+                tonic::Request::new(support::echo::req("x", "")),
+                path,
+                tonic_prost::ProstCodec::<support::echo::EchoRequest, support::echo::EchoReply>::default(),
+            )
+            .await
+            .expect_err("no such method");
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+    }
+    let samples = parse(&http_get(&admin, "/metrics").1);
+    let made_up: Vec<&String> = samples
+        .keys()
+        .filter(|s| s.starts_with("exemesh_server_requests_total{service=\"made.up."))
+        .collect();
+    assert_eq!(made_up.len(), 1_024, "series of their own");
+    let other =
+        r#"exemesh_server_requests_total{service="_other",method="_other",code="UNIMPLEMENTED"}"#;
+    assert_eq!(
+        value(&samples, other),
+        (calls - 1_024) as f64,
+        "the rest counted together"
     );
 }

@@ -16,9 +16,14 @@ use prometheus_client::metrics::histogram::Histogram;
 use super::metrics::{CallLabels, CodeLabels, call_labels, code_labels, metrics};
 use super::rpc_span::Side;
 
-/// Methods kept per side. Paths come from callers: past this many, a path's metrics are looked up
-/// on every call (as prometheus-client does), and nothing more is kept.
+/// Paths kept per side, each with its own series. Paths come from callers (any name, known to the
+/// contract or not): past this many, the calls of a path not seen yet are counted under
+/// [`OVERFLOW`], so a caller making up method names grows neither this map nor `/metrics` without
+/// bound. A contract has far fewer methods.
 const MAX_KEPT: usize = 1024;
+
+/// The path whose series (service and method `_other`) count the calls of paths past [`MAX_KEPT`].
+const OVERFLOW: &str = "/_other/_other";
 
 /// The gRPC status codes, 0 to 16: each gets its counter kept.
 const CODES: usize = 17;
@@ -63,7 +68,8 @@ impl MethodMetrics {
         }
     }
 
-    /// The metrics of `path`'s calls on `side`: kept after the first call.
+    /// The metrics of `path`'s calls on `side`: kept after the first call (or, past [`MAX_KEPT`]
+    /// paths, those of [`OVERFLOW`]).
     pub fn of(side: Side, path: &str) -> Arc<MethodMetrics> {
         type Kept = RwLock<HashMap<Box<str>, Arc<MethodMetrics>, foldhash::fast::RandomState>>;
         static KEPT: OnceLock<[Kept; 2]> = OnceLock::new();
@@ -74,14 +80,15 @@ impl MethodMetrics {
         }
         drop(read);
         let mut write = kept.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = write.get(path) {
-            return found.clone();
-        }
-        let made = Arc::new(MethodMetrics::new(side, path));
-        if write.len() < MAX_KEPT {
-            write.insert(path.into(), made.clone());
-        }
-        made
+        let path = match write.get(path) {
+            Some(found) => return found.clone(),
+            None if write.len() < MAX_KEPT => path,
+            None => OVERFLOW,
+        };
+        write
+            .entry(path.into())
+            .or_insert_with(|| Arc::new(MethodMetrics::new(side, path)))
+            .clone()
     }
 
     /// A call started.
@@ -121,6 +128,42 @@ mod tests {
                 .then(|| value.parse().ok())
                 .flatten()
         })
+    }
+
+    #[test]
+    fn paths_past_the_limit_are_counted_together() {
+        let path = |i| format!("/made.up.v{i}/M");
+        for i in 0..MAX_KEPT + 10 {
+            MethodMetrics::of(Side::Client, &path(i)).finished(0, 0.001);
+        }
+        // The first paths have their own series; later ones share `_other`'s.
+        assert_eq!(
+            series("exemesh_client_requests_total", &["service=\"made.up.v0\""]),
+            Some(1.0)
+        );
+        assert_eq!(
+            series(
+                "exemesh_client_requests_total",
+                &["service=\"made.up.v1030\""]
+            ),
+            None
+        );
+        let other = ["service=\"_other\"", "method=\"_other\""];
+        assert_eq!(series("exemesh_client_requests_total", &other), Some(10.0));
+        let kept = &MethodMetrics::of(Side::Client, &path(MAX_KEPT + 50));
+        assert!(Arc::ptr_eq(
+            kept,
+            &MethodMetrics::of(Side::Client, OVERFLOW)
+        ));
+        // A path kept before the limit keeps its own.
+        let first = MethodMetrics::of(Side::Client, &path(0));
+        assert!(!Arc::ptr_eq(&first, kept));
+        let series_count = metrics()
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("exemesh_client_requests_total{"))
+            .count();
+        assert_eq!(series_count, MAX_KEPT + 1);
     }
 
     #[test]
