@@ -110,13 +110,19 @@ impl EncodedSpans {
 
     /// Writes a span after the others: `write` appends the body of its `Span` message.
     pub fn push(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        // A span takes a few hundred bytes: two for its length.
+        nested_sized(self.started(), 2, 2, write);
+        self.len += 1;
+    }
+
+    /// The buffer, with the room for the header kept (and the expected bytes reserved) if nothing
+    /// was written yet.
+    fn started(&mut self) -> &mut Vec<u8> {
         if self.buf.is_empty() {
             self.buf.reserve(self.room + self.expected);
             self.buf.resize(self.room, 0);
         }
-        // A span takes a few hundred bytes: two for its length.
-        nested_sized(&mut self.buf, 2, 2, write);
-        self.len += 1;
+        &mut self.buf
     }
 
     /// The spans written, as `ScopeSpans.spans` fields.
@@ -133,10 +139,7 @@ impl EncodedSpans {
     /// Writes `other`'s spans after these.
     #[cfg(test)]
     pub(super) fn append(&mut self, other: EncodedSpans) {
-        if self.buf.is_empty() {
-            self.buf.resize(self.room, 0);
-        }
-        self.buf.extend_from_slice(other.spans());
+        self.started().extend_from_slice(other.spans());
         self.len += other.len;
     }
 
@@ -160,11 +163,8 @@ impl EncodedSpans {
     /// written into the room kept in front of the spans, when there is enough (otherwise the
     /// spans are copied after it).
     pub fn export_message(mut self, fields: &ResourceFields) -> bytes::Bytes {
-        if self.buf.is_empty() {
-            self.buf.resize(self.room, 0);
-        }
-        let spans = self.buf.len() - self.room;
-        self.buf.extend_from_slice(&fields.schema_url);
+        let spans = self.bytes();
+        self.started().extend_from_slice(&fields.schema_url);
         let scope_spans = fields.scope.len() + spans;
         let resource_spans = fields.resource.len()
             + 1

@@ -108,27 +108,21 @@ pub fn start_line(id: u32, start: Start<'_>) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"{\"id\":");
     write_u32(&mut out, id);
-    out.extend_from_slice(b",\"start\":{\"method\":");
-    write_str(&mut out, start.method);
-    out.extend_from_slice(b",\"kind\":");
-    write_str(&mut out, start.kind);
+    str_field(&mut out, b",\"start\":{\"method\":", start.method);
+    str_field(&mut out, b",\"kind\":", start.kind);
     if start.timeout_ms != 0 {
         out.extend_from_slice(b",\"timeoutMs\":");
         write_u32(&mut out, start.timeout_ms);
     }
     if let Some(traceparent) = start.traceparent {
-        out.extend_from_slice(b",\"traceparent\":");
-        write_str(&mut out, traceparent);
+        str_field(&mut out, b",\"traceparent\":", traceparent);
     }
     if let Some(tracestate) = start.tracestate {
-        out.extend_from_slice(b",\"tracestate\":");
-        write_str(&mut out, tracestate);
+        str_field(&mut out, b",\"tracestate\":", tracestate);
     }
-    out.extend_from_slice(b",\"requestId\":");
-    write_str(&mut out, start.request_id);
+    str_field(&mut out, b",\"requestId\":", start.request_id);
     if !start.caller.is_empty() {
-        out.extend_from_slice(b",\"caller\":");
-        write_str(&mut out, start.caller);
+        str_field(&mut out, b",\"caller\":", start.caller);
     }
     if !start.metadata.is_empty() {
         out.extend_from_slice(b",\"metadata\":{");
@@ -153,6 +147,13 @@ pub fn start_line(id: u32, start: Start<'_>) -> Result<Vec<u8>, String> {
     }
     out.extend_from_slice(b"}}\n");
     Ok(out)
+}
+
+/// Appends `prefix` (what comes before a value: a comma, the quoted key and a colon), then `value`
+/// as a JSON string.
+fn str_field(out: &mut Vec<u8>, prefix: &[u8], value: &str) {
+    out.extend_from_slice(prefix);
+    write_str(out, value);
 }
 
 /// `{"id":N,"message":{...}}\n`; an error when `message` cannot be written as JSON.
