@@ -11,6 +11,9 @@ use super::span_head::SpanHead;
 /// Bytes of spans per chunk: a span larger than this gets a chunk of its own.
 pub const CHUNK_BYTES: usize = 256 << 10;
 
+/// Records reserved per chunk: exemesh's spans take ~270 bytes each.
+const RECORDS: usize = CHUNK_BYTES / 256;
+
 /// Where a span is kept: its chunk (by sequence number) and its place in that chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
@@ -70,6 +73,9 @@ impl SpanLog {
         let before = chunk.size();
         if chunk.bytes.capacity() - chunk.bytes.len() < encoded.len() {
             chunk.bytes.reserve(CHUNK_BYTES.max(encoded.len()));
+            // Room for the records of a chunk of typical spans, so that they are not copied
+            // as the list grows.
+            chunk.records.reserve(RECORDS);
         }
         let loc = Loc {
             chunk: chunk.seq,
