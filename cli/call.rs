@@ -24,7 +24,8 @@ use tonic::transport::Endpoint;
 /// The request is the JSON argument, `-d @FILE`, or `-d -` for stdin; streaming methods take several
 /// JSON values (e.g. one per line). Each reply is printed as one JSON line. The contract is fetched
 /// through server reflection unless --proto is given. Without an address the service is resolved
-/// through discovery (--discovery) and the call goes through the balanced mesh channel. On an error
+/// through discovery (--discovery) and the call goes through the balanced mesh channel, which
+/// retries a method its contract marks idempotent on another instance. On an error
 /// status, prints `CODE: message` on stderr and exits with 100 + the status code (e.g. 105 for
 /// NOT_FOUND).
 ///
@@ -82,7 +83,7 @@ fn target(args: &Args) -> anyhow::Result<Target> {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let target = target(&args)?;
-    let Some((service, _)) = target.method.trim_start_matches('/').split_once('/') else {
+    let Some((service, method_name)) = target.method.trim_start_matches('/').split_once('/') else {
         bail!(
             "the method must be pkg.Service/Method, got {:?}",
             target.method
@@ -102,7 +103,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let channel = exemesh::mesh::tls::client::connect(channel, None)
                 .await
                 .with_context(|| format!("cannot connect to {uri}"))?;
-            call_with(channel, &args, &target).await
+            let method =
+                descriptors::find(channel.clone(), &args.protos, service, method_name).await?;
+            call_with(channel, &method, &args, &target).await
         }
         None => {
             let discovery = args.discovery.connect()?;
@@ -117,27 +120,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ..CallPolicy::default()
             };
             let channel = MeshChannel::new(discovery, service, policy);
-            call_with(channel, &args, &target).await
+            let method =
+                descriptors::find(channel.clone(), &args.protos, service, method_name).await?;
+            // A method the contract marks idempotent is retried on another instance, as the
+            // mesh's own callers do.
+            call_with(channel.for_method(&method), &method, &args, &target).await
         }
     }
 }
 
-async fn call_with<T>(channel: T, args: &Args, target: &Target) -> anyhow::Result<ExitCode>
+async fn call_with<T>(
+    channel: T,
+    method: &MethodDescriptor,
+    args: &Args,
+    target: &Target,
+) -> anyhow::Result<ExitCode>
 where
     T: GrpcChannel,
 {
-    let Some((service, method_name)) = target.method.trim_start_matches('/').split_once('/') else {
-        bail!(
-            "the method must be pkg.Service/Method, got {:?}",
-            target.method
-        );
-    };
-    let method = descriptors::find(channel.clone(), &args.protos, service, method_name).await?;
-    let requests = read_requests(args, target, &method)?;
+    let requests = read_requests(args, target, method)?;
     let mut request = tonic::Request::new(tokio_stream::iter(requests));
     // The call's own span (exported when tracing is on); without tracing, a fresh trace context so
     // that the servers' spans still share one printed trace id.
-    let span = client_span(&format!("/{}/{}", service, method.name()), None);
+    let span = client_span(
+        &format!("/{}/{}", method.parent_service().full_name(), method.name()),
+        None,
+    );
     let traceparent = if span.span().span_context().is_valid() {
         propagation::to_strings(&span).0
     } else {
@@ -173,7 +181,7 @@ where
     }
     let outcome = opentelemetry::context::FutureExt::with_context(
         async {
-            let mut replies = dynamic_client::call(channel, &method, request)
+            let mut replies = dynamic_client::call(channel, method, request)
                 .await?
                 .into_inner();
             let mut stdout = std::io::stdout().lock();

@@ -164,15 +164,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let method = descriptors::find(channel.clone(), &args.protos, service, name).await?;
             // A method the contract marks idempotent may be retried on another instance, as the
             // mesh's own callers do.
-            let mut policy = CallPolicy {
-                timeout: args.timeout,
-                ..CallPolicy::default()
-            };
-            let channel = if policy.idempotent_method(&method) {
-                MeshChannel::new(args.discovery.connect()?, target, policy)
-            } else {
-                channel
-            };
+            let channel = channel.for_method(&method);
             (
                 drive(vec![channel], &method, &json, &args).await?,
                 format!("mesh:{target}"),

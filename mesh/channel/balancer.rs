@@ -41,6 +41,12 @@ struct PeakEwma {
 struct Estimate {
     rtt_ns: f64,
     at: Instant,
+    /// False until the first round trip: the estimate is then the default, which does not fade.
+    /// Faded from each endpoint's insertion, it made the endpoint inserted first always the
+    /// cheaper of two unmeasured ones, so every fresh channel's first calls (all of a one-shot
+    /// `exemesh call`'s) went to it; equal, a tie goes either way (the pair is drawn in random
+    /// order).
+    measured: bool,
 }
 
 impl PeakEwma {
@@ -49,6 +55,7 @@ impl PeakEwma {
             estimate: Mutex::new(Estimate {
                 rtt_ns: default_rtt.as_nanos() as f64,
                 at: Instant::now(),
+                measured: false,
             }),
             pending: AtomicUsize::new(0),
             decay_ns: decay.as_nanos() as f64,
@@ -62,7 +69,7 @@ impl PeakEwma {
     /// The estimate decayed to now, times the calls in flight plus one.
     fn cost(&self, now: Instant) -> f64 {
         let mut estimate = self.estimate();
-        if now > estimate.at {
+        if estimate.measured && now > estimate.at {
             let elapsed = (now - estimate.at).as_nanos() as f64;
             estimate.rtt_ns *= (-elapsed / self.decay_ns).exp();
             estimate.at = now;
@@ -77,7 +84,11 @@ impl PeakEwma {
     fn observe(&self, sent: Instant, received: Instant) {
         let rtt = received.saturating_duration_since(sent).as_nanos() as f64;
         let mut estimate = self.estimate();
-        if rtt > estimate.rtt_ns {
+        if !estimate.measured {
+            // The default was a guess: the first sample starts the average.
+            estimate.measured = true;
+            estimate.rtt_ns = rtt;
+        } else if rtt > estimate.rtt_ns {
             estimate.rtt_ns = rtt;
         } else {
             let elapsed = received.saturating_duration_since(estimate.at).as_nanos() as f64;
@@ -268,5 +279,41 @@ mod tests {
             load.cost(later + Duration::from_micros(50)) < faded,
             "a fast call pulls it down"
         );
+    }
+
+    #[test]
+    fn an_unmeasured_endpoint_costs_the_default_however_old_and_its_first_call_sets_it() {
+        let load = PeakEwma::new(Duration::from_micros(100), Duration::from_secs(1));
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(load.cost(later), 100_000.0, "the default does not fade");
+        load.observe(later, later + Duration::from_micros(40));
+        let cost = load.cost(later + Duration::from_micros(40));
+        assert!(
+            (cost - 40_000.0).abs() < 1.0,
+            "the first sample, whole: {cost}"
+        );
+    }
+
+    #[test]
+    fn unmeasured_endpoints_each_get_picked() {
+        use super::super::endpoints::Reporting;
+        use super::super::link::Link;
+        let balancer = Balancer::new(Duration::from_micros(100), Duration::from_secs(1));
+        let (verdicts, _) = tokio::sync::mpsc::unbounded_channel();
+        for (key, port) in [("first", 1), ("second", 2), ("third", 3)] {
+            let link = Link::new(&format!("127.0.0.1:{port}"), None).expect("a link");
+            let reporting = Reporting::new(link, key, false, verdicts.clone());
+            balancer.apply(Change::Insert(key.to_string(), reporting));
+            // Inserted at different times, as the endpoint manager does.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let mut picked = std::collections::BTreeMap::new();
+        for _ in 0..300 {
+            let choice = balancer.try_pick().expect("an endpoint");
+            *picked.entry(choice.slot.key.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(picked.len(), 3, "{picked:?}");
+        assert!(picked.values().all(|&n| n >= 50), "{picked:?}");
     }
 }

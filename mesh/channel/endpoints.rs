@@ -69,7 +69,7 @@ struct Health {
 
 /// What an endpoint tells its manager.
 #[derive(Debug)]
-enum Verdict {
+pub(super) enum Verdict {
     /// Bench it.
     Eject(Arc<str>),
     /// It served a call on probation: it is healthy again.
@@ -77,7 +77,7 @@ enum Verdict {
 }
 
 impl Reporting {
-    fn new(
+    pub(super) fn new(
         link: Link,
         key: &str,
         probation: bool,

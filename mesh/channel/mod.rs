@@ -153,6 +153,20 @@ impl MeshChannel {
         }
     }
 
+    /// This channel (the same instances, connections, balancer and retry budget) for calls of
+    /// `method`: with its contract's idempotency added to the policy
+    /// ([`CallPolicy::idempotent_method`]), so that an idempotent method is retried.
+    pub fn for_method(&self, method: &prost_reflect::MethodDescriptor) -> MeshChannel {
+        let mut policy = CallPolicy::clone(&self.policy);
+        if !policy.idempotent_method(method) {
+            return self.clone();
+        }
+        MeshChannel {
+            policy: Arc::new(policy),
+            ..self.clone()
+        }
+    }
+
     /// The service this channel reaches.
     pub fn service(&self) -> &str {
         &self.service
