@@ -31,24 +31,53 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 
 /// Formats a duration as a `grpc-timeout` value, choosing the finest unit that fits in 8 digits.
 pub fn format_grpc_timeout(timeout: Duration) -> String {
-    const MAX: u128 = 99_999_999;
-    let nanos = timeout.as_nanos();
-    let units: [(u128, char); 6] = [
-        (1, 'n'),
-        (1_000, 'u'),
-        (1_000_000, 'm'),
-        (1_000_000_000, 'S'),
-        (60_000_000_000, 'M'),
-        (3_600_000_000_000, 'H'),
-    ];
-    for (scale, unit) in units {
-        // Round up so a propagated deadline is never earlier than the real one by truncation.
-        let value = nanos.div_ceil(scale);
-        if value <= MAX {
-            return format!("{value}{unit}");
+    let (value, unit) = timeout_parts(timeout);
+    format!("{value}{}", char::from(unit))
+}
+
+/// The `grpc-timeout` header value of `timeout`, as [`format_grpc_timeout`] writes it, without the
+/// formatting machinery and its `String` (the mesh channel sets it on every call).
+pub fn grpc_timeout_value(timeout: Duration) -> http::HeaderValue {
+    let (mut value, unit) = timeout_parts(timeout);
+    // At most 8 digits and the unit.
+    let mut text = [0u8; 9];
+    let mut start = text.len() - 1;
+    text[start] = unit;
+    loop {
+        start -= 1;
+        text[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
         }
     }
-    format!("{MAX}H")
+    match http::HeaderValue::from_bytes(&text[start..]) {
+        Ok(header) => header,
+        // Digits and a letter are always a valid header value.
+        Err(_) => http::HeaderValue::from_static("99999999H"),
+    }
+}
+
+/// The value (at most 8 digits) and unit of a `grpc-timeout`: the finest unit that fits, rounded up
+/// so that a propagated deadline is never earlier than the real one.
+fn timeout_parts(timeout: Duration) -> (u64, u8) {
+    const MAX: u128 = 99_999_999;
+    let nanos = timeout.as_nanos();
+    let units: [(u128, u8); 6] = [
+        (1, b'n'),
+        (1_000, b'u'),
+        (1_000_000, b'm'),
+        (1_000_000_000, b'S'),
+        (60_000_000_000, b'M'),
+        (3_600_000_000_000, b'H'),
+    ];
+    for (scale, unit) in units {
+        let value = nanos.div_ceil(scale);
+        if value <= MAX {
+            return (value as u64, unit);
+        }
+    }
+    (MAX as u64, b'H')
 }
 
 #[cfg(test)]
@@ -87,6 +116,16 @@ mod tests {
             let text = format_grpc_timeout(d);
             let back = parse_grpc_timeout(&text).expect("formatted value parses");
             assert!(back >= d, "{d:?} -> {text} -> {back:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_header_value_is_the_formatted_text(nanos in proptest::prelude::any::<u64>(), secs in 0u64..u64::MAX / 2) {
+            for d in [Duration::from_nanos(nanos), Duration::from_secs(secs), Duration::ZERO] {
+                let (value, text) = (grpc_timeout_value(d), format_grpc_timeout(d));
+                proptest::prop_assert_eq!(value.as_bytes(), text.as_bytes());
+            }
         }
     }
 }

@@ -37,7 +37,7 @@ use self::endpoints::{DECAY, DEFAULT_RTT, EndpointStats, manage};
 use self::first_message::{First, first_message};
 use self::retry::RetryBudget;
 use crate::mesh::deadline::{
-    GRPC_TIMEOUT_HEADER, call_deadline, format_grpc_timeout, parse_grpc_timeout,
+    GRPC_TIMEOUT_HEADER, call_deadline, grpc_timeout_value, parse_grpc_timeout,
 };
 use crate::mesh::discovery::Discovery;
 use crate::mesh::discovery::watcher::Watcher;
@@ -213,9 +213,9 @@ impl Service<Request<Body>> for MeshChannel {
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let deadline = self.deadline(&request);
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Ok(value) = format_grpc_timeout(remaining).parse() {
-            request.headers_mut().insert(GRPC_TIMEOUT_HEADER, value);
-        }
+        request
+            .headers_mut()
+            .insert(GRPC_TIMEOUT_HEADER, grpc_timeout_value(remaining));
         let span = client_span(request.uri().path(), Some(&self.service));
         if span.span().span_context().is_valid() {
             // With tracing on, the callee continues this span; otherwise headers pass unchanged.
@@ -252,6 +252,11 @@ impl Service<Request<Body>> for MeshChannel {
                 }
             }
         };
+        if !crate::mesh::telemetry::span::enabled() {
+            // No span of its own: nothing to make current on every poll (the caller's context
+            // was injected above, if any).
+            return Box::pin(call);
+        }
         Box::pin(call.with_context(span))
     }
 }
