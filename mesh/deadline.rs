@@ -38,20 +38,14 @@ pub fn format_grpc_timeout(timeout: Duration) -> String {
 /// The `grpc-timeout` header value of `timeout`, as [`format_grpc_timeout`] writes it, without the
 /// formatting machinery and its `String` (the mesh channel sets it on every call).
 pub fn grpc_timeout_value(timeout: Duration) -> http::HeaderValue {
-    let (mut value, unit) = timeout_parts(timeout);
+    let (value, unit) = timeout_parts(timeout);
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(value).as_bytes();
     // At most 8 digits and the unit.
     let mut text = [0u8; 9];
-    let mut start = text.len() - 1;
-    text[start] = unit;
-    loop {
-        start -= 1;
-        text[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    match http::HeaderValue::from_bytes(&text[start..]) {
+    text[..digits.len()].copy_from_slice(digits);
+    text[digits.len()] = unit;
+    match http::HeaderValue::from_bytes(&text[..=digits.len()]) {
         Ok(header) => header,
         // Digits and a letter are always a valid header value.
         Err(_) => http::HeaderValue::from_static("99999999H"),

@@ -293,6 +293,39 @@ async fn register_instance(
     (discovery, lease)
 }
 
+/// Serves one HTTP/2 connection as a replica dying mid-call: its first call gets response headers
+/// and the first `partial` bytes of a message, then the connection closes. `None` when no call
+/// came (a client that connected without calling); else whether the client answered both PINGs,
+/// i.e. holds what was sent.
+async fn answer_then_die(socket: tokio::net::TcpStream, partial: &'static [u8]) -> Option<bool> {
+    let mut connection = h2::server::handshake(socket).await.ok()?;
+    let mut ping_pong = connection.ping_pong()?;
+    let (_request, mut respond) = connection.accept().await?.ok()?;
+    let driver = tokio::spawn(async move { while connection.accept().await.is_some() {} });
+    let headers = http::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(())
+        .expect("headers");
+    let mut stream = respond.send_response(headers, false).ok()?;
+    if !partial.is_empty() {
+        stream
+            .send_data(bytes::Bytes::from_static(partial), false)
+            .ok()?;
+    }
+    // h2 may write a PING ahead of the frames queued before it, in the same flush. A second PING
+    // goes out after that flush, so its PONG means that the client has read them.
+    let mut answered = true;
+    for _ in 0..2 {
+        if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
+            answered = false;
+            break;
+        }
+    }
+    driver.abort();
+    let _ = driver.await;
+    Some(answered)
+}
+
 /// A server that answers one call with response headers and the first `partial` bytes of a message,
 /// then dies, as a replica killed between a reply's headers and its message (or inside a message
 /// split over frames) would: it closes the connection and stops listening. The receiver fires once
@@ -308,35 +341,9 @@ async fn headers_then_death(
     tokio::spawn(async move {
         let (socket, _) = listener.accept().await.expect("accept");
         drop(listener);
-        let mut connection = h2::server::handshake(socket).await.expect("handshake");
-        let mut ping_pong = connection.ping_pong().expect("ping pong");
-        let (_request, mut respond) = connection
-            .accept()
-            .await
-            .expect("a call")
-            .expect("a request");
-        let driver = tokio::spawn(async move { while connection.accept().await.is_some() {} });
-        let headers = http::Response::builder()
-            .header("content-type", "application/grpc")
-            .body(())
-            .expect("headers");
-        let mut stream = respond.send_response(headers, false).expect("send headers");
-        if !partial.is_empty() {
-            stream
-                .send_data(bytes::Bytes::from_static(partial), false)
-                .expect("send part of a message");
+        if answer_then_die(socket, partial).await == Some(true) {
+            let _ = hit.send(());
         }
-        // h2 may write a PING ahead of the frames queued before it, in the same flush. A second
-        // PING goes out after that flush, so its PONG means that the client has read them.
-        for _ in 0..2 {
-            ping_pong
-                .ping(h2::Ping::opaque())
-                .await
-                .expect("the client answers the ping");
-        }
-        driver.abort();
-        let _ = driver.await;
-        let _ = hit.send(());
     });
     (address, hit_rx)
 }
@@ -353,32 +360,9 @@ async fn failing_every_call() -> (String, tokio::sync::mpsc::UnboundedReceiver<(
         while let Ok((socket, _)) = listener.accept().await {
             let hit = hit.clone();
             tokio::spawn(async move {
-                let Ok(mut connection) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                let Some(mut ping_pong) = connection.ping_pong() else {
-                    return;
-                };
-                // A client that connected without calling here closes the connection: None.
-                let Some(Ok((_request, mut respond))) = connection.accept().await else {
-                    return;
-                };
-                let driver =
-                    tokio::spawn(async move { while connection.accept().await.is_some() {} });
-                let headers = http::Response::builder()
-                    .header("content-type", "application/grpc")
-                    .body(())
-                    .expect("headers");
-                let _stream = respond.send_response(headers, false);
-                // Two PINGs answered: the client holds the headers (see `headers_then_death`).
-                for _ in 0..2 {
-                    if ping_pong.ping(h2::Ping::opaque()).await.is_err() {
-                        break;
-                    }
+                if answer_then_die(socket, b"").await.is_some() {
+                    let _ = hit.send(());
                 }
-                driver.abort();
-                let _ = driver.await;
-                let _ = hit.send(());
             });
         }
     });
