@@ -5,6 +5,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,35 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// Runs `start` again (up to 3 times in all) when etcd lost a port race. A port picked by
+/// [`free_port`] is free only until etcd binds it; a concurrent test's connection can take it in
+/// between, and etcd then exits with "address already in use". Any other failure panics at once,
+/// with etcd's log.
+fn retry_port_races<T>(mut start: impl FnMut() -> Result<T, String>) -> T {
+    let mut attempt = 1;
+    loop {
+        match start() {
+            Ok(started) => return started,
+            Err(log) if attempt < 3 && log.contains("address already in use") => attempt += 1,
+            Err(log) => panic!("etcd did not start (attempt {attempt}): {log}"),
+        }
+    }
+}
+
+/// Why an etcd process is not serving, if it has exited: its exit status and the end of its log.
+fn exited(child: &mut Child, log: &Path) -> Option<String> {
+    let status = child.try_wait().ok()??;
+    Some(format!("etcd exited ({status}); {}", log_tail(log)))
+}
+
+/// The last lines of an etcd log, to put in a failure message.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    format!("the end of its log {}:\n{tail}", log.display())
+}
+
 struct Member {
     name: String,
     client: u16,
@@ -37,7 +67,12 @@ struct Etcd {
 }
 
 impl Etcd {
+    /// Starts an `n`-member cluster and waits until it answers.
     fn start(n: usize) -> Etcd {
+        retry_port_races(|| Etcd::try_start(n))
+    }
+
+    fn try_start(n: usize) -> Result<Etcd, String> {
         let etcd = which("etcd");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut members: Vec<Member> = (0..n)
@@ -48,17 +83,13 @@ impl Etcd {
                 child: None,
             })
             .collect();
-        let cluster = members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-            .collect::<Vec<_>>()
-            .join(",");
+        let cluster = cluster(&members);
         for m in &mut members {
             m.child = Some(spawn_member(&etcd, dir.path(), m, &cluster));
         }
-        let etcd = Etcd { dir, members };
-        etcd.wait_ready(&etcd.spec());
-        etcd
+        let mut etcd = Etcd { dir, members };
+        etcd.wait_ready(&(0..n).collect::<Vec<_>>())?;
+        Ok(etcd)
     }
 
     fn spec(&self) -> String {
@@ -79,37 +110,57 @@ impl Etcd {
         }
     }
 
+    /// Starts member `i` again on its ports and data; the other members' ports stay as they are.
     fn restart(&mut self, i: usize) {
-        let cluster = self
-            .members
-            .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
-            .collect::<Vec<_>>()
-            .join(",");
+        let cluster = cluster(&self.members);
         let child = spawn_member(&which("etcd"), self.dir.path(), &self.members[i], &cluster);
         self.members[i].child = Some(child);
-        self.wait_ready(&format!(
-            "etcd://127.0.0.1:{}/exemesh-test",
-            self.members[i].client
-        ));
+        if let Err(log) = self.wait_ready(&[i]) {
+            panic!("etcd member {i} did not restart: {log}");
+        }
     }
 
-    fn wait_ready(&self, spec: &str) {
+    /// Waits until each of the members `which` answers on its own client port; fails early, with
+    /// the member's log, if any member exits (a cluster short of a member could still answer).
+    fn wait_ready(&mut self, which: &[usize]) -> Result<(), String> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let discovery = connect(spec).expect("spec");
         let start = Instant::now();
         runtime.block_on(async {
-            while discovery.resolve("").await.is_err() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "etcd never became ready"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            for &i in which {
+                let spec = format!("etcd://127.0.0.1:{}/exemesh-test", self.members[i].client);
+                let discovery = connect(&spec).expect("spec");
+                while discovery.resolve("").await.is_err() {
+                    self.check_running()?;
+                    if start.elapsed() > Duration::from_secs(30) {
+                        let logs = self.members.iter().map(|m| self.log_tail(m));
+                        return Err(format!(
+                            "etcd never became ready in 30 s; {}",
+                            logs.collect::<Vec<_>>().join("\n")
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
-        });
+            self.check_running()
+        })
+    }
+
+    /// An error with its log if a member that was started has exited.
+    fn check_running(&mut self) -> Result<(), String> {
+        for m in &mut self.members {
+            let log = member_log(self.dir.path(), m);
+            if let Some(why) = m.child.as_mut().and_then(|c| exited(c, &log)) {
+                return Err(format!("member {}: {why}", m.name));
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self, m: &Member) -> String {
+        log_tail(&member_log(self.dir.path(), m))
     }
 }
 
@@ -121,9 +172,21 @@ impl Drop for Etcd {
     }
 }
 
+fn cluster(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn member_log(dir: &Path, m: &Member) -> PathBuf {
+    dir.join(format!("{}.log", m.name))
+}
+
 fn which(program: &str) -> String {
     for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let path = std::path::Path::new(dir).join(program);
+        let path = Path::new(dir).join(program);
         if path.is_file() {
             return path.display().to_string();
         }
@@ -131,7 +194,17 @@ fn which(program: &str) -> String {
     panic!("{program} not found in PATH: install Debian's etcd-server (scripts/test.sh does)");
 }
 
-fn spawn_member(etcd: &str, dir: &std::path::Path, m: &Member, cluster: &str) -> Child {
+/// An etcd process's stderr (its log), appended to `log` so a restart keeps what came before.
+fn log_to(log: &Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map(Stdio::from)
+        .expect("etcd log file")
+}
+
+fn spawn_member(etcd: &str, dir: &Path, m: &Member, cluster: &str) -> Child {
     let client = format!("http://127.0.0.1:{}", m.client);
     let peer = format!("http://127.0.0.1:{}", m.peer);
     Command::new(etcd)
@@ -158,12 +231,12 @@ fn spawn_member(etcd: &str, dir: &std::path::Path, m: &Member, cluster: &str) ->
             "exemesh-test",
         ])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_to(&member_log(dir, m)))
         .spawn()
         .expect("start etcd")
 }
 
-async fn replica(dir: &std::path::Path, spec: &str, name: &str) -> Served {
+async fn replica(dir: &Path, spec: &str, name: &str) -> Served {
     let template = include_str!("fixtures/echo/worker.toml").replace("workers = 2", "workers = 1");
     let path = manifest(dir, &format!("{name}.toml"), &template, &marker(name));
     Served::start_with_args(
@@ -319,7 +392,7 @@ async fn a_three_member_cluster_keeps_discovery_working_when_a_member_dies() {
 }
 
 /// `exemesh status --discovery SPEC --json` with `EXEMESH_ETCD_TLS_DIR=tls` (or unset).
-fn status(spec: &str, tls: Option<&std::path::Path>) -> std::process::Output {
+fn status(spec: &str, tls: Option<&Path>) -> std::process::Output {
     let mut cmd = Command::new(support::exemesh());
     cmd.args(["status", "--discovery", spec, "--json"])
         .env_remove("EXEMESH_ETCD_TLS_DIR");
@@ -363,51 +436,13 @@ async fn etcd_over_tls_with_client_certificates() {
         "--out",
         &path("client"),
     ]);
-    let (client, peer) = (free_port(), free_port());
-    let client_url = format!("https://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let _etcd = KillOnDrop(
-        Command::new(which("etcd"))
-            .args(["--name", "tls", "--data-dir", &path("data")])
-            .args([
-                "--listen-client-urls",
-                &client_url,
-                "--advertise-client-urls",
-                &client_url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer_url,
-                "--initial-advertise-peer-urls",
-                &peer_url,
-            ])
-            .args(["--initial-cluster", &format!("tls={peer_url}")])
-            .args([
-                "--cert-file",
-                &path("server/cert.pem"),
-                "--key-file",
-                &path("server/key.pem"),
-            ])
-            .args([
-                "--client-cert-auth",
-                "--trusted-ca-file",
-                &path("ca/ca.pem"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd"),
-    );
-    let spec = format!("etcd://127.0.0.1:{client}/exemesh-tls");
     let tls = d.join("client");
-    let start = Instant::now();
-    while !status(&spec, Some(&tls)).status.success() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "etcd over TLS never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (spec, _etcd) = {
+        let (d, tls) = (d.to_path_buf(), tls.clone());
+        tokio::task::spawn_blocking(move || retry_port_races(|| start_tls_etcd(&d, &tls)))
+            .await
+            .expect("etcd")
+    };
 
     let template = include_str!("fixtures/echo/worker.toml").replace("workers = 2", "workers = 1");
     let manifest_path = manifest(d, "tls.toml", &template, &marker("etcd-tls"));
@@ -436,6 +471,70 @@ async fn etcd_over_tls_with_client_certificates() {
         !String::from_utf8_lossy(&out.stdout).contains("tls-1"),
         "a plaintext client must not read the registry"
     );
+}
+
+/// Starts one etcd member that serves clients over TLS and asks for their certificate (both made
+/// under `d` by `exemesh certs`), and waits until `exemesh status` reaches it with the client
+/// certificate in `tls`. Returns its discovery spec and the process.
+fn start_tls_etcd(d: &Path, tls: &Path) -> Result<(String, KillOnDrop), String> {
+    let path = |p: &str| d.join(p).display().to_string();
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    // A data directory and a log per attempt: a retry must not find the last attempt's members.
+    let log = d.join(format!("etcd-{client}.log"));
+    let mut etcd = KillOnDrop(
+        Command::new(which("etcd"))
+            .args([
+                "--name",
+                "tls",
+                "--data-dir",
+                &path(&format!("data-{client}")),
+            ])
+            .args([
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("tls={peer_url}")])
+            .args([
+                "--cert-file",
+                &path("server/cert.pem"),
+                "--key-file",
+                &path("server/key.pem"),
+            ])
+            .args([
+                "--client-cert-auth",
+                "--trusted-ca-file",
+                &path("ca/ca.pem"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log_to(&log))
+            .spawn()
+            .expect("start etcd"),
+    );
+    let spec = format!("etcd://127.0.0.1:{client}/exemesh-tls");
+    let start = Instant::now();
+    while !status(&spec, Some(tls)).status.success() {
+        if let Some(why) = exited(&mut etcd.0, &log) {
+            return Err(why);
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "etcd over TLS never answered in 30 s; {}",
+                log_tail(&log)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((spec, etcd))
 }
 
 /// Kills a process when the test ends, even by a panic.
