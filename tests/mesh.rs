@@ -656,11 +656,14 @@ async fn a_dead_endpoint_is_ejected_then_readmitted_when_it_comes_back() {
     let registry = Registry::start("127.0.0.1:0");
     let dir = tempfile::tempdir().expect("tempdir");
     let _live = replica(dir.path(), &registry.addr, "live", "").await;
-    // An instance that discovery lists but that does not answer (nothing listens on its port yet).
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    // An instance that discovery lists but that does not answer: its port is held by a socket that
+    // does not listen, so connecting is refused and no other test can take the port. The socket
+    // allows address reuse, as does serve's listener (tokio's), so serve can bind it later.
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.set_reuseaddr(true).expect("SO_REUSEADDR");
+    held.bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let port = held.local_addr().expect("address").port();
     let (discovery, lease) =
         register_instance(&registry.addr, "comeback", format!("127.0.0.1:{port}")).await;
     let channel = channel(&registry.addr);

@@ -442,9 +442,12 @@ async fn retries_and_ejections_are_events_on_the_client_span() {
     .await;
     // A registered instance nothing answers for: calls routed to it fail to connect.
     let discovery = exemesh::mesh::discovery::connect(&registry.addr).expect("discovery");
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
+    // Its port is held by a socket that does not listen: connecting is refused, and no other test
+    // can take the port.
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let dead = held.local_addr().expect("address");
     let ghost = exemesh::mesh::discovery::Instance {
         id: "ghost".into(),
         services: vec!["test.v1.Echo".into()],
