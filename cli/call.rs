@@ -181,7 +181,8 @@ where
     }
     let outcome = opentelemetry::context::FutureExt::with_context(
         async {
-            let mut replies = dynamic_client::call(channel, method, request)
+            let mut replies = dynamic_client::Method::new(method)?
+                .call(channel, request)
                 .await?
                 .into_inner();
             let mut stdout = std::io::stdout().lock();

@@ -25,6 +25,15 @@ impl Outgoing for DynamicMessage {
     }
 }
 
+/// A message already encoded as protobuf (a reply transcoded from JSON, a load generator's request
+/// encoded once for a whole run) is written as it is.
+impl Outgoing for bytes::Bytes {
+    fn encode_to(self, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        bytes::BufMut::put_slice(dst, &self);
+        Ok(())
+    }
+}
+
 /// Encodes [`Outgoing`] messages (`DynamicMessage`s by default) and decodes bytes into messages of
 /// one descriptor.
 #[derive(Debug)]

@@ -16,7 +16,11 @@ use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
 
-const PATHS: [&str; 2] = [
+/// The server reflection service's method, in both versions (newest first). It only reads, so a
+/// call of it is safe to send again: mesh channels retry it ([`CallPolicy::default`]).
+///
+/// [`CallPolicy::default`]: crate::mesh::channel::CallPolicy
+pub const PATHS: [&str; 2] = [
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];

@@ -6,7 +6,7 @@
 //! to send or a `DynamicMessage`. Both paths accept the same inputs with the same meaning; only the
 //! general one words errors, so every error reads the same whichever path saw the reply first.
 
-use bytes::{BufMut, Bytes};
+use bytes::Bytes;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
 use tonic::codec::EncodeBuf;
@@ -29,10 +29,7 @@ impl Outgoing for Reply {
     fn encode_to(self, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match self {
             Self::Message(message) => message.encode_to(dst),
-            Self::Encoded(bytes) => {
-                dst.put_slice(&bytes);
-                Ok(())
-            }
+            Self::Encoded(bytes) => bytes.encode_to(dst),
         }
     }
 }

@@ -97,12 +97,13 @@ async fn a_native_rust_replica_is_interchangeable_with_the_wrapped_executable() 
         let id = if i % 10 == 9 { "u404" } else { "u1" };
         let mut request = DynamicMessage::new(method.input());
         request.set_field_by_name("id", prost_reflect::Value::String(id.into()));
-        let call = exemesh::mesh::dynamic_client::call(
-            channel.clone(),
-            &method,
-            tonic::Request::new(tokio_stream::once(request)),
-        )
-        .await;
+        let call = exemesh::mesh::dynamic_client::Method::new(&method)
+            .expect("a method path")
+            .call(
+                channel.clone(),
+                tonic::Request::new(tokio_stream::once(request)),
+            )
+            .await;
         match call {
             Ok(response) => {
                 let mut stream = response.into_inner();

@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use exemesh::mesh::dynamic_client::{self, GrpcChannel};
+use bytes::Bytes;
+use exemesh::mesh::deadline::{GRPC_TIMEOUT_HEADER, grpc_timeout_value};
+use exemesh::mesh::dynamic_client::{GrpcChannel, Method};
 use exemesh::mesh::status_code::code_name;
 use hdrhistogram::Histogram;
-use prost_reflect::{DynamicMessage, MethodDescriptor};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 
 use super::timeline::Sample;
 
@@ -96,11 +98,12 @@ struct Shared {
     exited: AtomicUsize,
 }
 
-/// Runs the plan against `channels` (the slots are spread over them).
+/// Runs the plan against `channels` (the slots are spread over them), sending `request` (one
+/// encoded message) on every call.
 pub async fn run<T>(
     channels: Vec<T>,
-    method: &MethodDescriptor,
-    request: DynamicMessage,
+    method: &Method,
+    request: Bytes,
     plan: &Plan,
 ) -> anyhow::Result<Outcome>
 where
@@ -109,17 +112,23 @@ where
     let shared = Arc::new(Shared::default());
     let pace = plan.rate.map(|rate| Pace::new(plan, rate));
     let slots = plan.concurrency.max(1);
+    // Every call carries the same deadline: its `grpc-timeout` is written once.
+    let timeout = AsciiMetadataValue::try_from(grpc_timeout_value(plan.timeout).as_bytes())
+        .context("the call deadline")?;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..slots {
         let channel = channels[i % channels.len()].clone();
-        let (method, request, shared, plan) = (
-            method.clone(),
-            request.clone(),
-            shared.clone(),
-            plan.clone(),
-        );
+        let call = Call {
+            method: method.clone(),
+            request: request.clone(),
+            timeout: (
+                AsciiMetadataKey::from_static(GRPC_TIMEOUT_HEADER),
+                timeout.clone(),
+            ),
+        };
+        let (shared, plan) = (shared.clone(), plan.clone());
         tasks.spawn(async move {
-            let result = slot(channel, method, request, &shared, &plan, pace).await;
+            let result = slot(channel, call, &shared, &plan, pace).await;
             shared.exited.fetch_add(1, Ordering::Relaxed);
             result
         });
@@ -197,11 +206,18 @@ type SlotResult = (
     Option<Instant>,
 );
 
+/// What every call of a run sends, prepared once.
+struct Call {
+    method: Method,
+    request: Bytes,
+    /// The `grpc-timeout` header and its value for the plan's deadline.
+    timeout: (AsciiMetadataKey, AsciiMetadataValue),
+}
+
 /// One slot: takes calls until the run ends.
 async fn slot<T>(
     channel: T,
-    method: MethodDescriptor,
-    request: DynamicMessage,
+    call: Call,
     shared: &Shared,
     plan: &Plan,
     pace: Option<Pace>,
@@ -248,10 +264,13 @@ where
                 (counted, Instant::now())
             }
         };
-        let mut call = tonic::Request::new(tokio_stream::once(request.clone()));
-        call.set_timeout(plan.timeout);
+        let mut request = tonic::Request::new(tokio_stream::once(call.request.clone()));
+        let (key, value) = &call.timeout;
+        request.metadata_mut().insert(key.clone(), value.clone());
         let outcome = async {
-            let mut replies = dynamic_client::call(channel.clone(), &method, call)
+            let mut replies = call
+                .method
+                .call(channel.clone(), request)
                 .await?
                 .into_inner();
             while replies.message().await?.is_some() {}

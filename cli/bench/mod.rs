@@ -15,7 +15,7 @@ use super::descriptors::{self, ProtoArgs};
 use anyhow::{Context as _, bail};
 use exemesh::mesh::channel::link::Link;
 use exemesh::mesh::channel::{CallPolicy, MeshChannel};
-use exemesh::mesh::dynamic_client::GrpcChannel;
+use exemesh::mesh::dynamic_client::{self, GrpcChannel};
 use load::Plan;
 use prost_reflect::{DeserializeOptions, DynamicMessage, MethodDescriptor};
 use serde::Serialize;
@@ -235,7 +235,10 @@ where
         keep_samples: args.timeline.is_some(),
         progress: load::interactive() && !args.json,
     };
-    let outcome = load::run(channels, method, request, &plan).await?;
+    // Encoded once: every call of the run sends the same bytes.
+    let request = bytes::Bytes::from(prost::Message::encode_to_vec(&request));
+    let method = dynamic_client::Method::new(method)?;
+    let outcome = load::run(channels, &method, request, &plan).await?;
     let histogram = &outcome.histogram;
     let ok = histogram.len();
     let calls = ok + outcome.errors.values().sum::<u64>();

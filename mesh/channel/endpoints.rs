@@ -107,7 +107,7 @@ impl Reporting {
             if e.downcast_ref::<tonic::Status>().is_some_and(|s| s.code() == tonic::Code::Unavailable));
         self.record(answered, unreachable);
         if !answered {
-            return result;
+            return result.map(|response| response.map(Body::new));
         }
         Ok(result?.map(|body| {
             Body::new(Watched {
@@ -152,15 +152,18 @@ pin_project_lite::pin_project! {
     /// A response body that tells its endpoint how it begins: a body that breaks before any frame
     /// (the endpoint died after sending the headers) benches the endpoint at once, like a refused
     /// connection, and trailers with `UNAVAILABLE` before any message count like a trailers-only
-    /// `UNAVAILABLE`.
-    struct Watched {
+    /// `UNAVAILABLE`. It wraps the link's own body type, so that a call's body is boxed once.
+    struct Watched<B> {
         #[pin]
-        body: Body,
+        body: B,
         reporting: Option<Reporting>,
     }
 }
 
-impl http_body::Body for Watched {
+impl<B> http_body::Body for Watched<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = tonic::Status>,
+{
     type Data = bytes::Bytes;
     type Error = tonic::Status;
 

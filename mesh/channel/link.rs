@@ -208,7 +208,7 @@ impl Link {
     /// left (the peer had announced its shutdown, or the connection had just failed), or when the
     /// peer's shutdown announcement excluded it unprocessed (it was queued behind the peer's stream
     /// limit, say), if its body was sent whole from the caller's task (a unary request always is).
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Body>, BoxError> {
+    pub async fn send(&self, request: Request<Body>) -> Result<Response<ResponseBody>, BoxError> {
         let (head, body) = self.with_origin(request)?;
         let end_of_stream = body.is_end_stream();
         let (mut connection, response, stream) = self.open_stream(&head, end_of_stream).await?;
@@ -237,7 +237,7 @@ impl Link {
             (Err(error), _) => return Err(self.transport_status(&error).into()),
         };
         let address = self.inner.address.clone();
-        Ok(response.map(|recv| Body::new(ResponseBody::new(recv, address, open, guard))))
+        Ok(response.map(|recv| ResponseBody::new(recv, address, open, guard)))
     }
 
     /// Opens a stream for a request with `head` on the open connection (opening one if needed). A
@@ -339,18 +339,29 @@ impl Link {
         head.uri =
             Uri::from_parts(uri).map_err(|e| Status::internal(format!("request URI: {e}")))?;
         // HTTP/1 connection headers have no meaning in HTTP/2, and h2 refuses a request that has
-        // them (as hyper's client does, they are dropped; `te` is kept only as `trailers`).
-        for name in CONNECTION_HEADERS {
-            head.headers.remove(name);
+        // them (as hyper's client does, they are dropped; `te` is kept only as `trailers`). One
+        // pass over the few headers a call has finds what to change; a lookup by name would hash
+        // each of the names below.
+        let mut drop_connection_headers = false;
+        let (mut drop_te, mut has_user_agent) = (false, false);
+        for (name, value) in &head.headers {
+            if *name == http::header::TE {
+                drop_te |= value != "trailers";
+            } else if *name == http::header::USER_AGENT {
+                has_user_agent = true;
+            } else if CONNECTION_HEADERS.contains(&name.as_str()) {
+                drop_connection_headers = true;
+            }
         }
-        if head
-            .headers
-            .get(http::header::TE)
-            .is_some_and(|te| te != "trailers")
-        {
+        if drop_connection_headers {
+            for name in CONNECTION_HEADERS {
+                head.headers.remove(name);
+            }
+        }
+        if drop_te {
             head.headers.remove(http::header::TE);
         }
-        if !head.headers.contains_key(http::header::USER_AGENT) {
+        if !has_user_agent {
             head.headers.insert(
                 http::header::USER_AGENT,
                 HeaderValue::from_static(USER_AGENT),
@@ -376,7 +387,7 @@ impl tower::Service<Request<Body>> for Link {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let link = self.clone();
-        async move { link.send(request).await }.boxed()
+        async move { Ok(link.send(request).await?.map(Body::new)) }.boxed()
     }
 }
 
@@ -617,6 +628,53 @@ mod tests {
             .uri("/test.v1.Echo/Unary")
             .body(Body::empty())
             .expect("request")
+    }
+
+    #[test]
+    fn requests_lose_http1_connection_headers_and_get_the_origin_and_a_user_agent() {
+        let link = Link::with_tls("127.0.0.1:9", None).expect("link");
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut request = call();
+            for (name, value) in pairs {
+                request
+                    .headers_mut()
+                    .append(*name, HeaderValue::from_static(value));
+            }
+            let (head, _) = link.with_origin(request).expect("a valid request");
+            assert_eq!(head.uri, "http://127.0.0.1:9/test.v1.Echo/Unary");
+            let mut kept: Vec<String> = head
+                .headers
+                .iter()
+                .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+                .collect();
+            kept.sort();
+            kept
+        };
+        let ua = format!("user-agent: {USER_AGENT}");
+        // Every HTTP/1 connection header goes, `te` other than `trailers` too; others stay.
+        assert_eq!(
+            headers(&[
+                ("connection", "close"),
+                ("keep-alive", "5"),
+                ("proxy-connection", "x"),
+                ("transfer-encoding", "chunked"),
+                ("upgrade", "h2c"),
+                ("te", "gzip"),
+                ("x-id", "1"),
+            ]),
+            [ua.as_str(), "x-id: 1"]
+        );
+        // One connection header is enough for it to go; `te: trailers` and the caller's own
+        // user agent stay.
+        assert_eq!(
+            headers(&[
+                ("upgrade", "h2c"),
+                ("te", "trailers"),
+                ("user-agent", "mine/1"),
+            ]),
+            ["te: trailers", "user-agent: mine/1"]
+        );
+        assert_eq!(headers(&[]), [ua.as_str()]);
     }
 
     #[tokio::test]

@@ -56,7 +56,11 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(5);
 pub struct CallPolicy {
     /// Deadline for calls that carry none (and no inbound deadline applies).
     pub timeout: Duration,
-    /// Method paths (`/pkg.Service/Method`) that are safe to retry.
+    /// Method paths (`/pkg.Service/Method`) that are safe to retry. By default, the server
+    /// reflection service's ([`reflection::PATHS`]): exemesh learns a callee's contract through it
+    /// over the mesh, and one dead instance must not fail that.
+    ///
+    /// [`reflection::PATHS`]: crate::mesh::reflection::PATHS
     pub idempotent: HashSet<String>,
     /// Those of them that answer with one message (not server streaming): a call is committed at
     /// the end of the answer (its status follows the message at once), not at the message, so one
@@ -73,7 +77,10 @@ impl Default for CallPolicy {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
-            idempotent: HashSet::new(),
+            idempotent: crate::mesh::reflection::PATHS
+                .iter()
+                .map(|path| path.to_string())
+                .collect(),
             one_message: HashSet::new(),
             retry_on: vec![Code::Unavailable],
             max_attempts: 3,
@@ -353,11 +360,14 @@ mod tests {
             .map(|m| policy.idempotent_method(&m))
             .collect();
         assert_eq!(marked, [true, true, false]);
+        // Added to the default: the reflection service, which only reads.
         assert_eq!(
             policy.idempotent,
             HashSet::from([
                 "/kv.v1.Store/Get".to_string(),
-                "/kv.v1.Store/Scan".to_string()
+                "/kv.v1.Store/Scan".to_string(),
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".to_string(),
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo".to_string(),
             ])
         );
         assert_eq!(

@@ -236,6 +236,16 @@ pub struct ResponseBody {
     _request: Option<RequestGuard>,
 }
 
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("address", &self.address)
+            .field("data_done", &self.data_done)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ResponseBody {
     /// The body of a call to `address`, which keeps the call counted and its request task going
     /// until it is dropped.

@@ -188,7 +188,8 @@ impl Outbound {
                 metadata.insert(key, value);
             }
         }
-        let mut replies = dynamic_client::call(target.channel.clone(), &method, request)
+        let mut replies = dynamic_client::Method::new(&method)?
+            .call(target.channel.clone(), request)
             .await?
             .into_inner();
         while let Some(reply) = replies.message().await? {
