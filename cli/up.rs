@@ -275,13 +275,13 @@ impl Drop for TraceView {
 
 fn serve_forever(
     listener: tokio::net::TcpListener,
-    routes: tonic::service::Routes,
+    routes: exemesh::mesh::router::GrpcRouter,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         exemesh::mesh::transport::serve_h2c(
             listener,
-            routes.prepare().into_axum_router(),
+            routes,
             Default::default(),
             tls,
             std::future::pending(),
@@ -299,10 +299,11 @@ async fn start_trace_view(registry: &str) -> anyhow::Result<TraceView> {
     let store = std::sync::Arc::new(TraceStore::default());
     let otlp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = otlp.local_addr()?;
-    let receiver = tonic::service::Routes::new(Receiver(store.clone()));
+    let receiver = exemesh::mesh::router::GrpcRouter::new().add_service(Receiver(store.clone()));
     let query_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let query_addr = query_listener.local_addr()?;
-    let query = tonic::service::Routes::new(TracesServer::new(Query(store)));
+    let query =
+        exemesh::mesh::router::GrpcRouter::new().add_service(TracesServer::new(Query(store)));
     let own = prost::Message::decode(exemesh::pb::FILE_DESCRIPTOR_SET)?;
     let (query, health) = exemesh::mesh::introspection::with_introspection(query, vec![own])?;
     exemesh::mesh::introspection::set_status(

@@ -2,9 +2,10 @@
 
 use prost::Message as _;
 use prost_types::FileDescriptorSet;
-use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+use super::router::GrpcRouter;
 
 /// A descriptor set could not be served through reflection.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +22,9 @@ impl ReflectionSetupError {
 /// Adds health and reflection to `routes`. `sets` are the contracts to describe (health's own is
 /// added here; grpcurl 1.8 only speaks reflection v1alpha, newer clients v1).
 pub fn with_introspection(
-    routes: Routes,
+    routes: GrpcRouter,
     sets: Vec<FileDescriptorSet>,
-) -> Result<(Routes, HealthReporter), ReflectionSetupError> {
+) -> Result<(GrpcRouter, HealthReporter), ReflectionSetupError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_set = FileDescriptorSet::decode(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .map_err(|e| ReflectionSetupError(e.to_string()))?;

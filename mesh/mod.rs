@@ -7,6 +7,7 @@
 //! * [`reflection`]: fetching a server's contracts through gRPC server reflection;
 //! * [`dynamic_client`]: calling any method of any server with JSON in and JSON out;
 //! * [`transport`]: the HTTP/2 accept loop every exemesh server uses;
+//! * [`router`]: which of a server's services a call is for;
 //! * [`introspection`]: health and reflection, served next to every service;
 //! * [`registry`]: the embedded discovery registry (`exemesh registry`);
 //! * [`telemetry`]: OpenTelemetry tracing and trace-context propagation.
@@ -22,6 +23,7 @@ pub mod dynamic_client;
 pub mod introspection;
 pub mod reflection;
 pub mod registry;
+pub mod router;
 pub mod status_code;
 pub mod telemetry;
 pub mod tls;

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::mesh::call_limit::{CallLimitLayer, PermitBody};
+use crate::mesh::router::GrpcRouter;
 use crate::mesh::telemetry::rpc_span::{ConnectionAddrs, RpcSpanLayer};
 use crate::mesh::tls::identity::PeerIdentity;
 use tokio::task::JoinSet;
@@ -69,7 +70,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for 
 /// One accepted connection and what it needs to serve.
 struct Connection {
     addresses: Addresses,
-    router: axum::Router,
+    router: GrpcRouter,
     builder: hyper::server::conn::http2::Builder<TokioExecutor>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     idle_timeout: Duration,
@@ -170,7 +171,7 @@ impl Addresses {
     /// within the connection's call limit.
     fn service(
         self,
-        router: axum::Router,
+        router: GrpcRouter,
         identity: Option<PeerIdentity>,
         activity: Arc<Activity>,
         max_calls: u32,
@@ -178,7 +179,7 @@ impl Addresses {
         impl tower::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<
-                crate::mesh::telemetry::rpc_span::StatusBody<PermitBody<axum::body::Body>>,
+                crate::mesh::telemetry::rpc_span::StatusBody<PermitBody<tonic::body::Body>>,
             >,
             Error = std::convert::Infallible,
             Future: Send + 'static,
@@ -189,8 +190,9 @@ impl Addresses {
         let limited =
             CallLimitLayer::new(usize::try_from(max_calls).unwrap_or(usize::MAX)).layer(router);
         let traced = RpcSpanLayer.layer(limited).map_request(
-            move |mut request: http::Request<hyper::body::Incoming>| {
+            move |request: http::Request<hyper::body::Incoming>| {
                 activity.touch();
+                let mut request = request.map(tonic::body::Body::new);
                 request.extensions_mut().insert(addrs.clone());
                 if let Some(identity) = &identity {
                     request.extensions_mut().insert(identity.clone());
@@ -213,7 +215,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// mesh configuration) and its requests carry the caller's [`PeerIdentity`]; without, it is h2c.
 pub async fn serve_h2c(
     listener: TcpListener,
-    router: axum::Router,
+    router: GrpcRouter,
     settings: Http2Settings,
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,

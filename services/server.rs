@@ -12,7 +12,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -29,10 +28,10 @@ use super::worker::runner::WorkerRunner;
 use crate::mesh::discovery::registration::Registration;
 use crate::mesh::discovery::{Discovery, Instance};
 use crate::mesh::introspection::{ReflectionSetupError, set_status, with_introspection};
+use crate::mesh::router::GrpcRouter;
 use crate::mesh::telemetry::admin::serve_admin;
 use crate::mesh::tls::policy::{AuthzLayer, Policy};
 use crate::mesh::transport::serve_h2c;
-use tower::Layer as _;
 
 /// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +112,9 @@ pub async fn serve(
         .iter()
         .map(|m| runtime(&plan, m, &pools))
         .collect::<Result<Vec<_>, _>>()?;
-    let router = axum::Router::new().fallback_service(DynamicService::new(runtimes));
-    let (routes, reporter) =
-        with_introspection(Routes::from(router), vec![plan.contract.files.clone()])?;
-    let router = with_authz(routes.prepare().into_axum_router(), &plan.manifest)?;
+    let router = GrpcRouter::new().fallback(DynamicService::new(runtimes));
+    let (router, reporter) = with_introspection(router, vec![plan.contract.files.clone()])?;
+    let router = with_authz(router, &plan.manifest)?;
     set_status(&reporter, &service_name, ServingStatus::NotServing).await;
     let health_task = tokio::spawn(follow_pools(
         reporter.clone(),
@@ -185,7 +183,7 @@ pub async fn serve(
 
 /// Puts the manifest's `[authz]` policy in front of every route (health and reflection included:
 /// the policy opens them to every mesh member).
-fn with_authz(router: axum::Router, manifest: &Manifest) -> Result<axum::Router, ServeError> {
+fn with_authz(router: GrpcRouter, manifest: &Manifest) -> Result<GrpcRouter, ServeError> {
     let Some(policy) = &manifest.authz else {
         return Ok(router);
     };
@@ -195,7 +193,7 @@ fn with_authz(router: axum::Router, manifest: &Manifest) -> Result<axum::Router,
         trust_domain: identity.current().trust_domain.clone(),
         ..policy.clone()
     };
-    Ok(axum::Router::new().fallback_service(AuthzLayer::new(policy).layer(router)))
+    Ok(router.layer(AuthzLayer::new(policy)))
 }
 
 fn start_pools(plan: &Plan, outbound: Option<Arc<Outbound>>) -> BTreeMap<String, Arc<Pool>> {

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use prost::Message as _;
 use tokio::net::TcpListener;
-use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 use super::service::{RegistryService, run_expiry};
 use super::store::Store;
 use crate::mesh::introspection::{ReflectionSetupError, set_status, with_introspection};
+use crate::mesh::router::GrpcRouter;
 use crate::mesh::transport::{Http2Settings, serve_h2c};
 use crate::pb::v1::registry_server::RegistryServer;
 
@@ -23,7 +23,8 @@ pub async fn serve_registry(
     let store = Arc::new(Store::default());
     let own = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET)
         .map_err(|e| ReflectionSetupError::new(e.to_string()))?;
-    let routes = Routes::new(RegistryServer::new(RegistryService::new(store.clone())));
+    let routes =
+        GrpcRouter::new().add_service(RegistryServer::new(RegistryService::new(store.clone())));
     let (routes, health) = with_introspection(routes, vec![own])?;
     set_status(&health, "exemesh.v1.Registry", ServingStatus::Serving).await;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -36,7 +37,7 @@ pub async fn serve_registry(
     };
     serve_h2c(
         listener,
-        routes.prepare().into_axum_router(),
+        routes,
         Http2Settings::default(),
         crate::mesh::tls::installed_server_config(),
         signal,

@@ -36,7 +36,7 @@ const RESOURCE: u32 = 1;
 const SCOPE_SPANS: u32 = 2;
 const SPANS: u32 = 2;
 
-/// Receives spans into a [`TraceStore`]: a tower service to mount in `tonic::service::Routes`.
+/// Receives spans into a [`TraceStore`]: a tower service to mount in a [`GrpcRouter`](crate::mesh::router::GrpcRouter).
 #[derive(Debug, Clone)]
 pub struct Receiver(pub Arc<TraceStore>);
 

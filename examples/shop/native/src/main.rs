@@ -16,8 +16,8 @@ use exemesh::mesh::channel::{CallPolicy, MeshChannel};
 use exemesh::mesh::discovery::registration::Registration;
 use exemesh::mesh::discovery::{Instance, connect};
 use exemesh::mesh::introspection::{set_status, with_introspection};
+use exemesh::mesh::router::GrpcRouter;
 use exemesh::mesh::transport::{Http2Settings, serve_h2c};
-use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 /// Generated from examples/shop/proto/shop/v1/*.proto.
@@ -89,7 +89,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let descriptors = prost::Message::decode(pb::DESCRIPTORS)?;
-    let routes = Routes::new(UserServiceServer::new(Users(users())));
+    let routes = GrpcRouter::new().add_service(UserServiceServer::new(Users(users())));
     let (routes, health) = with_introspection(routes, vec![descriptors])?;
     set_status(
         &health,
@@ -166,7 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     serve_h2c(
         listener,
-        routes.prepare().into_axum_router(),
+        routes,
         Http2Settings::default(),
         exemesh::mesh::tls::installed_server_config(),
         shutdown,
