@@ -6,8 +6,9 @@
 # The method is grpc.health.v1.Health/Check, served natively by every exemesh server, so the numbers
 # measure the path, not an executable. Everything runs on 127.0.0.1.
 # Usage: bench/mesh.sh [ROUNDS=5] [SECONDS=3]   (writes bench/results/mesh.jsonl and prints a table)
-# With BEFORE=BINARY (an exemesh built from an earlier commit), a fourth variant, mesh-before, runs
-# that binary's client through the same mesh: the before/after of a change to the mesh channel.
+# With BEFORE=BINARY (an exemesh built from an earlier commit), two more variants run that binary's
+# client through the same mesh (mesh-before) and the same haproxy (haproxy-before): the before/after
+# of a change to the client, on both sides of the haproxy comparison. The servers are this commit's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
@@ -52,17 +53,18 @@ method=grpc.health.v1.Health/Check
 before=${BEFORE:+$(realpath "$BEFORE")}
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
-    for variant in $(rotated "$round" direct ${BEFORE:+mesh-before} mesh haproxy); do
+    for variant in $(rotated "$round" direct ${BEFORE:+mesh-before haproxy-before} mesh haproxy); do
       client=$bin
       case $variant in
         direct) args=("$a1" "$method") ;;
         mesh) args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
         mesh-before) client=$before; args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
         haproxy) args=("127.0.0.1:$hport" "$method") ;;
+        haproxy-before) client=$before; args=("127.0.0.1:$hport" "$method") ;;
       esac
       "$client" bench "${args[@]}" -c "$c" -z "${secs}s" --warmup 500ms --json \
         | tag "$variant" "$round" >>"$out"
     done
   done
 done
-python3 bench/report.py "$out" direct ${BEFORE:+mesh-before} mesh haproxy
+python3 bench/report.py "$out" direct ${BEFORE:+mesh-before haproxy-before} mesh haproxy
