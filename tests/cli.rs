@@ -371,6 +371,51 @@ async fn bench_reads_the_contract_from_proto_files_when_asked() {
 }
 
 #[tokio::test]
+async fn bench_sends_the_request_it_was_given_on_every_call() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = manifest(
+        dir.path(),
+        "request.toml",
+        include_str!("fixtures/echo/worker.toml"),
+        &marker("bench-request"),
+    );
+    let served = Served::start(&path).await;
+    // The request is encoded once for the whole run: the worker must see it on every call, here as
+    // the error it asks for (an empty or damaged request would be answered OK).
+    for client in ["tonic", "exemesh"] {
+        let out = run(
+            &[
+                "bench",
+                "--client",
+                client,
+                &served.addr,
+                "test.v1.Echo/Unary",
+                r#"{"text":"x","mode":"error:NOT_FOUND"}"#,
+                "-n",
+                "20",
+                "-c",
+                "4",
+                "--warmup",
+                "0s",
+                "--json",
+            ],
+            None,
+        );
+        // Failed calls make the run exit with 1, after its report.
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+        assert_eq!(
+            (
+                report["ok"].as_u64(),
+                report["errors"]["NOT_FOUND"].as_u64()
+            ),
+            (Some(0), Some(20)),
+            "{client}: {report}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn bench_with_the_exemesh_client_calls_the_server_and_names_one_it_cannot_reach() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = manifest(
