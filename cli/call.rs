@@ -142,10 +142,7 @@ where
     let mut request = tonic::Request::new(tokio_stream::iter(requests));
     // The call's own span (exported when tracing is on); without tracing, a fresh trace context so
     // that the servers' spans still share one printed trace id.
-    let span = client_span(
-        &format!("/{}/{}", method.parent_service().full_name(), method.name()),
-        None,
-    );
+    let span = client_span(&dynamic_client::path_text(method), None);
     let traceparent = if span.span().span_context().is_valid() {
         propagation::to_strings(&span).0
     } else {

@@ -91,6 +91,11 @@ impl Method {
 
 /// The HTTP/2 path of a method: `/pkg.Service/Method`.
 pub fn method_path(method: &MethodDescriptor) -> Result<PathAndQuery, Status> {
-    let text = format!("/{}/{}", method.parent_service().full_name(), method.name());
-    PathAndQuery::try_from(text).map_err(|e| Status::internal(format!("method path: {e}")))
+    PathAndQuery::try_from(path_text(method))
+        .map_err(|e| Status::internal(format!("method path: {e}")))
+}
+
+/// A method's path as text, `/pkg.Service/Method`: how retry policies, spans and metrics name it.
+pub fn path_text(method: &MethodDescriptor) -> String {
+    format!("/{}/{}", method.parent_service().full_name(), method.name())
 }

@@ -326,6 +326,15 @@ async fn answer_then_die(socket: tokio::net::TcpStream, partial: &'static [u8]) 
     Some(answered)
 }
 
+/// A listener on an ephemeral port of 127.0.0.1, and its address.
+async fn local_listener() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    (listener, address)
+}
+
 /// A server that answers one call with response headers and the first `partial` bytes of a message,
 /// then dies, as a replica killed between a reply's headers and its message (or inside a message
 /// split over frames) would: it closes the connection and stops listening. The receiver fires once
@@ -333,10 +342,7 @@ async fn answer_then_die(socket: tokio::net::TcpStream, partial: &'static [u8]) 
 async fn headers_then_death(
     partial: &'static [u8],
 ) -> (String, tokio::sync::oneshot::Receiver<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address").to_string();
+    let (listener, address) = local_listener().await;
     let (hit, hit_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (socket, _) = listener.accept().await.expect("accept");
@@ -351,10 +357,7 @@ async fn headers_then_death(
 /// A server that fails every call it gets, on any number of connections: response headers, then
 /// the connection closes, as a replica dying mid-call would. Each failed call fires the receiver.
 async fn failing_every_call() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address").to_string();
+    let (listener, address) = local_listener().await;
     let (hit, hits) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {

@@ -95,7 +95,7 @@ impl CallPolicy {
         if !retry::is_idempotent(method) {
             return false;
         }
-        let path = format!("/{}/{}", method.parent_service().full_name(), method.name());
+        let path = crate::mesh::dynamic_client::path_text(method);
         if !method.is_server_streaming() {
             self.one_message.insert(path.clone());
         }
