@@ -67,6 +67,15 @@ DEFAULT_MAX_FRAME_BYTES = 4 * 1024 * 1024 + 64 * 1024
 #: normally answers at the deadline itself).
 OUTBOUND_GRACE = 1.0
 
+#: The default ``Worker(inline_below=...)``: a call of a method whose last
+#: call took less than this (seconds) runs inline on the reading thread when
+#: no other call is running.
+INLINE_BELOW = 0.0002
+
+#: How long (seconds) a call may run inline before a watchdog thread hands
+#: reading to another thread (frames that arrive meanwhile wait that long).
+WATCH_INTERVAL = 0.05
+
 #: Largest outbound call id (callIds are uint32, never 0).
 MAX_CALL_ID = 0xFFFFFFFF
 
@@ -246,12 +255,14 @@ class Context:
     def cancelled(self):
         """True once exemesh cancelled the call (client gone, deadline passed)
         or the worker is shutting down."""
+        self._hand_off()
         return self._cancelled
 
     @property
     def cancel_event(self):
         """A ``threading.Event`` set when the call is cancelled; wait on it
         instead of sleeping (``ctx.cancel_event.wait(timeout)``)."""
+        self._hand_off()
         event = self._event
         if event is None:
             with _event_lock:
@@ -340,6 +351,16 @@ class Context:
         return worker
 
     # -- internal ------------------------------------------------------------
+
+    def _hand_off(self):
+        """The handler is about to depend on frames (a cancel, an outbound
+        reply): if this call runs inline on the reading thread, reading goes
+        to another thread first."""
+        worker = self._worker
+        if worker is not None:
+            readers = worker._readers
+            if readers is not None and readers._inline is self:
+                readers.hand_off(self)
 
     def _cancel(self, reason):
         if self._cancelled:
@@ -472,9 +493,21 @@ class _Readers:
     writing the reply. At most ``size`` handlers run at once (a call started
     beyond that waits in ``_backlog`` for the next thread to finish), and up
     to ``size + 1`` threads exist, so one is always free to read (cancels,
-    stream messages, the replies of outbound calls)."""
+    stream messages, the replies of outbound calls).
 
-    def __init__(self, worker, input, size):
+    Quick calls run inline: when no other call is running and the method's
+    last call (unary or server streaming) took less than ``inline_below``
+    seconds, the leader runs the call without handing reading over, and goes
+    on reading when it returns. Handing over wakes another thread, which then
+    waits for the GIL the handler holds: three or four context switches a
+    call, more than a quick handler costs. Reading is handed over after all
+    when the handler needs frames (``ctx.call()``, ``ctx.stream()``,
+    ``ctx.cancelled``, ``ctx.cancel_event``) or, by a watchdog thread, when
+    it runs longer than ``watch_interval`` (frames that arrive meanwhile wait
+    that long at most); such a call makes its method run on a thread of its
+    own again next time."""
+
+    def __init__(self, worker, input, size, inline_below=0.0, watch_interval=0.05):
         self._worker = worker
         self._readline = input.readline
         self._size = size
@@ -484,6 +517,12 @@ class _Readers:
         self._threads = 0
         self._running = 0  # threads running a handler
         self._backlog = deque()  # started calls waiting for a handler thread
+        self._inline_below = inline_below
+        self._watch_interval = watch_interval
+        self._quick = set()  # methods whose last call ran in less than inline_below seconds
+        self._inline = None  # the Context of the call the leader runs inline
+        self._inline_since = 0.0
+        self._watching = False
 
     def start(self):
         with self._count_lock:
@@ -494,45 +533,105 @@ class _Readers:
         threading.Thread(target=self._loop, name="exemesh-worker-%d" % number, daemon=True).start()
 
     def _loop(self):
+        reading = False  # True while this thread still holds ``lock`` after an inline call
+        clock = time.perf_counter
         while True:
-            task = self._read()
+            task, inline = self._read(reading)
             if task is None:
                 return
-            self.lock.release()
+            if not inline:
+                self.lock.release()
             while task is not None:
+                began = clock()
                 try:
                     task[0](*task[1:])
                 except BaseException:  # the runners catch everything; belt and braces
                     _stderr("exemesh_worker: internal error in a handler thread\n" + traceback.format_exc())
-                with self._count_lock:
-                    if self._backlog:
-                        task = self._backlog.popleft()
-                    else:
-                        task = None
-                        self._running -= 1
+                task, reading = self._finished(task, inline, clock() - began)
+                inline = False
+
+    def _finished(self, task, inline, elapsed):
+        """Books the end of ``task`` (run inline or not) and returns the next
+        task for this thread (from the backlog), and whether it still holds
+        ``lock`` (it ran the call inline and reading was not handed over)."""
+        ctx = task[2]
+        with self._count_lock:
+            still_reading = inline and self._inline is ctx
+            if inline and still_reading:
+                self._inline = None
+            if ctx.kind in _INLINE_KINDS:
+                if elapsed < self._inline_below and (still_reading or not inline):
+                    self._quick.add(ctx.method)
+                else:
+                    self._quick.discard(ctx.method)
+            if still_reading:
+                self._running -= 1
+                return None, True
+            if self._backlog:
+                return self._backlog.popleft(), False
+            self._running -= 1
+            return None, False
 
     def _admit(self, task):
-        """True when ``task`` may run now: it is counted as running, and a
-        thread is added if none would be left to read. Else it is queued for
-        the next handler thread that finishes."""
+        """``_RUN`` when ``task`` may run now on this thread (a thread is added
+        if none would be left to read), ``_INLINE`` when it runs now without
+        handing reading over, ``_QUEUED`` when it waits in the backlog for the
+        next handler thread that finishes."""
+        ctx = task[2]
         with self._count_lock:
             if self._running >= self._size:
                 self._backlog.append(task)
-                return False
+                return _QUEUED
             self._running += 1
+            if self._running == 1 and ctx.method in self._quick and ctx.kind in _INLINE_KINDS:
+                self._inline = ctx
+                self._inline_since = time.monotonic()
+                watch = not self._watching
+                self._watching = True
+                if watch:
+                    threading.Thread(target=self._watch, name="exemesh-worker-watchdog", daemon=True).start()
+                return _INLINE
             grow = self._threads == self._running and self._threads <= self._size
             if grow:
                 self._threads += 1
                 number = self._threads
         if grow:
             self._start_thread(number)  # before the leader lets go of reading
-        return True
+        return _RUN
 
-    def _read(self):
+    def hand_off(self, ctx):
+        """Reading goes to another thread if ``ctx`` is running inline (from
+        its handler, which is about to wait for frames, or from the
+        watchdog). ``threading.Lock`` may be released by any thread."""
+        with self._count_lock:
+            if self._inline is not ctx:
+                return
+            self._inline = None
+            grow = self._threads == self._running and self._threads <= self._size
+            if grow:
+                self._threads += 1
+                number = self._threads
+        if grow:
+            self._start_thread(number)
+        self.lock.release()
+
+    def _watch(self):
+        """Hands reading over when a call has run inline for longer than
+        ``watch_interval``. Started with the first inline call."""
+        interval = self._watch_interval
+        while not self.eof.wait(interval):
+            with self._count_lock:
+                ctx, since = self._inline, self._inline_since
+            if ctx is not None and time.monotonic() - since >= interval:
+                self.hand_off(ctx)
+
+    def _read(self, reading=False):
         """As the leader: routes frames until one starts a call that may run
-        now, and returns that call's task with the lock still held; ``None``
-        (lock released) at end-of-file."""
-        self.lock.acquire()
+        now, and returns that call's task, with the lock still held, and
+        whether it runs inline; ``(None, False)`` (lock released) at
+        end-of-file. ``reading``: the lock is held already."""
+        if not reading:
+            self.lock.acquire()
         readline = self._readline
         on_line = self._worker._on_line
         while not self.eof.is_set():
@@ -550,10 +649,16 @@ class _Readers:
                 _stderr("exemesh_worker: error handling a stdin line %.200r:\n%s"
                         % (line, traceback.format_exc()))
                 continue
-            if task is not None and self._admit(task):
-                return task
+            if task is not None:
+                how = self._admit(task)
+                if how != _QUEUED:
+                    return task, how == _INLINE
         self.lock.release()
-        return None
+        return None, False
+
+
+_QUEUED, _RUN, _INLINE = 0, 1, 2
+_INLINE_KINDS = (UNARY, SERVER_STREAMING)
 
 
 # --------------------------------------------------------------------------
@@ -575,10 +680,14 @@ class Worker:
     (and an outbound request that would is refused with RESOURCE_EXHAUSTED).
     ``outbound_grace`` is how long (seconds) ``ctx.call()`` waits past its
     deadline for exemesh's answer before failing with DEADLINE_EXCEEDED itself.
+    ``inline_below`` (seconds; 0 turns it off): a unary or server-streaming
+    call whose method's last call took less runs on the thread that read it
+    when no other call is running, without handing reading to another thread
+    (see the README, "Threads").
     """
 
     def __init__(self, max_in_flight=16, *, sdk=SDK_NAME, max_frame_bytes=None,
-                 declare_methods=True):
+                 declare_methods=True, inline_below=INLINE_BELOW):
         if max_frame_bytes is None:
             max_frame_bytes = os.environ.get("EXEMESH_MAX_FRAME_BYTES") or DEFAULT_MAX_FRAME_BYTES
         max_in_flight = int(max_in_flight)
@@ -588,6 +697,8 @@ class Worker:
         self.sdk = sdk
         self.max_frame_bytes = int(max_frame_bytes)
         self.declare_methods = declare_methods
+        self.inline_below = float(inline_below)
+        self._readers = None
         self._handlers = {}  # method -> (function, kind or None)
         self._calls = {}  # call id -> Context of the calls in flight
         self._write_lock = threading.Lock()
@@ -674,7 +785,7 @@ class Worker:
             self._outbound = {}
         self._broken = False
         self._out = output
-        readers = _Readers(self, input, self.max_in_flight)
+        readers = self._readers = _Readers(self, input, self.max_in_flight, self.inline_below, WATCH_INTERVAL)
         try:
             ready = {"maxInFlight": self.max_in_flight, "sdk": self.sdk}
             if self.declare_methods and self._handlers:
@@ -917,6 +1028,7 @@ class Worker:
 
     def _open_outbound(self, ctx, method, request, timeout, metadata):
         """Register an outbound call made for ``ctx`` and send its call frame."""
+        ctx._hand_off()  # its answer comes on stdin
         method = str(method).lstrip("/")
         if "/" not in method:
             raise ValueError("method must be 'package.Service/Method', got %r" % method)

@@ -3,13 +3,18 @@
 import os
 import sys
 import threading
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import exemesh_worker  # noqa: E402
 from exemesh_worker import Error, Worker  # noqa: E402
 
 worker = Worker(max_in_flight=int(os.environ.get("TEST_MAX_IN_FLIGHT", "4")),
-                max_frame_bytes=int(os.environ.get("TEST_MAX_FRAME_BYTES", str(4 * 1024 * 1024 + 64 * 1024))))
+                max_frame_bytes=int(os.environ.get("TEST_MAX_FRAME_BYTES", str(4 * 1024 * 1024 + 64 * 1024))),
+                inline_below=float(os.environ.get("TEST_INLINE_BELOW", exemesh_worker.INLINE_BELOW)))
+
+exemesh_worker.WATCH_INTERVAL = float(os.environ.get("TEST_WATCH_INTERVAL", exemesh_worker.WATCH_INTERVAL))
 
 _pair = threading.Barrier(2)
 _observed = {}  # request id -> what the Block handler saw after waking up
@@ -166,6 +171,20 @@ def stream_out(req, ctx):
             if not req.get("leaveOpen"):
                 replies.close()
             return
+
+
+@worker.unary("test.v1.Echo/Where")
+def where(req, ctx):
+    # Answers with the thread it ran on; on request it first sleeps, waits for its cancellation
+    # or calls req.method out.
+    if req.get("sleep"):
+        time.sleep(float(req["sleep"]))
+    reply = {"thread": threading.current_thread().name}
+    if req.get("waitCancel"):
+        reply["cancelled"] = ctx.cancel_event.wait(float(req["waitCancel"]))
+    if req.get("method"):
+        reply["reply"] = ctx.call(req["method"], req.get("message"))
+    return reply
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ ALL_METHODS = sorted([
     "test.v1.Echo/Crash", "test.v1.Echo/ReturnNone", "test.v1.Echo/Big", "test.v1.Echo/Pair",
     "test.v1.Echo/Block", "test.v1.Echo/Observed", "test.v1.Echo/Count", "test.v1.Echo/Forever",
     "test.v1.Echo/Sum", "test.v1.Echo/First", "test.v1.Echo/Chat", "test.v1.Echo/Generic",
-    "test.v1.Echo/CallOut", "test.v1.Echo/StreamOut",
+    "test.v1.Echo/CallOut", "test.v1.Echo/StreamOut", "test.v1.Echo/Where",
 ])
 
 try:
@@ -888,3 +888,71 @@ def test_outbound_huge_timeout_is_capped():
     assert json.loads(w._out.getvalue())["call"] == {
         "method": "pkg.T/N", "parentId": 3, "timeoutMs": 4294967295, "metadata": {"k": "1"}, "message": {}}
     w._close_outbound(out)
+
+
+# --------------------------------------------------------------------------
+# Quick calls run inline on the reading thread (the timing threshold is raised
+# to 50 ms so that which calls count as quick does not depend on the machine's pace).
+
+WHERE = "test.v1.Echo/Where"
+INLINE = {"TEST_INLINE_BELOW": "0.05"}
+
+
+def threads_of(w, first_id, n, message=None):
+    """Runs `n` Where calls one after another; the thread names they ran on."""
+    names = []
+    for call_id in range(first_id, first_id + n):
+        frames = w.call(call_id, WHERE, message or {})
+        assert frames[-1] == {"id": call_id, "end": {}}, frames
+        names.append(frames[0]["message"]["thread"])
+    return names
+
+
+def test_quick_calls_one_at_a_time_run_on_the_thread_that_read_them(spawn):
+    names = threads_of(spawn(**INLINE), 1, 12)
+    # the first call hands reading over (nothing is known of its method yet); then every call
+    # is quick and runs where it was read, so one thread serves them all
+    assert len(set(names[2:])) == 1, names
+
+
+def test_without_inline_calls_one_at_a_time_alternate_threads(spawn):
+    names = threads_of(spawn(TEST_INLINE_BELOW="0"), 1, 12)
+    assert len(set(names[2:])) >= 2, names
+
+
+def test_a_quick_method_hands_reading_over_before_an_outbound_call(spawn):
+    w = spawn(TEST_WATCH_INTERVAL="60", **INLINE)  # no watchdog to the rescue
+    reader = threads_of(w, 1, 3)[-1]
+    w.start(4, WHERE, {"method": GET_USER, "message": {"id": "u1"}})
+    out = w.recv_outbound()  # inline, nobody would read the answer: the handler hands reading over
+    answer(w, out["callId"], {"message": {"id": "u1"}}, {"end": {}})
+    frames = w.collect(4)
+    assert frames == [{"id": 4, "message": {"thread": reader, "reply": {"id": "u1"}}}, {"id": 4, "end": {}}]
+
+
+def test_a_quick_method_hands_reading_over_before_waiting_for_its_cancellation(spawn):
+    w = spawn(TEST_WATCH_INTERVAL="60", **INLINE)
+    threads_of(w, 1, 3)
+    w.start(4, WHERE, {"waitCancel": 30})
+    time.sleep(0.1)  # the handler is waiting (a cancel sent earlier would also be read)
+    w.send({"id": 4, "cancel": {"reason": "deadline_exceeded"}})
+    # read at once (not after the handler's 30 s): the CANCELLED answer, then nothing
+    assert w.collect(4, timeout=5) == [
+        {"id": 4, "error": {"code": "CANCELLED", "message": "call cancelled: deadline_exceeded"}}]
+
+
+def test_a_slow_inline_call_lets_other_calls_run_after_the_watchdog_interval(spawn):
+    w = spawn(**INLINE)
+    reader = threads_of(w, 1, 3)[-1]
+    w.start(4, WHERE, {"sleep": 1.0})  # quick until now: runs inline, and blocks nothing for long
+    time.sleep(0.05)
+    w.start(5, WHERE, {})
+    fast = w.recv(timeout=5)
+    assert fast == {"id": 5, "message": {"thread": fast["message"]["thread"]}}, fast
+    assert fast["message"]["thread"] != reader
+    assert w.recv_for(5) == {"id": 5, "end": {}}
+    assert w.collect(4) == [{"id": 4, "message": {"thread": reader}}, {"id": 4, "end": {}}]
+    # that call was slow: the method runs on a thread of its own again, and quick calls
+    # make it inline again
+    names = threads_of(w, 6, 6)
+    assert len(set(names[2:])) == 1, names
