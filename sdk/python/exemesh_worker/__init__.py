@@ -557,7 +557,7 @@ class _Readers:
         ctx = task[2]
         with self._count_lock:
             still_reading = inline and self._inline is ctx
-            if inline and still_reading:
+            if still_reading:
                 self._inline = None
             if ctx.kind in _INLINE_KINDS:
                 if elapsed < self._inline_below and (still_reading or not inline):
