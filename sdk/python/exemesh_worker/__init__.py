@@ -522,7 +522,10 @@ class _Readers:
         self._quick = set()  # methods whose last call ran in less than inline_below seconds
         self._inline = None  # the Context of the call the leader runs inline
         self._inline_since = 0.0
-        self._watching = False
+        self._inlined = 0  # calls run inline so far
+        self._watching = False  # the watchdog thread was started
+        self._watch_parked = False  # it sleeps until the next inline call (set under _count_lock)
+        self._watch_wake = threading.Event()
 
     def start(self):
         with self._count_lock:
@@ -578,23 +581,32 @@ class _Readers:
         handing reading over, ``_QUEUED`` when it waits in the backlog for the
         next handler thread that finishes."""
         ctx = task[2]
+        start_watchdog = wake_watchdog = grow = False
         with self._count_lock:
             if self._running >= self._size:
                 self._backlog.append(task)
                 return _QUEUED
             self._running += 1
-            if self._running == 1 and ctx.method in self._quick and ctx.kind in _INLINE_KINDS:
+            inline = self._running == 1 and ctx.method in self._quick and ctx.kind in _INLINE_KINDS
+            if inline:
                 self._inline = ctx
                 self._inline_since = time.monotonic()
-                watch = not self._watching
+                self._inlined += 1
+                start_watchdog = not self._watching
+                wake_watchdog = self._watch_parked
                 self._watching = True
-                if watch:
-                    threading.Thread(target=self._watch, name="exemesh-worker-watchdog", daemon=True).start()
-                return _INLINE
-            grow = self._threads == self._running and self._threads <= self._size
-            if grow:
-                self._threads += 1
-                number = self._threads
+                self._watch_parked = False
+            else:
+                grow = self._threads == self._running and self._threads <= self._size
+                if grow:
+                    self._threads += 1
+                    number = self._threads
+        if inline:
+            if start_watchdog:
+                threading.Thread(target=self._watch, name="exemesh-worker-watchdog", daemon=True).start()
+            elif wake_watchdog:
+                self._watch_wake.set()
+            return _INLINE
         if grow:
             self._start_thread(number)  # before the leader lets go of reading
         return _RUN
@@ -617,12 +629,25 @@ class _Readers:
 
     def _watch(self):
         """Hands reading over when a call has run inline for longer than
-        ``watch_interval``. Started with the first inline call."""
+        ``watch_interval``. Started with the first inline call; after
+        ``_WATCH_IDLE_CHECKS`` checks without an inline call it sleeps until
+        the next one (an idle worker wakes up for nothing)."""
         interval = self._watch_interval
+        idle, seen = 0, -1
         while not self.eof.wait(interval):
             with self._count_lock:
-                ctx, since = self._inline, self._inline_since
-            if ctx is not None and time.monotonic() - since >= interval:
+                ctx, since, inlined = self._inline, self._inline_since, self._inlined
+                if ctx is None and inlined == seen:
+                    idle += 1
+                    if idle >= _WATCH_IDLE_CHECKS:
+                        self._watch_parked = True
+                else:
+                    idle, seen = 0, inlined
+            if idle >= _WATCH_IDLE_CHECKS:
+                self._watch_wake.wait()
+                self._watch_wake.clear()
+                idle = 0
+            elif ctx is not None and time.monotonic() - since >= interval:
                 self.hand_off(ctx)
 
     def _read(self, reading=False):
@@ -658,6 +683,7 @@ class _Readers:
 
 
 _QUEUED, _RUN, _INLINE = 0, 1, 2
+_WATCH_IDLE_CHECKS = 20
 _INLINE_KINDS = (UNARY, SERVER_STREAMING)
 
 

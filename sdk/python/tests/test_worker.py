@@ -912,12 +912,28 @@ def test_quick_calls_one_at_a_time_run_on_the_thread_that_read_them(spawn):
     names = threads_of(spawn(**INLINE), 1, 12)
     # the first call hands reading over (nothing is known of its method yet); then every call
     # is quick and runs where it was read, so one thread serves them all
-    assert len(set(names[2:])) == 1, names
+    assert len(set(names[-6:])) == 1, names
 
 
-def test_without_inline_calls_one_at_a_time_alternate_threads(spawn):
-    names = threads_of(spawn(TEST_INLINE_BELOW="0"), 1, 12)
-    assert len(set(names[2:])) >= 2, names
+def slow_then_quick(w):
+    """After three quick calls, a call that sleeps 0.3 s and, right behind it, a quick one:
+    the order of their replies (the call ids)."""
+    threads_of(w, 1, 3)
+    w.start(4, WHERE, {"sleep": 0.3})
+    w.start(5, WHERE, {})
+    first = w.recv()
+    w.collect(4)
+    w.collect(5)
+    return first["id"]
+
+
+def test_a_call_run_inline_holds_reading_until_it_returns(spawn):
+    # without the watchdog, the second call is read only when the first returns
+    assert slow_then_quick(spawn(TEST_WATCH_INTERVAL="60", **INLINE)) == 4
+
+
+def test_without_inline_a_call_is_read_while_the_one_before_runs(spawn):
+    assert slow_then_quick(spawn(TEST_INLINE_BELOW="0", TEST_WATCH_INTERVAL="60")) == 5
 
 
 def test_a_quick_method_hands_reading_over_before_an_outbound_call(spawn):
@@ -956,3 +972,53 @@ def test_a_slow_inline_call_lets_other_calls_run_after_the_watchdog_interval(spa
     # make it inline again
     names = threads_of(w, 6, 6)
     assert len(set(names[2:])) == 1, names
+
+
+def test_an_idle_watchdog_sleeps_until_the_next_inline_call(monkeypatch):
+    monkeypatch.setattr(exemesh_worker, "WATCH_INTERVAL", 0.01)
+    w = Worker(max_in_flight=2, inline_below=0.05)
+
+    @w.unary("pkg.S/M")
+    def m(req, ctx):
+        time.sleep(req.get("sleep", 0))
+        return {}
+
+    r_in, w_in = os.pipe()
+    r_out, w_out = os.pipe()
+    feed = os.fdopen(w_in, "wb", buffering=0)
+    lines = queue.Queue()
+
+    def read_replies():
+        with os.fdopen(r_out, "rb") as replies:
+            for line in replies:
+                lines.put(json.loads(line))
+
+    threading.Thread(target=read_replies, daemon=True).start()
+    runner = threading.Thread(target=w.run, daemon=True,
+                              kwargs={"input": os.fdopen(r_in, "rb"), "output": os.fdopen(w_out, "wb")})
+    runner.start()
+
+    def start(call_id, message):
+        feed.write(b'{"id":%d,"start":{"method":"pkg.S/M","kind":"unary","message":%s,"halfClose":true}}\n'
+                   % (call_id, json.dumps(message).encode()))
+
+    def reply():
+        return lines.get(timeout=TIMEOUT)
+
+    assert "ready" in reply()
+    for call_id in (1, 2, 3):  # quick: 2 and 3 run inline, which starts the watchdog
+        start(call_id, {})
+        assert reply() == {"id": call_id, "message": {}}
+        assert reply() == {"id": call_id, "end": {}}
+    readers = w._readers
+    deadline = time.monotonic() + TIMEOUT
+    while not readers._watch_parked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert readers._watch_parked, "the watchdog still checks every interval while nothing runs inline"
+    # the next inline call wakes it: when that call is slow, the one behind it is read and runs
+    start(4, {"sleep": 0.5})
+    start(5, {})
+    assert reply() == {"id": 5, "message": {}}
+    assert [reply(), reply(), reply()] == [{"id": 5, "end": {}}, {"id": 4, "message": {}}, {"id": 4, "end": {}}]
+    feed.close()
+    runner.join(TIMEOUT)
