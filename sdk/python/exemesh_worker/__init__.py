@@ -360,7 +360,7 @@ class Context:
         if worker is not None:
             readers = worker._readers
             if readers is not None and readers._inline is self:
-                readers.hand_off(self)
+                readers.hand_off(self, by_handler=True)
 
     def _cancel(self, reason):
         if self._cancelled:
@@ -520,6 +520,7 @@ class _Readers:
         self._inline_below = inline_below
         self._watch_interval = watch_interval
         self._quick = set()  # methods whose last call ran in less than inline_below seconds
+        self._needs_frames = set()  # methods whose handler handed reading over itself: never inline
         self._inline = None  # the Context of the call the leader runs inline
         self._inline_since = 0.0
         self._inlined = 0  # calls run inline so far
@@ -563,7 +564,8 @@ class _Readers:
             if still_reading:
                 self._inline = None
             if ctx.kind in _INLINE_KINDS:
-                if elapsed < self._inline_below and (still_reading or not inline):
+                if (elapsed < self._inline_below and (still_reading or not inline)
+                        and ctx.method not in self._needs_frames):
                     self._quick.add(ctx.method)
                 else:
                     self._quick.discard(ctx.method)
@@ -603,7 +605,12 @@ class _Readers:
                     number = self._threads
         if inline:
             if start_watchdog:
-                threading.Thread(target=self._watch, name="exemesh-worker-watchdog", daemon=True).start()
+                try:
+                    threading.Thread(target=self._watch, name="exemesh-worker-watchdog", daemon=True).start()
+                except RuntimeError as exc:  # no thread to be had: the next inline call tries again
+                    with self._count_lock:
+                        self._watching = False
+                    _stderr("exemesh_worker: cannot start the watchdog thread (%s)\n" % exc)
             elif wake_watchdog:
                 self._watch_wake.set()
             return _INLINE
@@ -611,30 +618,39 @@ class _Readers:
             self._start_thread(number)  # before the leader lets go of reading
         return _RUN
 
-    def hand_off(self, ctx):
-        """Reading goes to another thread if ``ctx`` is running inline (from
-        its handler, which is about to wait for frames, or from the
-        watchdog). ``threading.Lock`` may be released by any thread."""
+    def hand_off(self, ctx, by_handler=False):
+        """Reading goes to another thread if ``ctx`` is running inline: from
+        its handler (``by_handler``), which is about to depend on frames (its
+        method then never runs inline again: it would hand over every other
+        call), or from the watchdog. ``threading.Lock`` may be released by
+        any thread."""
         with self._count_lock:
             if self._inline is not ctx:
                 return
             self._inline = None
+            if by_handler:
+                self._needs_frames.add(ctx.method)
+                self._quick.discard(ctx.method)
             grow = self._threads == self._running and self._threads <= self._size
             if grow:
                 self._threads += 1
                 number = self._threads
-        if grow:
-            self._start_thread(number)
-        self.lock.release()
+        try:
+            if grow:
+                self._start_thread(number)
+        finally:
+            self.lock.release()  # even without a new thread: a thread that ends its call reads
 
     def _watch(self):
-        """Hands reading over when a call has run inline for longer than
+        """Hands reading over when a call has run inline for
         ``watch_interval``. Started with the first inline call; after
         ``_WATCH_IDLE_CHECKS`` checks without an inline call it sleeps until
         the next one (an idle worker wakes up for nothing)."""
         interval = self._watch_interval
-        idle, seen = 0, -1
-        while not self.eof.wait(interval):
+        idle, seen, wait = 0, -1, interval
+        while not self.eof.wait(wait):
+            wait = interval
+            now = time.monotonic()
             with self._count_lock:
                 ctx, since, inlined = self._inline, self._inline_since, self._inlined
                 if ctx is None and inlined == seen:
@@ -644,11 +660,14 @@ class _Readers:
                 else:
                     idle, seen = 0, inlined
             if idle >= _WATCH_IDLE_CHECKS:
-                self._watch_wake.wait()
+                self._watch_wake.wait()  # set by the next inline call, or at end-of-file
                 self._watch_wake.clear()
                 idle = 0
-            elif ctx is not None and time.monotonic() - since >= interval:
-                self.hand_off(ctx)
+            elif ctx is not None:
+                if now - since >= interval:
+                    self.hand_off(ctx)
+                else:
+                    wait = since + interval - now  # frames wait at most one interval
 
     def _read(self, reading=False):
         """As the leader: routes frames until one starts a call that may run
@@ -667,6 +686,7 @@ class _Readers:
                 line = b""
             if not line:
                 self.eof.set()
+                self._watch_wake.set()  # a sleeping watchdog ends too
                 break
             try:
                 task = on_line(line)

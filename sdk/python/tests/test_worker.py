@@ -891,92 +891,101 @@ def test_outbound_huge_timeout_is_capped():
 
 
 # --------------------------------------------------------------------------
-# Quick calls run inline on the reading thread (the timing threshold is raised
-# to 50 ms so that which calls count as quick does not depend on the machine's pace).
+# Quick calls run inline on the reading thread. The timing threshold is raised to
+# 0.25 s, so that which calls count as quick does not depend on the machine's pace, and
+# the watchdog is off (60 s) unless a test is about it.
 
 WHERE = "test.v1.Echo/Where"
-INLINE = {"TEST_INLINE_BELOW": "0.05"}
+INLINE = {"TEST_INLINE_BELOW": "0.25", "TEST_WATCH_INTERVAL": "60"}
 
 
-def threads_of(w, first_id, n, message=None):
-    """Runs `n` Where calls one after another; the thread names they ran on."""
+def where_calls(w, first_id, n):
+    """`n` Where calls one after another: the names of the threads they ran on."""
     names = []
     for call_id in range(first_id, first_id + n):
-        frames = w.call(call_id, WHERE, message or {})
+        frames = w.call(call_id, WHERE, {})
         assert frames[-1] == {"id": call_id, "end": {}}, frames
         names.append(frames[0]["message"]["thread"])
     return names
 
 
-def test_quick_calls_one_at_a_time_run_on_the_thread_that_read_them(spawn):
-    names = threads_of(spawn(**INLINE), 1, 12)
-    # the first call hands reading over (nothing is known of its method yet); then every call
-    # is quick and runs where it was read, so one thread serves them all
-    assert len(set(names[-6:])) == 1, names
+def warm_up(w, first_id):
+    """Three quick calls: from then on the method runs inline (once a call ran inline, the
+    thread that ran it books it before it reads the next frame). The next free call id."""
+    where_calls(w, first_id, 3)
+    return first_id + 3
 
 
 def slow_then_quick(w):
-    """After three quick calls, a call that sleeps 0.3 s and, right behind it, a quick one:
-    the order of their replies (the call ids)."""
-    threads_of(w, 1, 3)
-    w.start(4, WHERE, {"sleep": 0.3})
-    w.start(5, WHERE, {})
+    """A call that sleeps 0.3 s and, right behind it, a quick one: the order of their replies."""
+    call_id = warm_up(w, 1)
+    w.start(call_id, WHERE, {"sleep": 0.3})
+    w.start(call_id + 1, WHERE, {})
     first = w.recv()
-    w.collect(4)
-    w.collect(5)
-    return first["id"]
+    w.collect(call_id)
+    w.collect(call_id + 1)
+    return first["id"] - call_id  # 0: the slow call answered first
+
+
+def test_quick_calls_one_at_a_time_run_on_the_thread_that_read_them(spawn):
+    w = spawn(**INLINE)
+    names = where_calls(w, warm_up(w, 1), 6)
+    assert len(set(names)) == 1, names
 
 
 def test_a_call_run_inline_holds_reading_until_it_returns(spawn):
-    # without the watchdog, the second call is read only when the first returns
-    assert slow_then_quick(spawn(TEST_WATCH_INTERVAL="60", **INLINE)) == 4
+    assert slow_then_quick(spawn(**INLINE)) == 0
 
 
 def test_without_inline_a_call_is_read_while_the_one_before_runs(spawn):
-    assert slow_then_quick(spawn(TEST_INLINE_BELOW="0", TEST_WATCH_INTERVAL="60")) == 5
+    assert slow_then_quick(spawn(TEST_INLINE_BELOW="0", TEST_WATCH_INTERVAL="60")) == 1
 
 
 def test_a_quick_method_hands_reading_over_before_an_outbound_call(spawn):
-    w = spawn(TEST_WATCH_INTERVAL="60", **INLINE)  # no watchdog to the rescue
-    reader = threads_of(w, 1, 3)[-1]
-    w.start(4, WHERE, {"method": GET_USER, "message": {"id": "u1"}})
+    w = spawn(**INLINE)
+    call_id = warm_up(w, 1)
+    w.start(call_id, WHERE, {"method": GET_USER, "message": {"id": "u1"}})
     out = w.recv_outbound()  # inline, nobody would read the answer: the handler hands reading over
     answer(w, out["callId"], {"message": {"id": "u1"}}, {"end": {}})
-    frames = w.collect(4)
-    assert frames == [{"id": 4, "message": {"thread": reader, "reply": {"id": "u1"}}}, {"id": 4, "end": {}}]
+    frames = w.collect(call_id)
+    assert frames[0]["message"]["reply"] == {"id": "u1"}, frames
+    assert frames[1:] == [{"id": call_id, "end": {}}]
+    # a method that needed frames runs the usual way from then on, even after quick calls: the
+    # call behind a slow one is read at once
+    assert len(w.call(call_id + 1, WHERE, {})) == 2
+    w.start(call_id + 2, WHERE, {"sleep": 0.3})
+    w.start(call_id + 3, WHERE, {})
+    assert w.recv()["id"] == call_id + 3
 
 
 def test_a_quick_method_hands_reading_over_before_waiting_for_its_cancellation(spawn):
-    w = spawn(TEST_WATCH_INTERVAL="60", **INLINE)
-    threads_of(w, 1, 3)
-    w.start(4, WHERE, {"waitCancel": 30})
+    w = spawn(**INLINE)
+    call_id = warm_up(w, 1)
+    w.start(call_id, WHERE, {"waitCancel": 30})
     time.sleep(0.1)  # the handler is waiting (a cancel sent earlier would also be read)
-    w.send({"id": 4, "cancel": {"reason": "deadline_exceeded"}})
+    w.send({"id": call_id, "cancel": {"reason": "deadline_exceeded"}})
     # read at once (not after the handler's 30 s): the CANCELLED answer, then nothing
-    assert w.collect(4, timeout=5) == [
-        {"id": 4, "error": {"code": "CANCELLED", "message": "call cancelled: deadline_exceeded"}}]
+    assert w.collect(call_id, timeout=5) == [
+        {"id": call_id, "error": {"code": "CANCELLED", "message": "call cancelled: deadline_exceeded"}}]
 
 
 def test_a_slow_inline_call_lets_other_calls_run_after_the_watchdog_interval(spawn):
-    w = spawn(**INLINE)
-    reader = threads_of(w, 1, 3)[-1]
-    w.start(4, WHERE, {"sleep": 1.0})  # quick until now: runs inline, and blocks nothing for long
-    time.sleep(0.05)
-    w.start(5, WHERE, {})
-    fast = w.recv(timeout=5)
-    assert fast == {"id": 5, "message": {"thread": fast["message"]["thread"]}}, fast
-    assert fast["message"]["thread"] != reader
-    assert w.recv_for(5) == {"id": 5, "end": {}}
-    assert w.collect(4) == [{"id": 4, "message": {"thread": reader}}, {"id": 4, "end": {}}]
-    # that call was slow: the method runs on a thread of its own again, and quick calls
-    # make it inline again
-    names = threads_of(w, 6, 6)
-    assert len(set(names[2:])) == 1, names
+    w = spawn(TEST_INLINE_BELOW="0.25", TEST_WATCH_INTERVAL="0.2")
+    call_id = warm_up(w, 1)
+    w.start(call_id, WHERE, {"sleep": 2.0})  # inline, and it blocks nothing for long
+    w.start(call_id + 1, WHERE, {})
+    assert w.recv(timeout=5)["id"] == call_id + 1
+    assert w.recv_for(call_id + 1) == {"id": call_id + 1, "end": {}}
+    assert len(w.collect(call_id)) == 2
+    # that call was slow: its method runs the usual way next time, and quick calls make it
+    # inline again
+    names = where_calls(w, warm_up(w, call_id + 2), 4)
+    assert len(set(names)) == 1, names
 
 
 def test_an_idle_watchdog_sleeps_until_the_next_inline_call(monkeypatch):
-    monkeypatch.setattr(exemesh_worker, "WATCH_INTERVAL", 0.01)
-    w = Worker(max_in_flight=2, inline_below=0.05)
+    monkeypatch.setattr(exemesh_worker, "WATCH_INTERVAL", 0.05)
+    w = Worker(max_in_flight=2, inline_below=0.25)
 
     @w.unary("pkg.S/M")
     def m(req, ctx):
@@ -987,18 +996,19 @@ def test_an_idle_watchdog_sleeps_until_the_next_inline_call(monkeypatch):
     r_out, w_out = os.pipe()
     feed = os.fdopen(w_in, "wb", buffering=0)
     lines = queue.Queue()
+    replies = os.fdopen(r_out, "rb")
 
     def read_replies():
-        with os.fdopen(r_out, "rb") as replies:
-            for line in replies:
-                lines.put(json.loads(line))
+        for line in replies:
+            lines.put(json.loads(line))
 
-    threading.Thread(target=read_replies, daemon=True).start()
-    runner = threading.Thread(target=w.run, daemon=True,
-                              kwargs={"input": os.fdopen(r_in, "rb"), "output": os.fdopen(w_out, "wb")})
+    reader = threading.Thread(target=read_replies, daemon=True)
+    reader.start()
+    out = os.fdopen(w_out, "wb")
+    runner = threading.Thread(target=w.run, daemon=True, kwargs={"input": os.fdopen(r_in, "rb"), "output": out})
     runner.start()
 
-    def start(call_id, message):
+    def call(call_id, message):
         feed.write(b'{"id":%d,"start":{"method":"pkg.S/M","kind":"unary","message":%s,"halfClose":true}}\n'
                    % (call_id, json.dumps(message).encode()))
 
@@ -1006,19 +1016,37 @@ def test_an_idle_watchdog_sleeps_until_the_next_inline_call(monkeypatch):
         return lines.get(timeout=TIMEOUT)
 
     assert "ready" in reply()
-    for call_id in (1, 2, 3):  # quick: 2 and 3 run inline, which starts the watchdog
-        start(call_id, {})
-        assert reply() == {"id": call_id, "message": {}}
-        assert reply() == {"id": call_id, "end": {}}
+    call_id = 1
+    while not w._readers._inlined:  # until a call ran inline, which starts the watchdog
+        assert call_id <= 20, "no call ran inline"
+        call(call_id, {})
+        assert [reply(), reply()] == [{"id": call_id, "message": {}}, {"id": call_id, "end": {}}]
+        call_id += 1
     readers = w._readers
     deadline = time.monotonic() + TIMEOUT
     while not readers._watch_parked and time.monotonic() < deadline:
         time.sleep(0.01)
     assert readers._watch_parked, "the watchdog still checks every interval while nothing runs inline"
-    # the next inline call wakes it: when that call is slow, the one behind it is read and runs
-    start(4, {"sleep": 0.5})
-    start(5, {})
-    assert reply() == {"id": 5, "message": {}}
-    assert [reply(), reply(), reply()] == [{"id": 5, "end": {}}, {"id": 4, "message": {}}, {"id": 4, "end": {}}]
-    feed.close()
+    # the next call runs inline and wakes it: that call is slow, so the one behind it is read and
+    # answered first
+    inlined = readers._inlined
+    call(call_id, {"sleep": 1.0})
+    call(call_id + 1, {})
+    assert reply() == {"id": call_id + 1, "message": {}}
+    assert readers._inlined == inlined + 1
+    assert [reply(), reply(), reply()] == [
+        {"id": call_id + 1, "end": {}}, {"id": call_id, "message": {}}, {"id": call_id, "end": {}}]
+    deadline = time.monotonic() + TIMEOUT
+    while not readers._watch_parked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert readers._watch_parked
+    feed.close()  # end-of-file: run() returns, and the sleeping watchdog ends too
     runner.join(TIMEOUT)
+    assert not runner.is_alive()
+    deadline = time.monotonic() + TIMEOUT
+    while any(t.name == "exemesh-worker-watchdog" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "exemesh-worker-watchdog" for t in threading.enumerate())
+    out.close()
+    reader.join(TIMEOUT)
+    replies.close()
