@@ -502,10 +502,10 @@ class _Readers:
     waits for the GIL the handler holds: three or four context switches a
     call, more than a quick handler costs. Reading is handed over after all
     when the handler needs frames (``ctx.call()``, ``ctx.stream()``,
-    ``ctx.cancelled``, ``ctx.cancel_event``) or, by a watchdog thread, when
-    it runs longer than ``watch_interval`` (frames that arrive meanwhile wait
-    that long at most); such a call makes its method run on a thread of its
-    own again next time."""
+    ``ctx.cancelled``, ``ctx.cancel_event``; its method then never runs
+    inline again) or, by a watchdog thread, when it runs longer than
+    ``watch_interval`` (frames that arrive meanwhile wait that long at most;
+    the method runs the usual way until one of its calls is quick again)."""
 
     def __init__(self, worker, input, size, inline_below=0.0, watch_interval=0.05):
         self._worker = worker
