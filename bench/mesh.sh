@@ -2,7 +2,10 @@
 # Mesh channel overhead, measured in one run, the variants in a rotated order each round:
 #   direct   exemesh bench -> one server (a plain tonic channel, one connection)
 #   mesh     exemesh bench -> balanced mesh channel (p2c/peak-EWMA, ejection, retry budget) -> 2 replicas
-#   haproxy  exemesh bench -> haproxy (h2c, Debian package) -> 2 replicas
+#   haproxy  exemesh bench -> haproxy (h2c, Debian package) -> 2 replicas (a plain tonic channel, as
+#            the reference figures call haproxy)
+#   haproxy-exemesh  the same, with exemesh's own client (--client exemesh, the transport the mesh
+#            channel opens to each endpoint): how much of the mesh's lead is its client
 # The method is grpc.health.v1.Health/Check, served natively by every exemesh server, so the numbers
 # measure the path, not an executable. Everything runs on 127.0.0.1.
 # Usage: bench/mesh.sh [ROUNDS=5] [SECONDS=3]   (writes bench/results/mesh.jsonl and prints a table)
@@ -53,13 +56,14 @@ method=grpc.health.v1.Health/Check
 before=${BEFORE:+$(realpath "$BEFORE")}
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
-    for variant in $(rotated "$round" direct ${BEFORE:+mesh-before haproxy-before} mesh haproxy); do
+    for variant in $(rotated "$round" direct ${BEFORE:+mesh-before haproxy-before} mesh haproxy haproxy-exemesh); do
       client=$bin
       case $variant in
         direct) args=("$a1" "$method") ;;
         mesh) args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
         mesh-before) client=$before; args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
         haproxy) args=("127.0.0.1:$hport" "$method") ;;
+        haproxy-exemesh) args=(--client exemesh "127.0.0.1:$hport" "$method") ;;
         haproxy-before) client=$before; args=("127.0.0.1:$hport" "$method") ;;
       esac
       "$client" bench "${args[@]}" -c "$c" -z "${secs}s" --warmup 500ms --json \
@@ -67,4 +71,4 @@ for round in $(seq 1 "$rounds"); do
     done
   done
 done
-python3 bench/report.py "$out" direct ${BEFORE:+mesh-before haproxy-before} mesh haproxy
+python3 bench/report.py "$out" direct ${BEFORE:+mesh-before haproxy-before} mesh haproxy haproxy-exemesh

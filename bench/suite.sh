@@ -2,6 +2,7 @@
 # The benchmark suite in one command (issue 6): every comparison, each in one run with its variants
 # in an order rotated each round, and ratios against a baseline measured in the same run. Everything runs on 127.0.0.1.
 #   mesh.sh       mesh channel vs a plain tonic channel vs an haproxy hop    (target 1)
+#                 (haproxy called with a plain tonic channel and with exemesh's own client)
 #   python.sh     worker mode vs grpcio sync/aio; spawn mode vs bare spawn
 #                 (Python, /bin/cat, a PyInstaller executable); serve RSS    (targets 2, 3, 5)
 #   latency.sh    added latency of a full mesh hop at a fixed 1k calls/s     (target 4)

@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         (
             "mesh",
             "Mesh channel vs a direct channel vs an haproxy hop (health check)",
-            &["direct", "mesh", "haproxy"][..],
+            &["direct", "mesh", "haproxy", "haproxy-exemesh"][..],
         ),
         (
             "python",
