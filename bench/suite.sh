@@ -19,7 +19,7 @@
 #   --full:            6 rounds x 5 s per variant (3 rounds of discovery, 5 failovers), 9 rounds
 #                      for mesh.sh and python.sh and 12 for tracing.sh, whose targets sit near their lines
 #                      (on this machine two identical meshes differ by up to ±14 % in one 5 s
-#                      round, see docs/benchmarks.md, "Variant order and noise"): about 35
+#                      round, see docs/benchmarks.md, "Variant order and noise"): about 37
 #                      minutes on the reference machine (build included)
 # Writes bench/results/*.jsonl, bench/results/suite.md (the tables, with the machine and commit) and
 # docs/bench/*.svg.
