@@ -583,7 +583,8 @@ class _Readers:
         handing reading over, ``_QUEUED`` when it waits in the backlog for the
         next handler thread that finishes."""
         ctx = task[2]
-        start_watchdog = wake_watchdog = grow = False
+        start_watchdog = wake_watchdog = False
+        number = 0
         with self._count_lock:
             if self._running >= self._size:
                 self._backlog.append(task)
@@ -599,10 +600,7 @@ class _Readers:
                 self._watching = True
                 self._watch_parked = False
             else:
-                grow = self._threads == self._running and self._threads <= self._size
-                if grow:
-                    self._threads += 1
-                    number = self._threads
+                number = self._reserve_reader()
         if inline:
             if start_watchdog:
                 try:
@@ -614,9 +612,18 @@ class _Readers:
             elif wake_watchdog:
                 self._watch_wake.set()
             return _INLINE
-        if grow:
+        if number:
             self._start_thread(number)  # before the leader lets go of reading
         return _RUN
+
+    def _reserve_reader(self):
+        """Under ``_count_lock``: when every thread runs a handler (none would
+        be left to read) and the ``size + 1`` bound allows it, counts one more
+        thread and returns its number, for the caller to start; else 0."""
+        if self._threads == self._running and self._threads <= self._size:
+            self._threads += 1
+            return self._threads
+        return 0
 
     def hand_off(self, ctx, by_handler=False):
         """Reading goes to another thread if ``ctx`` is running inline: from
@@ -631,12 +638,9 @@ class _Readers:
             if by_handler:
                 self._needs_frames.add(ctx.method)
                 self._quick.discard(ctx.method)
-            grow = self._threads == self._running and self._threads <= self._size
-            if grow:
-                self._threads += 1
-                number = self._threads
+            number = self._reserve_reader()
         try:
-            if grow:
+            if number:
                 self._start_thread(number)
         finally:
             self.lock.release()  # even without a new thread: a thread that ends its call reads

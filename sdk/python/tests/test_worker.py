@@ -983,6 +983,13 @@ def test_a_slow_inline_call_lets_other_calls_run_after_the_watchdog_interval(spa
     assert len(set(names)) == 1, names
 
 
+def wait_until(condition):
+    """Polls `condition` every 10 ms for up to TIMEOUT (the caller asserts it afterwards)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_an_idle_watchdog_sleeps_until_the_next_inline_call(monkeypatch):
     monkeypatch.setattr(exemesh_worker, "WATCH_INTERVAL", 0.05)
     w = Worker(max_in_flight=2, inline_below=0.25)
@@ -1023,9 +1030,7 @@ def test_an_idle_watchdog_sleeps_until_the_next_inline_call(monkeypatch):
         assert [reply(), reply()] == [{"id": call_id, "message": {}}, {"id": call_id, "end": {}}]
         call_id += 1
     readers = w._readers
-    deadline = time.monotonic() + TIMEOUT
-    while not readers._watch_parked and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: readers._watch_parked)
     assert readers._watch_parked, "the watchdog still checks every interval while nothing runs inline"
     # the next call runs inline and wakes it: that call is slow, so the one behind it is read and
     # answered first
@@ -1036,17 +1041,14 @@ def test_an_idle_watchdog_sleeps_until_the_next_inline_call(monkeypatch):
     assert readers._inlined == inlined + 1
     assert [reply(), reply(), reply()] == [
         {"id": call_id + 1, "end": {}}, {"id": call_id, "message": {}}, {"id": call_id, "end": {}}]
-    deadline = time.monotonic() + TIMEOUT
-    while not readers._watch_parked and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: readers._watch_parked)
     assert readers._watch_parked
     feed.close()  # end-of-file: run() returns, and the sleeping watchdog ends too
     runner.join(TIMEOUT)
     assert not runner.is_alive()
-    deadline = time.monotonic() + TIMEOUT
-    while any(t.name == "exemesh-worker-watchdog" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not any(t.name == "exemesh-worker-watchdog" for t in threading.enumerate())
+    watchdog_alive = lambda: any(t.name == "exemesh-worker-watchdog" for t in threading.enumerate())  # noqa: E731
+    wait_until(lambda: not watchdog_alive())
+    assert not watchdog_alive()
     out.close()
     reader.join(TIMEOUT)
     replies.close()
