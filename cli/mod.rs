@@ -30,6 +30,20 @@ struct Cli {
     /// connections are plaintext (`exemesh up` manages its own unless --insecure).
     #[arg(long, global = true, env = "EXEMESH_TLS_DIR", value_name = "DIR")]
     tls_dir: Option<std::path::PathBuf>,
+    /// At most how long, in microseconds, a thread that runs out of work keeps polling for the next
+    /// request or reply before it sleeps (up to 1000). Each thread adapts it to its traffic: it
+    /// polls only while its work comes back sooner than this, so a process with sparse calls does
+    /// not poll. Saves waking a sleeping CPU for each call when calls come close together, at the
+    /// price of CPU time spent polling (docs/benchmarks.md, "Busy polling"). 0 turns it off.
+    #[arg(
+        long,
+        global = true,
+        env = "EXEMESH_BUSY_POLL",
+        value_name = "MICROSECONDS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(0..=1000)
+    )]
+    busy_poll: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,11 +71,9 @@ pub fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    let busy_poll = std::time::Duration::from_micros(cli.busy_poll);
+    let runtime = match exemesh::mesh::busy_poll::BusyPoll::build_runtime(busy_poll) {
+        Ok((rt, _)) => rt,
         Err(e) => {
             eprintln!("exemesh: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
@@ -84,7 +96,7 @@ pub fn main() -> ExitCode {
             Command::Call(args) => call::run(args).await,
             Command::Registry(args) => registry::run(args).await,
             Command::Status(args) => status::run(args).await,
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) => up::run(args, cli.busy_poll).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchDiscovery(args) => bench::discovery::run(args).await,
             Command::Trace(args) => trace::run(args).await,

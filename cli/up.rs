@@ -99,7 +99,8 @@ fn issue_instance(
     )?)
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// Runs `exemesh up`; its `serve` processes poll for up to `busy_poll` µs before sleeping, as it does.
+pub async fn run(args: Args, busy_poll: u64) -> anyhow::Result<ExitCode> {
     let mesh = MeshFile::load(&args.mesh)?;
     let state = args.state_dir.clone().unwrap_or_else(|| {
         mesh.file
@@ -178,6 +179,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .iter()
                     .cloned()
                     .chain(trace_env.iter().cloned())
+                    .chain([("EXEMESH_BUSY_POLL".to_string(), busy_poll.to_string())])
                     .collect(),
             });
         }

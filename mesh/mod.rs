@@ -1,6 +1,7 @@
 //! What connects services: the pieces a *caller* and a *server* share, independent of how a method is
 //! executed.
 //!
+//! * [`busy_poll`]: runtime threads that poll briefly for the next event before they sleep;
 //! * [`codec`]: a tonic codec for messages known only at run time (prost-reflect descriptors);
 //! * [`deadline`]: the `grpc-timeout` header, parsed and written;
 //! * [`status_code`]: gRPC status code names, both ways;
@@ -14,6 +15,7 @@
 //!
 //! `mesh` never depends on `services`.
 
+pub mod busy_poll;
 pub mod call_limit;
 pub mod channel;
 pub mod codec;

@@ -542,3 +542,17 @@ async fn bench_discovery_loads_the_registry_and_times_changes_at_every_watcher()
         text(&out.stderr)
     );
 }
+
+#[test]
+fn busy_poll_takes_microseconds_up_to_a_millisecond() {
+    let product = root().join("examples/shop/product.toml");
+    let product = product.to_str().expect("utf-8");
+    let out = run(&["--busy-poll", "5000", "check", product], None);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("--busy-poll") && err.contains("0..=1000"), "{err}");
+    for value in ["0", "1000"] {
+        let out = run(&["check", product, "--busy-poll", value], None);
+        assert!(out.status.success(), "{value}: {}", text(&out.stderr));
+    }
+}
