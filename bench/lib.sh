@@ -74,3 +74,38 @@ echo_manifest() {
 tag() {
   python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$1', round=$2); print(json.dumps(r))"
 }
+
+# Installs Debian's haproxy if it is missing.
+need_haproxy() {
+  command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }
+}
+
+# haproxy_in_front NAME ADDR...: starts haproxy as an h2c proxy balancing round robin over the
+# servers at ADDR..., on a free port that it puts in $haproxy_port (config: $work/haproxy-NAME.cfg).
+haproxy_in_front() {
+  local name=$1 i=0 addr
+  shift
+  haproxy_port=$(free_port)
+  {
+    cat <<CFG
+global
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend grpc
+  bind 127.0.0.1:$haproxy_port proto h2
+  default_backend replicas
+backend replicas
+  balance roundrobin
+CFG
+    for addr in "$@"; do
+      i=$((i + 1))
+      echo "  server r$i $addr proto h2"
+    done
+  } >"$work/haproxy-$name.cfg"
+  haproxy -f "$work/haproxy-$name.cfg" -db >/dev/null 2>&1 &
+  pids+=($!)
+}

@@ -6,6 +6,7 @@
 #            the issue's reference figures call haproxy)
 #   haproxy-exemesh  the same, with exemesh's own client (--client exemesh, the transport the mesh
 #            channel opens to each endpoint): how much of the mesh's lead is its client
+# Every exemesh process runs as shipped, with busy polling on (bench/busy_poll.sh compares it off).
 # The method is grpc.health.v1.Health/Check, served natively by every exemesh server, so the numbers
 # measure the path, not an executable. Everything runs on 127.0.0.1.
 # Usage: bench/mesh.sh [ROUNDS=5] [SECONDS=3]   (writes bench/results/mesh.jsonl and prints a table)
@@ -16,10 +17,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 secs=${2:-3}
-if ! command -v haproxy >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq haproxy >/dev/null
-fi
 . bench/lib.sh
+need_haproxy
 bench_init
 
 "$bin" registry --listen 127.0.0.1:0 >"$work/reg" 2>/dev/null & pids+=($!)
@@ -28,24 +27,8 @@ for i in 1 2; do
   EXEMESH_LOG=warn "$bin" serve examples/shop/product.toml --listen 127.0.0.1:0 --discovery "$reg" --instance-id "replica-$i" >"$work/s$i" 2>/dev/null & pids+=($!)
 done
 a1=$(addr_of "$work/s1"); a2=$(addr_of "$work/s2")
-hport=$(free_port)
-cat >"$work/haproxy.cfg" <<CFG
-global
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
-frontend grpc
-  bind 127.0.0.1:$hport proto h2
-  default_backend replicas
-backend replicas
-  balance roundrobin
-  server r1 $a1 proto h2
-  server r2 $a2 proto h2
-CFG
-haproxy -f "$work/haproxy.cfg" -db >/dev/null 2>&1 & pids+=($!)
+haproxy_in_front mesh "$a1" "$a2"
+hport=$haproxy_port
 until_ok 20 "$bin" call "127.0.0.1:$hport" grpc.health.v1.Health/Check
 until_ok 20 serving "$reg" 2
 

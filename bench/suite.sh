@@ -11,6 +11,7 @@
 #   discovery.sh  10k instances / 1k watchers on the registry; etcd at 1k   (target 7)
 #   failover.sh   kill -9 of 1 of 3 replicas at 16 in flight                (target 8)
 #   tls.sh        mTLS vs plaintext                                          (issue 5's cost)
+#   busy_poll.sh  busy polling on (as shipped) vs off: calls back to back, paced CPU per call, idle
 #   transcode.sh  an executable's JSON reply to protobuf: general path vs transcoder (optimisation 7)
 # then renders the results as SVG charts (bench/plot, with the plotters crate) into docs/bench/.
 # Usage: bench/suite.sh [--quick | --full]
@@ -51,6 +52,7 @@ parts=(
   "discovery $discovery_rounds"
   "failover $failovers"
   "tls $rounds $secs"
+  "busy_poll $rounds $secs"
   "transcode"
 )
 for part in "${parts[@]}"; do

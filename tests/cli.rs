@@ -550,7 +550,10 @@ fn busy_poll_takes_microseconds_up_to_a_millisecond() {
     let out = run(&["--busy-poll", "5000", "check", product], None);
     assert!(!out.status.success());
     let err = text(&out.stderr);
-    assert!(err.contains("--busy-poll") && err.contains("0..=1000"), "{err}");
+    assert!(
+        err.contains("--busy-poll") && err.contains("0..=1000"),
+        "{err}"
+    );
     for value in ["0", "1000"] {
         let out = run(&["check", product, "--busy-poll", value], None);
         assert!(out.status.success(), "{value}: {}", text(&out.stderr));
