@@ -15,12 +15,13 @@
 #   transcode.sh  an executable's JSON reply to protobuf: general path vs transcoder (optimisation 7)
 # then renders the results as SVG charts (bench/plot, with the plotters crate) into docs/bench/.
 # Usage: bench/suite.sh [--quick | --full]
-#   --quick (default): 3 rounds x 1 s per variant (1 round of discovery, 1 failover), under
-#                      5 minutes on the reference machine
+#   --quick (default): 3 rounds x 1 s per variant (1 round of discovery, 1 failover, 1 of
+#                      busy_poll.sh), under 5 minutes on the reference machine
 #   --full:            6 rounds x 5 s per variant (3 rounds of discovery, 5 failovers), 9 rounds
-#                      for mesh.sh and python.sh and 12 for tracing.sh, whose targets sit near their lines
+#                      for mesh.sh and python.sh and 12 for tracing.sh, whose targets sit near their lines,
+#                      4 for busy_poll.sh
 #                      (on this machine two identical meshes differ by up to ±14 % in one 5 s
-#                      round, see docs/benchmarks.md, "Variant order and noise"): about 37
+#                      round, see docs/benchmarks.md, "Variant order and noise"): about 45
 #                      minutes on the reference machine (build included)
 # Writes bench/results/*.jsonl, bench/results/suite.md (the tables, with the machine and commit) and
 # docs/bench/*.svg.
@@ -28,8 +29,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:---quick}
 case "$mode" in
-  --quick) rounds=3 secs=1 discovery_rounds=1 failovers=1 up_secs=3 mesh_rounds=3 python_rounds=3 tracing_rounds=3 ;;
-  --full) rounds=6 secs=5 discovery_rounds=3 failovers=5 up_secs=10 mesh_rounds=9 python_rounds=9 tracing_rounds=12 ;;
+  --quick) rounds=3 secs=1 discovery_rounds=1 failovers=1 up_secs=3 mesh_rounds=3 python_rounds=3 tracing_rounds=3 busy_rounds=1 ;;
+  --full) rounds=6 secs=5 discovery_rounds=3 failovers=5 up_secs=10 mesh_rounds=9 python_rounds=9 tracing_rounds=12 busy_rounds=4 ;;
   *) echo "usage: bench/suite.sh [--quick | --full]" >&2; exit 2 ;;
 esac
 cargo build --release --locked -q --workspace
@@ -40,7 +41,7 @@ mkdir -p bench/results
   echo
   echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u +%Y-%m-%dT%H:%MZ)"
   echo "- machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
-  echo "- $rounds rounds x ${secs} s per variant and concurrency ($mesh_rounds for mesh.sh, $python_rounds for python.sh, $tracing_rounds for tracing.sh), every variant once per round, in an order rotated from round to round; medians"
+  echo "- $rounds rounds x ${secs} s per variant and concurrency ($mesh_rounds for mesh.sh, $python_rounds for python.sh, $tracing_rounds for tracing.sh, $busy_rounds for busy_poll.sh), every variant once per round, in an order rotated from round to round; medians"
   echo
 } >"$report"
 parts=(
@@ -52,7 +53,7 @@ parts=(
   "discovery $discovery_rounds"
   "failover $failovers"
   "tls $rounds $secs"
-  "busy_poll $rounds $secs"
+  "busy_poll $busy_rounds $secs"
   "transcode"
 )
 for part in "${parts[@]}"; do

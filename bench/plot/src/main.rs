@@ -56,6 +56,11 @@ fn main() -> anyhow::Result<()> {
             "Plaintext vs mTLS (health check)",
             &["plaintext", "mtls"][..],
         ),
+        (
+            "busy_poll",
+            "Busy polling off vs on (health check)",
+            &["mesh-off", "mesh", "direct-off", "direct", "haproxy-off", "haproxy"][..],
+        ),
     ];
     for (name, title, variants) in throughput {
         let Some(runs) = read(&results.join(format!("{name}.jsonl")))? else {
