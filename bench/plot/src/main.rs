@@ -59,7 +59,14 @@ fn main() -> anyhow::Result<()> {
         (
             "busy_poll",
             "Busy polling off vs on (health check)",
-            &["mesh-off", "mesh", "direct-off", "direct", "haproxy-off", "haproxy"][..],
+            &[
+                "mesh-off",
+                "mesh",
+                "direct-off",
+                "direct",
+                "haproxy-off",
+                "haproxy",
+            ][..],
         ),
     ];
     for (name, title, variants) in throughput {
