@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Mesh channel overhead, measured in one run, the variants in a rotated order each round:
 #   direct   exemesh bench -> one server (a plain tonic channel, one connection)
+#   direct-2conn  the same with two connections (--connections 2), as many as the mesh channel opens
+#            to its 2 replicas: target 1's "same number of connections"
 #   mesh     exemesh bench -> balanced mesh channel (p2c/peak-EWMA, ejection, retry budget) -> 2 replicas
 #   haproxy  exemesh bench -> haproxy (h2c, Debian package) -> 2 replicas (a plain tonic channel, as
 #            the issue's reference figures call haproxy)
@@ -39,10 +41,11 @@ method=grpc.health.v1.Health/Check
 before=${BEFORE:+$(realpath "$BEFORE")}
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
-    for variant in $(rotated "$round" direct ${BEFORE:+mesh-before haproxy-before} mesh haproxy haproxy-exemesh); do
+    for variant in $(rotated "$round" direct direct-2conn ${BEFORE:+mesh-before haproxy-before} mesh haproxy haproxy-exemesh); do
       client=$bin
       case $variant in
         direct) args=("$a1" "$method") ;;
+        direct-2conn) args=(--connections 2 "$a1" "$method") ;;
         mesh) args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
         mesh-before) client=$before; args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
         haproxy) args=("127.0.0.1:$hport" "$method") ;;
@@ -54,4 +57,4 @@ for round in $(seq 1 "$rounds"); do
     done
   done
 done
-python3 bench/report.py "$out" direct ${BEFORE:+mesh-before haproxy-before} mesh haproxy haproxy-exemesh
+python3 bench/report.py "$out" direct direct-2conn ${BEFORE:+mesh-before haproxy-before} mesh haproxy haproxy-exemesh

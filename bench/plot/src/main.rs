@@ -39,7 +39,13 @@ fn main() -> anyhow::Result<()> {
         (
             "mesh",
             "Mesh channel vs a direct channel vs an haproxy hop (health check)",
-            &["direct", "mesh", "haproxy", "haproxy-exemesh"][..],
+            &[
+                "direct",
+                "direct-2conn",
+                "mesh",
+                "haproxy",
+                "haproxy-exemesh",
+            ][..],
         ),
         (
             "python",
