@@ -244,6 +244,14 @@ mod tests {
         }
     }
 
+    /// Closes descriptors a test opened.
+    fn close(fds: &[RawFd]) {
+        for &fd in fds {
+            // SAFETY: each descriptor was opened by the calling test and is not used after this.
+            unsafe { libc::close(fd) };
+        }
+    }
+
     #[test]
     fn polling_sees_an_event_and_leaves_it_for_the_runtime() {
         let (epoll, event) = epoll_with_eventfd();
@@ -265,11 +273,7 @@ mod tests {
             unsafe { libc::epoll_wait(epoll, ready.as_mut_ptr(), 1, 0) },
             1
         );
-        // SAFETY: closing descriptors this test opened.
-        unsafe {
-            libc::close(event);
-            libc::close(epoll);
-        }
+        close(&[event, epoll]);
     }
 
     #[test]
@@ -278,11 +282,7 @@ mod tests {
         let start = Instant::now();
         assert!(poll_until(epoll, || true, start + 10_000 * MS));
         assert!(start.elapsed() < 5_000 * MS);
-        // SAFETY: closing descriptors this test opened.
-        unsafe {
-            libc::close(event);
-            libc::close(epoll);
-        }
+        close(&[event, epoll]);
     }
 
     #[test]
@@ -298,10 +298,7 @@ mod tests {
         let found = eventpoll_fds().expect("/proc/self/fd");
         assert!([epoll, dup, other].iter().all(|fd| found.contains(fd)));
         assert!(!found.contains(&event));
-        for fd in [dup, epoll, event, other, other_event] {
-            // SAFETY: closing descriptors this test opened.
-            unsafe { libc::close(fd) };
-        }
+        close(&[dup, epoll, event, other, other_event]);
     }
 
     #[test]
