@@ -11,6 +11,7 @@
 pub mod binding;
 pub mod call;
 pub mod call_headers;
+pub mod child;
 pub mod contract;
 pub mod dispatch;
 pub mod error;
@@ -30,4 +31,5 @@ pub mod server;
 pub mod spawn;
 pub mod supervisor;
 pub mod transcode;
+pub mod vfork;
 pub mod worker;

@@ -3,15 +3,16 @@
 //!
 //! Every child runs in a new process group whose id is its pid, so a deadline or a shutdown kills the
 //! child *and* anything it started (PyInstaller's `--onefile` runs as two processes, shell scripts
-//! fork). On Linux the child also gets `SIGKILL` if exemesh dies, even by `kill -9`, and the
-//! [orphan guard](super::reaper) kills the rest of the group.
+//! fork). The child also gets `SIGKILL` if exemesh dies, even by `kill -9`, and the
+//! [orphan guard](super::reaper) kills the rest of the group. Children start without a copy of
+//! exemesh's memory ([`super::vfork`]).
 
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
-use std::process::Stdio;
 
-use tokio::process::{Child, Command};
-
+use super::child::{Child, ChildStderr, ChildStdin, ChildStdout};
 use super::sandbox::Sandbox;
+use super::vfork::Plan;
 
 /// A description of what to start.
 #[derive(Debug)]
@@ -37,53 +38,50 @@ pub struct Started {
     pub group: GroupGuard,
 }
 
-/// Starts `launch` with piped stdio in its own process group.
+/// Starts `launch` with piped stdio in its own process group (see [`super::vfork`] for how), with
+/// `extra_env` on top of its environment (a key in both takes the value in `extra_env`).
 pub fn start(launch: &Launch<'_>, extra_env: &[(&str, &str)]) -> std::io::Result<Started> {
-    let mut cmd = Command::new(launch.program);
-    cmd.args(launch.args)
-        .current_dir(launch.cwd)
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .envs(extra_env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let parent = std::process::id() as libc::pid_t;
-    let rlimits = launch.sandbox.rlimits();
-    let run_as = launch.sandbox.run_as.as_ref().map(|u| (u.uid, u.gid));
-    // SAFETY: the closure runs in the forked child before exec and only calls async-signal-safe
-    // functions (prctl, getppid, _exit, setrlimit, setgroups, setgid, setuid).
-    unsafe {
-        cmd.pre_exec(move || {
-            #[cfg(target_os = "linux")]
-            {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            // exemesh may have died between fork and prctl: then nobody would ever kill us.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            super::sandbox::apply_in_child(&rlimits, run_as)
-        });
-    }
-    let child = cmd.spawn()?;
-    let pgid = child.id().map_or(0, |pid| pid as libc::pid_t);
+    let (stdin, stdin_w) = pipe()?;
+    let (stdout_r, stdout) = pipe()?;
+    let (stderr_r, stderr) = pipe()?;
+    // exemesh's ends join the reactor before anything starts: nothing can fail after the spawn.
+    let stdin_w = ChildStdin::from_owned_fd(stdin_w)?;
+    let stdout_r = ChildStdout::from_owned_fd(stdout_r)?;
+    let stderr_r = ChildStderr::from_owned_fd(stderr_r)?;
+    let env = launch
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .filter(|(k, _)| !extra_env.iter().any(|(extra, _)| extra == k))
+        .chain(extra_env.iter().copied());
+    let plan = Plan::new(
+        launch.program,
+        launch.args.iter().map(String::as_str),
+        env,
+        launch.cwd,
+        [&stdin, &stdout, &stderr],
+        &launch.sandbox.rlimits(),
+        launch.sandbox.run_as.as_ref().map(|u| (u.uid, u.gid)),
+    )?;
+    let spawned = plan.spawn()?;
+    // The child's ends are its own now.
+    drop((stdin, stdout, stderr));
+    let pgid = spawned.pid;
     super::reaper::register(pgid);
-    Ok(Started {
-        child,
-        group: GroupGuard { pgid },
-    })
+    let group = GroupGuard { pgid };
+    let child = Child::new(spawned.pid, spawned.pidfd, stdin_w, stdout_r, stderr_r)?;
+    Ok(Started { child, group })
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded: both fds are new and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Owns a process group; dropping it sends `SIGKILL` to every process still in the group.

@@ -43,7 +43,7 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// The `(resource, value)` pairs to set, computed before fork (no allocation after it).
+    /// The `(resource, value)` pairs to set, computed before the child starts (no allocation in it).
     pub fn rlimits(&self) -> Vec<(libc::__rlimit_resource_t, libc::rlim_t)> {
         let l = &self.limits;
         [
@@ -56,39 +56,6 @@ impl Sandbox {
         .filter_map(|(resource, value)| value.map(|v| (resource, v as libc::rlim_t)))
         .collect()
     }
-}
-
-/// Applies `rlimits` and `run_as` in the forked child. Only async-signal-safe calls.
-///
-/// # Safety
-/// Call only between fork and exec (in `pre_exec`).
-pub unsafe fn apply_in_child(
-    rlimits: &[(libc::__rlimit_resource_t, libc::rlim_t)],
-    run_as: Option<(libc::uid_t, libc::gid_t)>,
-) -> std::io::Result<()> {
-    for &(resource, value) in rlimits {
-        let limit = libc::rlimit {
-            rlim_cur: value,
-            rlim_max: value,
-        };
-        // SAFETY: `limit` is a valid rlimit that outlives the call.
-        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    if let Some((uid, gid)) = run_as {
-        let groups = [gid];
-        // SAFETY: plain syscalls on values; the order (groups, gid, then uid) drops root last.
-        unsafe {
-            if libc::setgroups(1, groups.as_ptr()) != 0
-                || libc::setgid(gid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Looks up a user by name; the error says why it cannot be used.

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tonic::Code;
 
 use super::call::{CallContext, Executor, ReplySink, RequestStream, first_request};
+use super::child::{ChildStdin, ChildStdout};
 use super::error::{CallError, tail};
 use super::exit_status::describe_exit;
 use super::json::write_json;
@@ -246,7 +247,7 @@ impl SpawnRunner {
     async fn read_output(
         &self,
         ctx: &CallContext,
-        stdout: Option<tokio::process::ChildStdout>,
+        stdout: Option<ChildStdout>,
         replies: &ReplySink,
     ) -> Result<Option<Vec<u8>>, CallError> {
         let Some(stdout) = stdout else {
@@ -335,7 +336,7 @@ fn json_line(method: &str, message: &DynamicMessage, line: &mut Vec<u8>) -> Resu
 /// input is not an error.
 async fn feed(
     method: &str,
-    stdin: Option<tokio::process::ChildStdin>,
+    stdin: Option<ChildStdin>,
     first: Option<Vec<u8>>,
     mut input: RequestStream,
 ) -> Result<u64, CallError> {

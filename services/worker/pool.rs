@@ -4,7 +4,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::process::{ChildStderr, ChildStdin, ChildStdout};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -14,6 +13,7 @@ use super::conn::{Conn, Event};
 use super::frame::{self, Inbound, parse_inbound};
 use super::outbound::Outbound;
 use crate::mesh::telemetry::metrics::{metrics, name};
+use crate::services::child::{Child, ChildStderr, ChildStdin, ChildStdout};
 use crate::services::error::CallError;
 use crate::services::exit_status::describe_exit;
 use crate::services::line_reader::{Line, read_line};
@@ -300,7 +300,7 @@ impl Drop for AbortGuard {
 }
 
 /// Waits briefly for the process to end and describes how it did.
-async fn exit_note(child: &mut tokio::process::Child) -> String {
+async fn exit_note(child: &mut Child) -> String {
     match tokio::time::timeout(Duration::from_millis(500), child.wait()).await {
         Ok(Ok(status)) => format!(" ({})", describe_exit(status, &Default::default()).1),
         _ => String::new(),
