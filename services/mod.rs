@@ -16,6 +16,7 @@ pub mod contract;
 pub mod dispatch;
 pub mod error;
 pub mod exit_status;
+pub mod guard_table;
 pub mod json;
 pub mod limiter;
 pub mod line_reader;

@@ -32,10 +32,11 @@ pub struct Launch<'a> {
 /// A started child and the guard of its process group.
 #[derive(Debug)]
 pub struct Started {
+    /// Kills the group when dropped. Declared first so that it is dropped first: the group is
+    /// killed while its leader is still unreaped, so its id cannot have been reused.
+    pub group: GroupGuard,
     /// The child, with piped stdin, stdout and stderr.
     pub child: Child,
-    /// Kills the group when dropped.
-    pub group: GroupGuard,
 }
 
 /// Starts `launch` with piped stdio in its own process group (see [`super::vfork`] for how), with
@@ -67,8 +68,10 @@ pub fn start(launch: &Launch<'_>, extra_env: &[(&str, &str)]) -> std::io::Result
     // The child's ends are its own now.
     drop((stdin, stdout, stderr));
     let pgid = spawned.pid;
-    super::reaper::register(pgid);
-    let group = GroupGuard { pgid };
+    let group = GroupGuard {
+        pgid,
+        _registration: super::reaper::register(pgid),
+    };
     let child = Child::new(spawned.pid, spawned.pidfd, stdin_w, stdout_r, stderr_r)?;
     Ok(Started { child, group })
 }
@@ -88,6 +91,8 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
 #[derive(Debug)]
 pub struct GroupGuard {
     pgid: libc::pid_t,
+    // Dropped after `drop` has killed the group: the guard forgets it only then.
+    _registration: super::reaper::Registration,
 }
 
 impl GroupGuard {
@@ -110,6 +115,5 @@ impl GroupGuard {
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         self.signal(libc::SIGKILL);
-        super::reaper::unregister(self.pgid);
     }
 }

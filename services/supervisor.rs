@@ -146,7 +146,7 @@ async fn run_once(
         Err(e) => return format!("cannot start: {e}"),
     };
     let pgid = child.id().map_or(0, |p| p as i32);
-    super::reaper::register(pgid);
+    let registration = super::reaper::register(pgid);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let name = spec.name.clone();
@@ -183,7 +183,7 @@ async fn run_once(
     };
     signal_group(pgid, libc::SIGKILL);
     let _ = child.wait().await;
-    super::reaper::unregister(pgid);
+    drop(registration);
     let _ = tokio::time::timeout(Duration::from_secs(1), logs).await;
     listen.abort();
     how
