@@ -75,7 +75,7 @@ fn tell(line: String) {
 }
 
 /// A process group registered with the guard; dropping it unregisters the group (drop it once the
-/// group has been killed and its leader reaped).
+/// group has been sent `SIGKILL`, or has ended).
 #[derive(Debug)]
 pub struct Registration {
     pgid: i32,

@@ -159,7 +159,9 @@ impl Plan {
         let mut stack: Vec<u8> = Vec::with_capacity(STACK_SIZE);
         // The stack grows down; the top must be 16-byte aligned.
         let top = (stack.as_mut_ptr() as usize + STACK_SIZE) & !15;
+        // SAFETY: sigset_t is plain data; all-zero is a valid (empty) value.
         let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
         // SAFETY: the sets are valid; blocking every signal keeps exemesh's handlers out of the child
         // until it has reset them, and the old mask is restored right after the clone.
