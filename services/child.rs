@@ -47,11 +47,7 @@ impl Child {
         let pidfd = match unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) } {
             Ok(pidfd) => pidfd,
             Err(e) => {
-                // SAFETY: kill of our own unreaped child.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                }
-                reap(pid);
+                kill_and_reap(pid);
                 return Err(io::Error::other(e.to_string()));
             }
         };
@@ -113,20 +109,35 @@ impl Drop for Child {
                     if let Some(pidfd) = &pidfd {
                         let _ = pidfd.readable().await;
                     }
-                    reap(pid);
+                    kill_and_reap(pid);
                 });
             }
-            Err(_) => reap(pid),
+            Err(_) => kill_and_reap(pid),
         }
     }
 }
 
 /// Reaps `pid` if it has exited.
 fn try_reap(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
+    wait_pid(pid, libc::WNOHANG)
+}
+
+/// Kills `pid` and reaps it, waiting for it (a child that must not run on, or that failed before
+/// its `execve` and is exiting anyway).
+pub(super) fn kill_and_reap(pid: libc::pid_t) {
+    // SAFETY: kill of our own unreaped child (its pid cannot have been reused).
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let _ = wait_pid(pid, 0);
+}
+
+/// `waitpid(pid, flags)`, retried on EINTR; `None` when `WNOHANG` found it still running.
+fn wait_pid(pid: libc::pid_t, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid on our own child; `status` is a valid out-pointer.
-        let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        let reaped = unsafe { libc::waitpid(pid, &mut status, flags) };
         if reaped == pid {
             return Ok(Some(ExitStatus::from_raw(status)));
         }
@@ -138,13 +149,4 @@ fn try_reap(pid: libc::pid_t) -> io::Result<Option<ExitStatus>> {
             return Err(e);
         }
     }
-}
-
-/// Reaps `pid`, waiting for it (it has been killed, or has failed before its `execve`).
-pub(super) fn reap(pid: libc::pid_t) {
-    let mut status = 0;
-    // SAFETY: waitpid on our own child; `status` is a valid out-pointer.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
-        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
-    {}
 }

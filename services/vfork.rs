@@ -186,7 +186,7 @@ impl Plan {
         let step = Step::from_u8(self.failed_step.load(Ordering::Acquire));
         if step != Step::None {
             let errno = self.failed_errno.load(Ordering::Acquire);
-            super::child::reap(pid);
+            super::child::kill_and_reap(pid);
             let cause = io::Error::from_raw_os_error(errno);
             return Err(if step == Step::Exec {
                 cause
@@ -198,9 +198,7 @@ impl Plan {
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd < 0 {
             let e = io::Error::last_os_error();
-            // SAFETY: kill of our own unreaped child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            super::child::reap(pid);
+            super::child::kill_and_reap(pid);
             return Err(io::Error::new(
                 e.kind(),
                 format!("pidfd_open (Linux 5.3 or later is needed): {e}"),
