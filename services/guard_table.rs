@@ -134,6 +134,13 @@ pub fn read_groups(fd: BorrowedFd<'_>) -> io::Result<Vec<i32>> {
 mod tests {
     use super::*;
 
+    /// The groups the guard would read, sorted.
+    fn listed(table: &GroupTable) -> Vec<i32> {
+        let mut groups = read_groups(table.fd()).expect("read");
+        groups.sort_unstable();
+        groups
+    }
+
     #[test]
     fn the_guard_reads_what_is_registered_and_not_what_was_removed() {
         let table = GroupTable::create(8).expect("memfd");
@@ -141,9 +148,7 @@ mod tests {
         let _b = table.insert(4002).expect("slot");
         let _c = table.insert(4003).expect("slot");
         table.remove(a, 4001);
-        let mut groups = read_groups(table.fd()).expect("read");
-        groups.sort_unstable();
-        assert_eq!(groups, vec![4002, 4003]);
+        assert_eq!(listed(&table), vec![4002, 4003]);
     }
 
     #[test]
@@ -154,9 +159,7 @@ mod tests {
         assert_eq!(table.insert(12), None, "full");
         table.remove(a, 10);
         assert_eq!(table.insert(12), Some(a));
-        let mut groups = read_groups(table.fd()).expect("read");
-        groups.sort_unstable();
-        assert_eq!(groups, vec![11, 12]);
+        assert_eq!(listed(&table), vec![11, 12]);
     }
 
     #[test]
@@ -164,6 +167,6 @@ mod tests {
         let table = GroupTable::create(2).expect("memfd");
         let a = table.insert(20).expect("slot");
         table.remove(a, 21);
-        assert_eq!(read_groups(table.fd()).expect("read"), vec![20]);
+        assert_eq!(listed(&table), vec![20]);
     }
 }
