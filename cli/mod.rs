@@ -44,6 +44,18 @@ struct Cli {
         value_parser = clap::value_parser!(u64).range(0..=1000)
     )]
     busy_poll: u64,
+    /// Runtime threads for this process. By default a service (`serve`, `registry`, `up` and the
+    /// `serve` processes it starts) takes half the CPUs it may use, at least one, as it shares the
+    /// machine with the executables it runs and with other services; other commands (`bench`,
+    /// `call`...) take every CPU. `up` passes an explicit value on to its `serve` processes.
+    #[arg(
+        long,
+        global = true,
+        env = "EXEMESH_THREADS",
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    threads: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,7 +84,8 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let busy_poll = std::time::Duration::from_micros(cli.busy_poll);
-    let runtime = match exemesh::mesh::busy_poll::BusyPoll::build_runtime(busy_poll) {
+    let threads = runtime_threads(&cli);
+    let runtime = match exemesh::mesh::busy_poll::BusyPoll::build_runtime(busy_poll, threads) {
         Ok((rt, _)) => rt,
         Err(e) => {
             eprintln!("exemesh: cannot start the async runtime: {e}");
@@ -96,7 +109,7 @@ pub fn main() -> ExitCode {
             Command::Call(args) => call::run(args).await,
             Command::Registry(args) => registry::run(args).await,
             Command::Status(args) => status::run(args).await,
-            Command::Up(args) => up::run(args, cli.busy_poll).await,
+            Command::Up(args) => up::run(args, cli.busy_poll, cli.threads).await,
             Command::Bench(args) => bench::run(args).await,
             Command::BenchDiscovery(args) => bench::discovery::run(args).await,
             Command::Trace(args) => trace::run(args).await,
@@ -122,6 +135,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime threads for this command: `--threads`, or its role's default
+/// ([`exemesh::mesh::threads`]).
+fn runtime_threads(cli: &Cli) -> std::num::NonZeroUsize {
+    use exemesh::mesh::threads::{Role, available_cpus, default_threads};
+    if let Some(n) = cli
+        .threads
+        .and_then(|n| std::num::NonZeroUsize::new(n.into()))
+    {
+        return n;
+    }
+    let role = match cli.command {
+        Command::Serve(_) | Command::Registry(_) | Command::Up(_) => Role::Service,
+        _ => Role::Tool,
+    };
+    default_threads(role, available_cpus())
 }
 
 /// Loads an identity directory and makes it this process's mTLS identity.

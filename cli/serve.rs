@@ -117,7 +117,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = listener.local_addr()?;
-    tracing::info!(service = %plan.contract.service.full_name(), "serving {} methods on {bound}", plan.methods.len());
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(
+        service = %plan.contract.service.full_name(),
+        "serving {} methods on {bound} (runtime threads: {threads})",
+        plan.methods.len()
+    );
     if std::env::var_os("EXEMESH_NO_GUARD_FOR_TESTS").is_none()
         && let Err(e) = exemesh::services::reaper::start()
     {

@@ -99,8 +99,9 @@ fn issue_instance(
     )?)
 }
 
-/// Runs `exemesh up`; its `serve` processes poll for up to `busy_poll` µs before sleeping, as it does.
-pub async fn run(args: Args, busy_poll: u64) -> anyhow::Result<ExitCode> {
+/// Runs `exemesh up`; its `serve` processes poll for up to `busy_poll` µs before sleeping, as it
+/// does, and run `threads` runtime threads if that was given (their own default otherwise).
+pub async fn run(args: Args, busy_poll: u64, threads: Option<u16>) -> anyhow::Result<ExitCode> {
     let mesh = MeshFile::load(&args.mesh)?;
     let state = args.state_dir.clone().unwrap_or_else(|| {
         mesh.file
@@ -180,6 +181,7 @@ pub async fn run(args: Args, busy_poll: u64) -> anyhow::Result<ExitCode> {
                     .cloned()
                     .chain(trace_env.iter().cloned())
                     .chain([("EXEMESH_BUSY_POLL".to_string(), busy_poll.to_string())])
+                    .chain(threads.map(|n| ("EXEMESH_THREADS".to_string(), n.to_string())))
                     .collect(),
             });
         }

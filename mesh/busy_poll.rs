@@ -30,6 +30,7 @@
 
 use std::cell::Cell;
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -56,17 +57,20 @@ pub struct BusyPoll {
 }
 
 impl BusyPoll {
-    /// Builds a multi-threaded tokio runtime (all drivers enabled) whose worker threads poll for
-    /// up to `max` before sleeping, as the module describes; a zero `max` turns busy polling off.
-    /// The returned handle tells whether it is on and what it caught.
-    pub fn build_runtime(max: Duration) -> io::Result<(tokio::runtime::Runtime, BusyPoll)> {
+    /// Builds a multi-threaded tokio runtime (all drivers enabled, `threads` worker threads) whose
+    /// worker threads poll for up to `max` before sleeping, as the module describes; a zero `max`
+    /// turns busy polling off. The returned handle tells whether it is on and what it caught.
+    pub fn build_runtime(
+        max: Duration,
+        threads: NonZeroUsize,
+    ) -> io::Result<(tokio::runtime::Runtime, BusyPoll)> {
         let poll = BusyPoll {
             epoll: Arc::new(AtomicI32::new(-1)),
             max,
             caught: Arc::new(AtomicU64::new(0)),
         };
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all();
+        builder.enable_all().worker_threads(threads.get());
         let before = match eventpoll_fds() {
             Ok(fds) if !max.is_zero() => fds,
             _ => return Ok((builder.build()?, poll)),

@@ -559,3 +559,36 @@ fn busy_poll_takes_microseconds_up_to_a_millisecond() {
         assert!(out.status.success(), "{value}: {}", text(&out.stderr));
     }
 }
+
+#[tokio::test]
+async fn threads_sizes_the_runtime_and_a_server_takes_half_the_cpus_by_default() {
+    let product = root().join("examples/shop/product.toml");
+    let threads_in_log = |served: &Served| {
+        let log = served.log();
+        let found = log
+            .split("(runtime threads: ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        (found, log)
+    };
+    let explicit = Served::start_with_args(&product, &["--threads", "3"]).await;
+    let (found, log) = threads_in_log(&explicit);
+    assert_eq!(found, Some(3), "{log}");
+
+    let default = Served::start(&product).await;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (found, log) = threads_in_log(&default);
+    assert_eq!(found, Some((cpus / 2).max(1)), "{log}");
+
+    let out = run(
+        &["--threads", "0", "check", product.to_str().expect("utf-8")],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--threads"),
+        "{}",
+        text(&out.stderr)
+    );
+}

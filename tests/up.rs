@@ -48,9 +48,10 @@ fn start_up(mesh: &std::path::Path) -> Up {
     let mut child = Command::new(exemesh())
         .arg("up")
         .arg(mesh)
-        .args(["--busy-poll", "40"])
+        .args(["--busy-poll", "40", "--threads", "2"])
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("EXEMESH_BUSY_POLL")
+        .env_remove("EXEMESH_THREADS")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -201,15 +202,16 @@ async fn up_runs_the_mesh_restarts_a_crashed_instance_and_stops_everything() {
     // kill -9 one instance: up restarts it and it registers again.
     let pids = serve_pids(dir.path());
     assert_eq!(pids.len(), 3, "{pids:?}");
-    // Each instance polls as `up` was told to.
+    // Each instance polls and sizes its runtime as `up` was told to.
     for pid in &pids {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        assert!(
-            environ
-                .split(|&b| b == 0)
-                .any(|var| var == b"EXEMESH_BUSY_POLL=40"),
-            "instance {pid} was not given --busy-poll 40"
-        );
+        for want in [&b"EXEMESH_BUSY_POLL=40"[..], b"EXEMESH_THREADS=2"] {
+            assert!(
+                environ.split(|&b| b == 0).any(|var| var == want),
+                "instance {pid} was not given {}",
+                String::from_utf8_lossy(want)
+            );
+        }
     }
     unsafe {
         libc::kill(pids[0], libc::SIGKILL);
