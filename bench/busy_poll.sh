@@ -69,25 +69,9 @@ for round in $(seq 1 "$rounds"); do
     done
   done
 done
-python3 - "$out" <<'PY'
-import json, statistics, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-print("Calls back to back, medians; \"on / off\" is the median of each round's ratio.")
-print()
-print("| in flight | path | off calls/s | on calls/s | on / off | p50 ms off / on | p99 ms off / on |")
-print("|---:|---|---:|---:|---:|---:|---:|")
-for c in sorted({r["concurrency"] for r in rows}):
-    for path in ["mesh", "direct", "haproxy"]:
-        def pick(variant):
-            return [r for r in rows if r["concurrency"] == c and r["variant"] == variant]
-        on, off = pick(path), pick(path + "-off")
-        med = lambda rs, f: statistics.median(f(r) for r in rs)
-        by_round = {r["round"]: r["rps"] for r in off}
-        paired = statistics.median(r["rps"] / by_round[r["round"]] for r in on if r["round"] in by_round)
-        ms = lambda rs, q: med(rs, lambda r: r["latency_us"][q]) / 1000
-        print(f"| {c} | {path} | {med(off, lambda r: r['rps']):,.0f} | {med(on, lambda r: r['rps']):,.0f} | "
-              f"{paired:.2f}x | {ms(off, 'p50'):.3f} / {ms(on, 'p50'):.3f} | {ms(off, 'p99'):.3f} / {ms(on, 'p99'):.3f} |")
-PY
+echo "Calls back to back, medians; \"on / off\" is the median of each round's ratio."
+echo
+python3 bench/ab_table.py "$out" -off on off mesh direct haproxy
 
 # CPU seconds (user + system) used so far by the processes PIDS.
 cpu_of() {

@@ -11,13 +11,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 root=$PWD
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-fi
 . bench/lib.sh
+need_venv
 bench_init
-sed -e "s|@ROOT@|$root|g" -e "s|@PYTHON@|$root/.venv/bin/python|g" bench/python/worker.toml >"$work/worker.toml"
+sed -e "s|@ROOT@|$root|g" -e "s|@PYTHON@|$py|g" bench/python/worker.toml >"$work/worker.toml"
 "$bin" registry --listen 127.0.0.1:0 >"$work/reg" 2>/dev/null & pids+=($!)
 reg=$(addr_of "$work/reg")
 method=bench.v1.Echo/Unary

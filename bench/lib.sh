@@ -75,6 +75,16 @@ tag() {
   python3 -c "import json,sys; r=json.load(sys.stdin); r.update(variant='$1', round=$2); print(json.dumps(r))"
 }
 
+# Makes the repository's .venv (tests/python/requirements.txt: grpcio, grpcio-tools) if it is
+# missing or incomplete, and sets $py to its Python. Call it from the repository root.
+need_venv() {
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import grpc, grpc_tools' 2>/dev/null; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+  fi
+  py=$PWD/.venv/bin/python
+}
+
 # Installs Debian's haproxy if it is missing.
 need_haproxy() {
   command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }

@@ -19,12 +19,8 @@ cd "$(dirname "$0")/.."
 rounds=${1:-5}
 secs=${2:-3}
 root=$PWD
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import grpc, grpc_tools' 2>/dev/null; then
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
-fi
-py=$root/.venv/bin/python
 . bench/lib.sh
+need_venv
 bench_init
 # spawn.py as a PyInstaller --onedir executable, rebuilt when its sources change.
 exe_dir=$root/target/bench-pyinstaller

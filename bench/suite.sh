@@ -12,6 +12,8 @@
 #   failover.sh   kill -9 of 1 of 3 replicas at 16 in flight                (target 8)
 #   tls.sh        mTLS vs plaintext                                          (issue 5's cost)
 #   busy_poll.sh  busy polling on (as shipped) vs off: calls back to back, paced CPU per call, idle
+#   threads.sh    services with half the runtime threads (--threads) vs one per CPU (the default);
+#                 --full only
 #   transcode.sh  an executable's JSON reply to protobuf: general path vs transcoder (optimisation 7)
 # then renders the results as SVG charts (bench/plot, with the plotters crate) into docs/bench/.
 # Usage: bench/suite.sh [--quick | --full]
@@ -19,10 +21,10 @@
 #                      busy_poll.sh), under 5 minutes on the reference machine
 #   --full:            6 rounds x 5 s per variant (3 rounds of discovery, 5 failovers), 9 rounds
 #                      for mesh.sh and python.sh and 12 for tracing.sh, whose targets sit near their lines,
-#                      4 for busy_poll.sh
+#                      4 for busy_poll.sh and threads.sh
 #                      (on this machine two identical meshes differ by up to ±14 % in one 5 s
 #                      round, see docs/benchmarks.md, "Variant order and noise"): about 45
-#                      minutes on the reference machine (build included)
+#                      minutes on the reference machine (build included), plus about 6 for threads.sh
 # Writes bench/results/*.jsonl, bench/results/suite.md (the tables, with the machine and commit) and
 # docs/bench/*.svg.
 set -euo pipefail
@@ -56,6 +58,7 @@ parts=(
   "busy_poll $busy_rounds $secs"
   "transcode"
 )
+[ "$mode" = --full ] && parts+=("threads $busy_rounds 3")
 for part in "${parts[@]}"; do
   read -r name args <<<"$part"
   echo "== bench/$name.sh $args" >&2

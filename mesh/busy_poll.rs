@@ -57,12 +57,13 @@ pub struct BusyPoll {
 }
 
 impl BusyPoll {
-    /// Builds a multi-threaded tokio runtime (all drivers enabled, `threads` worker threads) whose
-    /// worker threads poll for up to `max` before sleeping, as the module describes; a zero `max`
-    /// turns busy polling off. The returned handle tells whether it is on and what it caught.
+    /// Builds a multi-threaded tokio runtime (all drivers enabled; `threads` worker threads, or
+    /// one per CPU) whose worker threads poll for up to `max` before sleeping, as the module
+    /// describes; a zero `max` turns busy polling off. The returned handle tells whether it is on
+    /// and what it caught.
     pub fn build_runtime(
         max: Duration,
-        threads: NonZeroUsize,
+        threads: Option<NonZeroUsize>,
     ) -> io::Result<(tokio::runtime::Runtime, BusyPoll)> {
         let poll = BusyPoll {
             epoll: Arc::new(AtomicI32::new(-1)),
@@ -70,7 +71,10 @@ impl BusyPoll {
             caught: Arc::new(AtomicU64::new(0)),
         };
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all().worker_threads(threads.get());
+        builder.enable_all();
+        if let Some(threads) = threads {
+            builder.worker_threads(threads.get());
+        }
         let before = match eventpoll_fds() {
             Ok(fds) if !max.is_zero() => fds,
             _ => return Ok((builder.build()?, poll)),
