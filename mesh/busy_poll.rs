@@ -27,6 +27,10 @@
 //! runtime adds to `/proc/self/fd` (tokio keeps one duplicate of it). If that cannot be told (not
 //! Linux, or another thread created an epoll instance at the same moment), the runtime is built
 //! without busy polling and [`BusyPoll::is_active`] says so.
+//!
+//! [`BusyPoll::build_runtime`] is where every exemesh command's runtime is built, so it also sets
+//! the runtime's size (`--threads`) and turns tokio's LIFO slot off ([`BusyPoll::LIFO_SLOT_OFF`]):
+//! a task left in a preempted worker's slot cannot be stolen and waits a scheduler tick.
 
 use std::cell::Cell;
 use std::io;
