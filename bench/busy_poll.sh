@@ -58,17 +58,7 @@ bench_path() {
 }
 
 out=bench/results/busy_poll.jsonl
-mkdir -p bench/results
-: >"$out"
-for round in $(seq 1 "$rounds"); do
-  for c in 1 16 64; do
-    for variant in $(rotated "$round" mesh mesh-off direct direct-off haproxy haproxy-off); do
-      setting=on
-      [ "${variant%-off}" != "$variant" ] && setting=off
-      bench_path "${variant%-off}" "$setting" -c "$c" -z "${secs}s" --warmup 500ms | tag "$variant" "$round" >>"$out"
-    done
-  done
-done
+ab_rounds "$rounds" "$secs" "$out" on off mesh direct haproxy
 echo "Calls back to back, medians; \"on / off\" is the median of each round's ratio."
 echo
 python3 bench/ab_table.py "$out" -off on off mesh direct haproxy

@@ -85,6 +85,28 @@ need_venv() {
   py=$PWD/.venv/bin/python
 }
 
+# ab_rounds ROUNDS SECS OUT NEW OLD PATH...: two settings side by side. In each round, at 1, 16 and
+# 64 in flight, runs every PATH with setting NEW and PATH-OLD with setting OLD, in an order rotated
+# from round to round, through the caller's `bench_path PATH SETTING ARGS...` (which prints one
+# `exemesh bench --json` report), and appends the tagged reports to OUT (emptied first).
+ab_rounds() {
+  local rounds=$1 secs=$2 out=$3 new=$4 old=$5 round c variant setting
+  shift 5
+  local variants=() path
+  for path in "$@"; do variants+=("$path" "$path-$old"); done
+  mkdir -p "$(dirname "$out")"
+  : >"$out"
+  for round in $(seq 1 "$rounds"); do
+    for c in 1 16 64; do
+      for variant in $(rotated "$round" "${variants[@]}"); do
+        setting=$new
+        [ "${variant%-"$old"}" != "$variant" ] && setting=$old
+        bench_path "${variant%-"$old"}" "$setting" -c "$c" -z "${secs}s" --warmup 500ms | tag "$variant" "$round" >>"$out"
+      done
+    done
+  done
+}
+
 # Installs Debian's haproxy if it is missing.
 need_haproxy() {
   command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy >/dev/null; }

@@ -66,17 +66,7 @@ bench_path() {
 }
 
 out=bench/results/threads.jsonl
-mkdir -p bench/results
-: >"$out"
-for round in $(seq 1 "$rounds"); do
-  for c in 1 16 64; do
-    for variant in $(rotated "$round" mesh mesh-percpu direct direct-percpu haproxy haproxy-percpu worker worker-percpu); do
-      setting=half
-      [ "${variant%-percpu}" != "$variant" ] && setting=percpu
-      bench_path "${variant%-percpu}" "$setting" -c "$c" -z "${secs}s" --warmup 500ms | tag "$variant" "$round" >>"$out"
-    done
-  done
-done
+ab_rounds "$rounds" "$secs" "$out" half percpu mesh direct haproxy worker
 echo "Calls back to back, medians; the services with $half runtime thread(s) (--threads $half) against $cpus"
 echo "(a thread per CPU, the default); \"half / per CPU\" is the median of each round's ratio."
 echo
