@@ -8,6 +8,7 @@
 //! * [`reflection`]: fetching a server's contracts through gRPC server reflection;
 //! * [`dynamic_client`]: calling any method of any server with JSON in and JSON out;
 //! * [`transport`]: the HTTP/2 accept loop every exemesh server uses;
+//! * [`drain_body`]: request bodies read to their end even when the answer came first;
 //! * [`router`]: which of a server's services a call is for;
 //! * [`introspection`]: health and reflection, served next to every service;
 //! * [`registry`]: the embedded discovery registry (`exemesh registry`);
@@ -21,6 +22,7 @@ pub mod channel;
 pub mod codec;
 pub mod deadline;
 pub mod discovery;
+pub mod drain_body;
 pub mod dynamic_client;
 pub mod introspection;
 pub mod reflection;

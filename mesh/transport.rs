@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tower::{Layer as _, ServiceExt as _};
 
 use crate::mesh::call_limit::{CallLimitLayer, PermitBody};
+use crate::mesh::drain_body::DrainOnDrop;
 use crate::mesh::router::GrpcRouter;
 use crate::mesh::telemetry::rpc_span::{ConnectionAddrs, RpcSpanLayer};
 use crate::mesh::tls::identity::PeerIdentity;
@@ -168,7 +169,8 @@ struct Addresses {
 impl Addresses {
     /// The connection's service: every request learns the connection's addresses and caller (for
     /// spans and authorization), then runs in its server span (the one tower layer for tracing),
-    /// within the connection's call limit.
+    /// within the connection's call limit. Its body is read to the end even when the call is
+    /// answered first ([`DrainOnDrop`]), so early answers cannot exhaust h2's frame budget.
     fn service(
         self,
         router: GrpcRouter,
@@ -192,7 +194,8 @@ impl Addresses {
         let traced = RpcSpanLayer.layer(limited).map_request(
             move |request: http::Request<hyper::body::Incoming>| {
                 activity.touch();
-                let mut request = request.map(tonic::body::Body::new);
+                let mut request =
+                    request.map(|body| tonic::body::Body::new(DrainOnDrop::new(body)));
                 request.extensions_mut().insert(addrs.clone());
                 if let Some(identity) = &identity {
                     request.extensions_mut().insert(identity.clone());

@@ -148,7 +148,11 @@ async fn made_up_method_names_cannot_grow_the_metrics_without_bound() {
             )
             .await
             .expect_err("no such method");
-        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "call {i}: {status:?}"
+        );
     }
     let samples = parse(&http_get(&admin, "/metrics").1);
     let made_up: Vec<&String> = samples
