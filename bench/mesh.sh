@@ -8,6 +8,9 @@
 #            the reference figures call haproxy)
 #   haproxy-exemesh  the same, with exemesh's own client (--client exemesh, the transport the mesh
 #            channel opens to each endpoint): how much of the mesh's lead is its client
+#   mesh-1server  the mesh channel over two registrations of replica 1 (two connections to one
+#            server process, as direct-2conn has): the mesh channel's own cost, without the second
+#            server process that `mesh` runs on the same two CPUs
 # Every exemesh process runs as shipped, with busy polling on (bench/busy_poll.sh compares it off).
 # The method is grpc.health.v1.Health/Check, served natively by every exemesh server, so the numbers
 # measure the path, not an executable. Everything runs on 127.0.0.1.
@@ -33,6 +36,11 @@ haproxy_in_front mesh "$a1" "$a2"
 hport=$haproxy_port
 until_ok 20 "$bin" call "127.0.0.1:$hport" grpc.health.v1.Health/Check
 until_ok 20 serving "$reg" 2
+# Replica 1 once more under two made-up instances of a service of its own, for mesh-1server.
+for i in 1 2; do
+  "$bin" call "$reg" exemesh.v1.Registry/Register \
+    "{\"instance\":{\"id\":\"one-server-$i\",\"services\":[\"bench.v1.OneServer\"],\"address\":\"$a1\"},\"ttl_ms\":86400000}" >/dev/null 2>&1
+done
 
 out=bench/results/mesh.jsonl
 mkdir -p bench/results
@@ -41,12 +49,13 @@ method=grpc.health.v1.Health/Check
 before=${BEFORE:+$(realpath "$BEFORE")}
 for round in $(seq 1 "$rounds"); do
   for c in 1 16 64; do
-    for variant in $(rotated "$round" direct direct-2conn ${BEFORE:+mesh-before haproxy-before} mesh haproxy haproxy-exemesh); do
+    for variant in $(rotated "$round" direct direct-2conn ${BEFORE:+mesh-before haproxy-before} mesh mesh-1server haproxy haproxy-exemesh); do
       client=$bin
       case $variant in
         direct) args=("$a1" "$method") ;;
         direct-2conn) args=(--connections 2 "$a1" "$method") ;;
         mesh) args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
+        mesh-1server) args=(--discovery "$reg" --service bench.v1.OneServer "$method") ;;
         mesh-before) client=$before; args=(--discovery "$reg" --service shop.v1.ProductService "$method") ;;
         haproxy) args=("127.0.0.1:$hport" "$method") ;;
         haproxy-exemesh) args=(--client exemesh "127.0.0.1:$hport" "$method") ;;
@@ -57,4 +66,4 @@ for round in $(seq 1 "$rounds"); do
     done
   done
 done
-python3 bench/report.py "$out" direct direct-2conn ${BEFORE:+mesh-before haproxy-before} mesh haproxy haproxy-exemesh
+python3 bench/report.py "$out" direct direct-2conn ${BEFORE:+mesh-before haproxy-before} mesh mesh-1server haproxy haproxy-exemesh

@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
                 "direct",
                 "direct-2conn",
                 "mesh",
+                "mesh-1server",
                 "haproxy",
                 "haproxy-exemesh",
             ][..],
