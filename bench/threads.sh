@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# What services with half the runtime threads (`--threads`, at least one) do against the default of
-# a thread per CPU, measured in one run (docs/benchmarks.md, "Runtime threads"). Two identical
+# What services with half the runtime threads (`--threads`, at least one; their default since the
+# twenty-first session) do against a thread per CPU (tokio's default, and exemesh's before), measured
+# in one run (docs/benchmarks.md, "Runtime threads"). Two identical
 # set-ups run side by side, each a registry, 2 replicas of the shop's product service, haproxy in
 # front of them and a worker-mode server (a pool of 2 Python workers, bench/python/worker.toml);
 # one has every one of those exemesh processes started with EXEMESH_THREADS=$(( $(nproc) / 2 )) (at
-# least 1). The client, `exemesh bench`, is the same for both (a thread per CPU). Calls back to
+# least 1), the other with EXEMESH_THREADS=$(nproc). The client, `exemesh bench`, is the same for both (a thread per CPU). Calls back to
 # back at 1 / 16 / 64 in flight, in rounds with the variants in a rotated order:
 #   mesh     the mesh channel over the 2 replicas (grpc.health.v1.Health/Check)
 #   direct   a plain tonic channel to one replica (the same method)
@@ -31,7 +32,7 @@ sed -e "s|@ROOT@|$root|g" -e "s|@PYTHON@|$py|g" bench/python/worker.toml >"$work
 declare -A reg direct hport worker
 for setting in half percpu; do
   env=()
-  [ "$setting" = half ] && env=(EXEMESH_THREADS="$half")
+  [ "$setting" = half ] && env=(EXEMESH_THREADS="$half") || env=(EXEMESH_THREADS="$cpus")
   env "${env[@]}" "$bin" registry --listen 127.0.0.1:0 >"$work/reg-$setting" 2>/dev/null &
   pids+=($!)
   reg[$setting]=$(addr_of "$work/reg-$setting")

@@ -44,10 +44,10 @@ struct Cli {
         value_parser = clap::value_parser!(u64).range(0..=1000)
     )]
     busy_poll: u64,
-    /// Runtime threads for this process (default: one per CPU it may use). Fewer leave more of a
-    /// shared machine to the executables and other services on it, and cap what this process can
-    /// do at saturation (docs/benchmarks.md, "Runtime threads"). `up` passes it on to its `serve`
-    /// processes.
+    /// Runtime threads for this process. By default a service (`serve`, `registry`, `up` and the
+    /// `serve` processes it starts) takes half the CPUs it may use, at least one, as it shares the
+    /// machine with the executables it runs and with other services; other commands (`bench`,
+    /// `call`...) take every CPU. `up` passes an explicit value on to its `serve` processes.
     #[arg(
         long,
         global = true,
@@ -84,9 +84,7 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let busy_poll = std::time::Duration::from_micros(cli.busy_poll);
-    let threads = cli
-        .threads
-        .and_then(|n| std::num::NonZeroUsize::new(n.into()));
+    let threads = runtime_threads(&cli);
     let runtime = match exemesh::mesh::busy_poll::BusyPoll::build_runtime(busy_poll, threads) {
         Ok((rt, _)) => rt,
         Err(e) => {
@@ -137,6 +135,23 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The runtime threads for this command: `--threads`, or its role's default
+/// ([`exemesh::mesh::threads`]).
+fn runtime_threads(cli: &Cli) -> std::num::NonZeroUsize {
+    use exemesh::mesh::threads::{Role, available_cpus, default_threads};
+    if let Some(n) = cli
+        .threads
+        .and_then(|n| std::num::NonZeroUsize::new(n.into()))
+    {
+        return n;
+    }
+    let role = match cli.command {
+        Command::Serve(_) | Command::Registry(_) | Command::Up(_) => Role::Service,
+        _ => Role::Tool,
+    };
+    default_threads(role, available_cpus())
 }
 
 /// Loads an identity directory and makes it this process's mTLS identity.

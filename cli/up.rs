@@ -100,7 +100,7 @@ fn issue_instance(
 }
 
 /// Runs `exemesh up`; its `serve` processes poll for up to `busy_poll` µs before sleeping, as it
-/// does, and run `threads` runtime threads if that was given (one per CPU otherwise).
+/// does, and run `threads` runtime threads if that was given (their own default otherwise).
 pub async fn run(args: Args, busy_poll: u64, threads: Option<u16>) -> anyhow::Result<ExitCode> {
     let mesh = MeshFile::load(&args.mesh)?;
     let state = args.state_dir.clone().unwrap_or_else(|| {

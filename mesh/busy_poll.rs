@@ -61,13 +61,12 @@ pub struct BusyPoll {
 }
 
 impl BusyPoll {
-    /// Builds a multi-threaded tokio runtime (all drivers enabled; `threads` worker threads, or
-    /// one per CPU) whose worker threads poll for up to `max` before sleeping, as the module
-    /// describes; a zero `max` turns busy polling off. The returned handle tells whether it is on
-    /// and what it caught.
+    /// Builds a multi-threaded tokio runtime (all drivers enabled, `threads` worker threads) whose
+    /// worker threads poll for up to `max` before sleeping, as the module describes; a zero `max`
+    /// turns busy polling off. The returned handle tells whether it is on and what it caught.
     pub fn build_runtime(
         max: Duration,
-        threads: Option<NonZeroUsize>,
+        threads: NonZeroUsize,
     ) -> io::Result<(tokio::runtime::Runtime, BusyPoll)> {
         let poll = BusyPoll {
             epoll: Arc::new(AtomicI32::new(-1)),
@@ -75,15 +74,12 @@ impl BusyPoll {
             caught: Arc::new(AtomicU64::new(0)),
         };
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.enable_all();
+        builder.enable_all().worker_threads(threads.get());
         // A task in a worker's LIFO slot cannot be stolen: when the OS preempts that worker, the
         // task waits for it to run again (a scheduler tick on a busy machine). Without the slot,
         // every woken task goes to a queue the other workers steal from (.cargo/config.toml).
         #[cfg(tokio_unstable)]
         builder.disable_lifo_slot();
-        if let Some(threads) = threads {
-            builder.worker_threads(threads.get());
-        }
         let before = match eventpoll_fds() {
             Ok(fds) if !max.is_zero() => fds,
             _ => return Ok((builder.build()?, poll)),

@@ -12,7 +12,8 @@
 //! * [`router`]: which of a server's services a call is for;
 //! * [`introspection`]: health and reflection, served next to every service;
 //! * [`registry`]: the embedded discovery registry (`exemesh registry`);
-//! * [`telemetry`]: OpenTelemetry tracing and trace-context propagation.
+//! * [`telemetry`]: OpenTelemetry tracing and trace-context propagation;
+//! * [`threads`]: how many runtime threads a process starts.
 //!
 //! `mesh` never depends on `services`.
 
@@ -30,6 +31,7 @@ pub mod registry;
 pub mod router;
 pub mod status_code;
 pub mod telemetry;
+pub mod threads;
 pub mod tls;
 pub mod trace_view;
 pub mod transport;

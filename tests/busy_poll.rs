@@ -8,6 +8,9 @@ use std::time::Duration;
 use exemesh::mesh::busy_poll::BusyPoll;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Two worker threads, as on the 2-CPU machines these tests run on.
+const TWO: std::num::NonZeroUsize = std::num::NonZeroUsize::new(2).expect("non-zero");
+
 /// A peer on its own OS thread that echoes every byte it reads, one at a time, until end-of-file.
 fn echo_peer() -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -35,7 +38,7 @@ async fn ping_pong(addr: std::net::SocketAddr, n: usize) {
 #[test]
 fn replies_that_come_soon_are_caught_by_polling() {
     // A generous maximum, so that a slow machine's replies still come within it.
-    let (runtime, poll) = BusyPoll::build_runtime(Duration::from_millis(1), None).expect("runtime");
+    let (runtime, poll) = BusyPoll::build_runtime(Duration::from_millis(1), TWO).expect("runtime");
     assert!(
         poll.is_active(),
         "the runtime's epoll instance was not found"
@@ -47,7 +50,7 @@ fn replies_that_come_soon_are_caught_by_polling() {
 
 #[test]
 fn without_busy_polling_nothing_polls() {
-    let (runtime, poll) = BusyPoll::build_runtime(Duration::ZERO, None).expect("runtime");
+    let (runtime, poll) = BusyPoll::build_runtime(Duration::ZERO, TWO).expect("runtime");
     assert!(!poll.is_active());
     let addr = echo_peer();
     runtime.block_on(async { tokio::spawn(ping_pong(addr, 200)).await.expect("pings") });
@@ -56,7 +59,7 @@ fn without_busy_polling_nothing_polls() {
 
 #[test]
 fn tasks_from_other_threads_and_timers_still_run_while_threads_poll() {
-    let (runtime, poll) = BusyPoll::build_runtime(Duration::from_millis(1), None).expect("runtime");
+    let (runtime, poll) = BusyPoll::build_runtime(Duration::from_millis(1), TWO).expect("runtime");
     assert!(poll.is_active());
     let addr = echo_peer();
     // Replies within the maximum open every polling thread's window.
